@@ -1,0 +1,47 @@
+# actbench: `make sweep` runs the blog's comparison end to end (set-up included); `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: sweep setup data test test-fast bench report tensorboard slurm-up slurm-down clean
+
+sweep: setup data                 ## the blog's sweep: 5 activations x 3 seeds, then the report
+	$(PY) -m actbench.train -m experiment=blog
+
+setup: $(VENV)/.installed         ## virtual environment with actbench and its dependencies
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+data: setup                       ## find Fashion-MNIST; on Debian/Ubuntu install dataset-fashion-mnist if missing
+	@$(PY) -m actbench.data 2>/dev/null || { \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  fi; \
+	  $(PY) -m actbench.data; }
+
+test: setup                       ## the test suite (offline, CPU, a few minutes)
+	$(PY) -m pytest -q
+
+bench: setup data                 ## speed: actbench vs a plain PyTorch loop
+	$(PY) scripts/bench.py
+
+report: setup                     ## rebuild the report of the blog sweep
+	$(PY) -m actbench.report runs/blog
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir runs
+
+slurm-up:                         ## a one-node SLURM on localhost (Debian, root), for the cluster tests
+	scripts/slurm-local.sh up
+
+slurm-down:
+	scripts/slurm-local.sh stop
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,67 @@
+"""The activation zoo and the one function that turns an `activation` config into a callable.
+
+Most activations are plain `torch.nn` classes named directly by `conf/activation/*.yaml`;
+this module holds only what torch lacks, and `build`, which accepts any `_target_` that
+names a `torch.nn.Module` class or a plain function of one tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def gelu_sigmoid(x: Tensor) -> Tensor:
+    """GELU's sigmoid approximation x*sigmoid(1.702x) (Hendrycks & Gimpel, 2016)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+def build(cfg) -> Callable[[Tensor], Tensor]:
+    """Instantiate an activation config: a Module class gets its parameters as constructor
+    arguments, a function gets them bound with functools.partial."""
+    from hydra.utils import get_object, instantiate
+    from omegaconf import DictConfig, OmegaConf
+
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    target = get_object(cfg._target_)
+    if inspect.isclass(target):
+        fn = instantiate(cfg)
+    else:
+        params = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+        fn = functools.partial(target, **params) if params else target
+    if isinstance(fn, nn.Module) and any(True for _ in fn.parameters()):
+        # A learnable activation would be shared by every packed seed and skip the optimizer's
+        # per-layer bookkeeping; actbench compares fixed nonlinearities.
+        raise ValueError(f"activation {cfg._target_} has learnable parameters; actbench supports fixed activations only")
+    return fn
+
+
+def names() -> list[str]:
+    """The activations shipped in conf/activation/, by config name."""
+    return sorted(p.stem for p in (CONF_DIR / "activation").glob("*.yaml"))
+
+
+def from_name(name: str) -> Callable[[Tensor], Tensor]:
+    """Build a shipped activation by its config name (for plots and tests, outside Hydra)."""
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / "activation" / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(names())}")
+    return build(OmegaConf.load(path))
+
+
+def derivative(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """Elementwise f'(z) by autograd, so any elementwise activation needs no hand-written derivative."""
+    with torch.enable_grad():
+        z = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(fn(z).sum(), z)
+    return grad

@@ -1,0 +1,93 @@
+"""Checkpoint files: a packed model's checkpoint is stored as one ordinary single-seed checkpoint
+in each seed's run directory, and put back together on resume.
+
+Every tensor in the model state and the optimizer state carries the leading seed dimension
+(scalars such as Adam's step count are shared), so splitting is slicing and merging is
+concatenating; a one-seed checkpoint is exactly what an unpacked run writes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from actbench.errors import UserError
+
+
+def _map_packed(ckpt: dict, fn) -> dict:
+    """A copy of `ckpt` with `fn` applied to every tensor that carries the seed dimension."""
+    out = dict(ckpt)
+    out["state_dict"] = {k: fn(v) if v.dim() else v for k, v in ckpt["state_dict"].items()}
+    out["optimizer_states"] = [
+        {**opt, "state": {p: {n: fn(t) if torch.is_tensor(t) and t.dim() else t for n, t in st.items()} for p, st in opt["state"].items()}}
+        for opt in ckpt.get("optimizer_states", [])
+    ]
+    return out
+
+
+def split(ckpt: dict, k: int) -> dict:
+    return _map_packed(ckpt, lambda t: t[k : k + 1].clone())
+
+
+def merge(parts: list[dict]) -> dict:
+    out = _map_packed(parts[0], lambda t: t)  # fresh containers to fill with concatenations
+    for key, t in out["state_dict"].items():
+        if t.dim():
+            out["state_dict"][key] = torch.cat([p["state_dict"][key] for p in parts])
+    for i, opt in enumerate(out["optimizer_states"]):
+        for pid, st in opt["state"].items():
+            for name, t in st.items():
+                if torch.is_tensor(t) and t.dim():
+                    st[name] = torch.cat([p["optimizer_states"][i]["state"][pid][name] for p in parts])
+    return out
+
+
+class PerSeedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, with a checkpoint's file name mapped into each seed's run directory."""
+
+    def __init__(self, run_dirs: list[Path], seeds: list[int]):
+        self.run_dirs, self.seeds = [Path(d) for d in run_dirs], list(seeds)
+
+    def paths(self, path) -> list[Path]:
+        name = Path(path).name
+        return [d / "checkpoints" / name for d in self.run_dirs]
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        for k, (seed, target) in enumerate(zip(self.seeds, self.paths(path))):
+            part = split(checkpoint, k) if len(self.seeds) > 1 else dict(checkpoint)
+            part["actbench_seed"] = seed
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            torch.save(part, tmp)
+            os.replace(tmp, target)  # a kill mid-write leaves the previous checkpoint intact
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        parts = []
+        for seed, source in zip(self.seeds, self.paths(path)):
+            try:
+                part = torch.load(source, map_location=map_location or "cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+                raise UserError(f"{source}: unreadable checkpoint ({type(e).__name__}); delete it to restart that run") from None
+            if part.get("actbench_seed", seed) != seed:
+                raise UserError(f"{source}: checkpoint of seed {part['actbench_seed']}, expected seed {seed}")
+            parts.append(part)
+        steps = {p.get("global_step") for p in parts}
+        if len(steps) > 1:
+            raise UserError(f"checkpoints of one pack are at different steps {sorted(steps)}")
+        return merge(parts) if len(parts) > 1 else parts[0]
+
+    def remove_checkpoint(self, path) -> None:
+        for p in self.paths(path):
+            p.unlink(missing_ok=True)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint file was saved at, or None if it is missing or unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step"))
+    except Exception:  # noqa: BLE001
+        return None

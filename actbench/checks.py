@@ -1,0 +1,55 @@
+"""Checks on the composed config, before anything is built: one line per problem, naming the key."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from actbench.errors import ConfigError
+from actbench.model import INITS
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key -> (test, what it must be)
+RULES = {
+    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "model.depth": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "model.width": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
+    "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "data.batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.val_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.probe_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.normalize": (lambda v: v in ("scale", "standardize"), "scale or standardize"),
+    "data.download": (lambda v: isinstance(v, bool), "true or false"),
+    "trainer.max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "trainer.log_every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "steps_per_execution": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
+    "threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, (ok, what) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        if value is None and key not in ("threads",):
+            if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+                continue  # a config without this knob (e.g. a user's own trainer preset)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {what}")
+    seeds = cfg.get("seeds")
+    if seeds is not None:
+        seeds = OmegaConf.to_object(seeds) if OmegaConf.is_config(seeds) else seeds
+        if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds):
+            raise ConfigError(f"seeds={seeds!r}: must be null or a non-empty list of integers >= 0, e.g. seeds=[0,1,2]")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds={seeds!r}: each seed may appear once")

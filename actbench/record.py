@@ -1,0 +1,277 @@
+"""A run's outputs: `metrics.json` (status, config, curves, final metrics, timing), TensorBoard
+scalars and hparams, the epoch-end checkpoint, and the terminal lines.
+
+One `Run` per seed; the `Recorder` callback writes all of a pack's runs from the module's
+per-epoch tensors, with one device-to-host copy per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+SCHEMA = 1
+METRICS_FILE = "metrics.json"
+CHECKPOINT = "last.ckpt"
+DECLARED_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # what TensorBoard's HParams tab compares
+CURVE_PREFIXES = ("train/", "val/", "time/")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def clean(x):
+    """JSON-safe: non-finite floats become null (a diverged run's status says why)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    return x
+
+
+def curve_name(tag: str) -> str:
+    """metrics.json's name for a TensorBoard tag: train/loss -> train_loss, time/epoch_s -> epoch_s."""
+    return tag.removeprefix("time/").replace("/", "_")
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def versions() -> dict:
+    import hydra
+    import lightning
+
+    import actbench
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "hydra": hydra.__version__,
+        "actbench": actbench.__version__,
+    }
+
+
+@dataclass
+class Run:
+    """One seed's run directory and the metrics.json it accumulates."""
+
+    name: str
+    dir: Path
+    seed: int
+    overrides: dict
+    hparams: dict
+    config: dict
+    metrics: dict = field(default_factory=dict)
+
+    def start(self, resume_epoch: int, device: str, started: float) -> None:
+        """Begin (or resume at `resume_epoch`) the metrics; curves past the checkpoint are dropped."""
+        old = read_metrics(self.dir) if resume_epoch else None
+        curves = (old or {}).get("curves", {})
+        probes = (old or {}).get("probes", {})
+        if old:
+            curves = {k: v[:resume_epoch] for k, v in curves.items()}
+            probes = {k: v[: resume_epoch + 1] for k, v in probes.items()}
+        self.metrics = {
+            "schema": SCHEMA,
+            "status": "running",
+            "error": None,
+            "name": self.name,
+            "overrides": self.overrides,
+            "hparams": self.hparams,
+            "config": self.config,
+            "curves": curves,
+            "probes": probes,
+            "final": {},
+            "timing": {"started": (old or {}).get("timing", {}).get("started", now()), "resumed_at_epoch": resume_epoch or None},
+            "versions": versions(),
+            "device": device,
+        }
+        self._t_start = started
+        self.write()
+
+    def append(self, section: str, values: dict) -> None:
+        table = self.metrics[section]
+        for k, v in values.items():
+            table.setdefault(k, []).append(v)
+
+    def end(self, status: str, error: str | None = None, **timing) -> None:
+        self.metrics["status"] = status
+        self.metrics["error"] = error
+        self.metrics["timing"].update(ended=now(), **timing)
+        self.write()
+
+    def write(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / METRICS_FILE
+        tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(clean(self.metrics), indent=1))
+        os.replace(tmp, path)  # readers never see half a file
+
+
+def write_hparams(logger, hparams: dict) -> None:
+    """Declare the run's hparams and the metrics they are compared on, without placeholder values:
+    the HParams tab reads the metrics from the scalars of the same names."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    flat = {k: ("none" if v is None else v) for k, v in hparams.items()}
+    exp, ssi, sei = hparams_summary(flat, {m: 0.0 for m in DECLARED_METRICS})
+    writer = logger.experiment.file_writer
+    for summary in (exp, ssi, sei):
+        writer.add_summary(summary)
+
+
+class Recorder(Callback):
+    """Writes every run of the pack: start, each epoch, the end; saves the checkpoint each epoch."""
+
+    def __init__(self, runs: list[Run], checkpoint_path: Path, log_every_n_steps: int = 50, t_process: float | None = None):
+        self.runs, self.checkpoint_path, self.every = runs, Path(checkpoint_path), max(1, log_every_n_steps)
+        self.t_job = time.time()
+        self.t_first = t_process or self.t_job
+        self.t_first_step = None
+        self.fit_s = 0.0
+        self.diverged = [False] * len(runs)
+
+    @property
+    def label(self) -> str:
+        if len(self.runs) == 1:
+            return self.runs[0].name
+        return f"{self.runs[0].name} (+{len(self.runs) - 1} packed seeds)"
+
+    # ---------------------------------------------------------------- fit
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        device = str(trainer.strategy.root_device)
+        if device.startswith("cuda"):
+            device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
+        resume_epoch = trainer.current_epoch
+        for run, logger in zip(self.runs, trainer.loggers):
+            run.start(resume_epoch, device, self.t_job)
+            if not resume_epoch:
+                write_hparams(logger, run.hparams)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # what probes measured at initialisation (epoch 0); nothing else is in the log yet
+        if pl_module.epoch_log and trainer.current_epoch == 0:
+            self._flush(trainer, pl_module.epoch_log, epoch=0)
+        pl_module.epoch_log = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.t_first_step is None:
+            self.t_first_step = time.time()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.t_epoch = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        steps = pl_module.train_epoch_steps()
+        host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}  # the epoch's one sync
+        epoch_s = time.perf_counter() - self.t_epoch
+        self.fit_s += epoch_s
+        n_samples = steps["loss"].shape[0] * trainer.datamodule.batch_size
+        host["time/epoch_s"] = torch.full((len(self.runs),), epoch_s)
+        host["time/samples_per_s"] = torch.full((len(self.runs),), n_samples / epoch_s)
+        self._log_steps(trainer, {k: v.cpu() for k, v in steps.items()})
+        self._flush(trainer, host, epoch=trainer.current_epoch + 1)
+        loss = host["train/loss"]
+        for k, run in enumerate(self.runs):
+            if not self.diverged[k] and not math.isfinite(float(loss[k])):
+                self.diverged[k] = True
+                run.end("diverged", f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
+                print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); stopping it", flush=True)
+        if all(self.diverged):
+            trainer.should_stop = True
+        self._print_epoch(trainer, host)
+        trainer.save_checkpoint(self.checkpoint_path)
+
+    def _flush(self, trainer, host: dict, epoch: int) -> None:
+        step = trainer.global_step
+        for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
+            values = {name: float(v[k]) for name, v in host.items()}
+            if not self.diverged[k]:
+                logger.log_metrics(values, step=step)
+            curves = {curve_name(n): v for n, v in values.items() if n.startswith(CURVE_PREFIXES)}
+            probes = {n: v for n, v in values.items() if not n.startswith(CURVE_PREFIXES)}
+            if curves:
+                run.append("curves", {"epoch": epoch, **curves})
+            if probes:
+                run.append("probes", {"epoch": epoch, **probes})
+            if not self.diverged[k]:
+                run.write()
+            logger.experiment.flush()
+
+    def _log_steps(self, trainer, steps: dict) -> None:
+        """Per-step training curves, as means over windows of log_every_n_steps."""
+        n = steps["loss"].shape[0]
+        first = trainer.global_step - n
+        for start in range(0, n, self.every):
+            end = min(start + self.every, n)
+            window = {f"train/{name}_step": v[start:end].mean(0) for name, v in steps.items()}
+            for k, logger in enumerate(trainer.loggers):
+                if not self.diverged[k]:
+                    logger.log_metrics({t: float(v[k]) for t, v in window.items()}, step=first + end)
+
+    def _print_epoch(self, trainer, host: dict) -> None:
+        def mean(key):
+            return float(host[key].nanmean()) if key in host else float("nan")
+
+        print(
+            f"{self.label}  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            f"  train loss {mean('train/loss'):.4f} acc {100 * mean('train/acc'):.2f}%"
+            f"  val loss {mean('val/loss'):.4f} acc {100 * mean('val/acc'):.2f}%"
+            f"  {mean('time/epoch_s'):.2f}s ({mean('time/samples_per_s') * len(self.runs) / 1000:.1f}k samples/s)",
+            flush=True,
+        )
+
+    # ---------------------------------------------------------------- test and the end
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}
+        timing = {
+            "wall_s": round(time.time() - self.t_job, 3),
+            "startup_s": round((self.t_first_step or time.time()) - self.t_first, 3),
+            "fit_s": round(self.fit_s, 3),
+        }
+        for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
+            if self.diverged[k]:
+                continue
+            final = {name.replace("/", "_"): float(v[k]) for name, v in host.items()}
+            logger.log_metrics({name: float(v[k]) for name, v in host.items()}, step=trainer.global_step)
+            logger.experiment.flush()
+            curves = run.metrics["curves"]
+            final.update(
+                {key: curves[key][-1] for key in ("train_loss", "train_acc", "val_loss", "val_acc") if curves.get(key)},
+                epochs=len(curves.get("epoch", [])),
+                steps=trainer.global_step,
+            )
+            run.metrics["final"] = final
+            epoch_s = sorted(curves.get("epoch_s", []))
+            timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None)
+            run.end("finished", **timing_k)
+            print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
+
+    def fail(self, error: BaseException) -> None:
+        """Mark every unfinished run of the pack failed, keeping its curves."""
+        msg = f"{type(error).__name__}: {error}".strip()
+        for run in self.runs:
+            if not run.metrics:
+                run.start(0, "unknown", self.t_job)
+            if run.metrics.get("status") == "running":
+                run.end("failed", msg, fit_s=self.fit_s)
+

@@ -1,0 +1,261 @@
+"""The Hydra entry point: compose the config, build data + model + Trainer, fit, test, record.
+
+    python -m actbench.train                       # one run
+    python -m actbench.train -m activation=relu,gelu seed=0,1,2
+    python -m actbench.train -m experiment=blog    # the blog's sweep
+
+A run is idempotent: one whose metrics.json says finished is skipped, an unfinished one
+resumes from its checkpoint. With `seeds=[...]` one process trains several seeds packed,
+each in its own run directory, exactly as if run apart.
+"""
+
+from __future__ import annotations
+
+import time
+
+T_PROCESS = time.time()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from actbench.errors import UserError  # noqa: E402
+
+PACKS_DIR = ".packs"
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job's directory: its overrides; packs of seeds go under .packs/ since their seeds get their own."""
+    if "seeds=" in override_dirname:
+        return f"{PACKS_DIR}/{override_dirname}"
+    return override_dirname or "default"
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+
+
+# ---------------------------------------------------------------- run identity
+
+
+def identity_overrides(hc) -> list[str]:
+    """The task overrides that define what a run computes (Hydra's override_dirname keys)."""
+    exclude = set(hc.job.config.override_dirname.exclude_keys)
+    return [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in exclude]
+
+
+def run_name(overrides: list[str], seed: int | None = None) -> str:
+    """`key=value,...` sorted by key, as Hydra names a job's directory; `seed` replaces `seeds=`."""
+    items = [o for o in overrides if not (seed is not None and o.split("=", 1)[0].lstrip("+") == "seeds")]
+    if seed is not None:
+        items.append(f"seed={seed}")
+    items.sort(key=lambda o: o.split("=", 1)[0])
+    return ",".join(items) or "default"
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.key_or_group: o.value() for o in parsed}
+
+
+def hparams(cfg: DictConfig, choices, seed: int) -> dict:
+    """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab."""
+    return {
+        "activation": choices.get("activation"),
+        "seed": seed,
+        "lr": float(cfg.optimizer.lr),
+        "batch_size": int(cfg.data.batch_size),
+        "depth": int(cfg.model.depth),
+        "width": int(cfg.model.width),
+        "init": str(cfg.model.init),
+        "dropout": float(cfg.model.dropout),
+        "optimizer": choices.get("optimizer"),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "val_size": int(cfg.data.val_size),
+        "experiment": choices.get("experiment") or "none",
+    }
+
+
+def plan_runs(cfg: DictConfig):
+    """One entry per seed: (seed, run dir, name, overrides)."""
+    from actbench.record import Run
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    overrides = identity_overrides(hc)
+    packed = cfg.seeds is not None
+    seeds = list(cfg.seeds) if packed else [int(cfg.seed)]
+    base = job_dir.parent.parent if job_dir.parent.name == PACKS_DIR else job_dir
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    runs = []
+    for seed in seeds:
+        name = run_name(overrides, seed if packed else None)
+        run_dir = base / name if packed else job_dir
+        ov = parse_overrides([o for o in overrides if o.split("=", 1)[0] != "seeds"])
+        if packed:
+            ov["seed"] = seed
+        config = {**resolved, "seed": seed, "seeds": None}
+        runs.append(Run(name, run_dir, seed, ov, hparams(cfg, hc.runtime.choices, seed), config))
+    return runs
+
+
+def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
+    """Give each packed seed's run directory the .hydra/ an unpacked run would have."""
+    import yaml
+
+    src = job_dir / ".hydra"
+    for run in runs:
+        dst = run.dir / ".hydra"
+        dst.mkdir(parents=True, exist_ok=True)
+        seed_cfg = OmegaConf.merge(cfg, {"seed": run.seed, "seeds": None})
+        (dst / "config.yaml").write_text(OmegaConf.to_yaml(seed_cfg))
+        overrides = yaml.safe_load((src / "overrides.yaml").read_text()) if (src / "overrides.yaml").exists() else []
+        overrides = [o for o in overrides if o.split("=", 1)[0] != "seeds"] + [f"seed={run.seed}"]
+        (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        if (src / "hydra.yaml").exists():
+            (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
+
+
+# ---------------------------------------------------------------- building and fitting
+
+
+def quiet() -> None:
+    """A normal run prints its own lines, not Lightning's set-up chatter."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`.*")
+    warnings.filterwarnings("ignore", message=r".*The number of training batches.*log_every_n_steps.*")
+
+
+def fit_pack(cfg: DictConfig, runs, resume_step: int | None) -> None:
+    """Train and test one pack of seeds (often a pack of one) that start from the same point."""
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from actbench import activations
+    from actbench.checkpoints import PerSeedCheckpointIO
+    from actbench.model import Classifier
+    from actbench.record import Recorder
+
+    seeds = [r.seed for r in runs]
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    torch.set_flush_denormal(bool(cfg.flush_denormal))
+
+    data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution))
+    data.prepare()  # bad or missing data fails here, before anything is written
+    try:
+        act = activations.build(cfg.activation)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        raise UserError(f"activation: {e}") from None
+
+    loggers = [
+        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume_step)
+        for r in runs
+    ]
+    ckpt = runs[0].dir / "checkpoints" / cfg.checkpoint_name
+    recorder = Recorder(runs, ckpt, int(cfg.trainer.log_every_n_steps), T_PROCESS if first_job() else None)
+    probes = [instantiate(p) for p in cfg.probes.values() if p is not None]
+    trainer = instantiate(
+        cfg.trainer, logger=loggers, callbacks=[*probes, recorder], plugins=[PerSeedCheckpointIO([r.dir for r in runs], seeds)]
+    )
+    on_cuda = trainer.strategy.root_device.type == "cuda"
+    graph = on_cuda and cfg.model.dropout == 0 if cfg.cuda_graph == "auto" else bool(cfg.cuda_graph)
+    net = instantiate(cfg.model, seeds=seeds, activation=act)
+    module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume_step is not None else None)
+        if not all(recorder.diverged):
+            trainer.test(module, datamodule=data, verbose=False)
+    except BaseException as e:
+        recorder.fail(e)
+        raise
+
+
+_jobs_started = 0
+
+
+def first_job() -> bool:
+    return _jobs_started <= 1
+
+
+def run(cfg: DictConfig):
+    from actbench.checks import validate
+    from actbench.checkpoints import checkpoint_step
+    from actbench.record import read_metrics
+
+    global _jobs_started
+    _jobs_started += 1
+    validate(cfg)
+    quiet()
+    runs = plan_runs(cfg)
+    if cfg.seeds is not None:
+        write_seed_hydra_dirs(runs, Path(HydraConfig.get().runtime.output_dir), cfg)
+
+    groups: dict[int | None, list] = {}
+    for r in runs:
+        done = read_metrics(r.dir) if cfg.skip_finished else None
+        if done and done.get("status") == "finished":
+            acc = done.get("final", {}).get("test_acc")
+            print(f"{r.name}: already finished (test accuracy {100 * acc:.2f}%), skipped", flush=True)
+            continue
+        step = checkpoint_step(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
+        groups.setdefault(step, []).append(r)
+
+    errors = []
+    for step, pack in groups.items():
+        if step is not None:
+            print(f"{pack[0].name}{f' (+{len(pack) - 1} seeds)' if len(pack) > 1 else ''}: resuming from step {step}", flush=True)
+        try:
+            fit_pack(cfg, pack, step)
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    finals = [read_metrics(r.dir) or {} for r in runs]
+    accs = [m.get("final", {}).get("val_acc") for m in finals if m.get("status") == "finished"]
+    accs = [a for a in accs if a is not None]
+    return sum(accs) / len(accs) if accs else float("nan")  # for Hydra sweepers that optimise
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig):
+    try:
+        return run(cfg)
+    except UserError as e:
+        print(f"actbench: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+class SweepReport(HydraCallback):
+    """After a multirun, write the sweep's report beside its runs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not config.get("report", True):
+            return
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            from actbench.report import write_report
+
+            path = write_report(sweep_dir, baseline=config.get("baseline", "relu"))
+            print(f"report: {path}", flush=True)
+        except Exception as e:  # noqa: BLE001 - a report problem must not hide the finished runs
+            print(f"actbench: could not write the report for {sweep_dir}: {e}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""actbench.activations: the zoo's values, the builder, and autograd derivatives."""
+
+import math
+
+import pytest
+import torch
+
+from actbench import activations
+
+X = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0], dtype=torch.float64)
+# GELU reference values (x * Phi(x), and the tanh approximation) at X
+GELU_EXACT = [-0.00404951, -0.15865529, 0.0, 0.8413447, 2.9959507]
+GELU_TANH = [-0.00363752, -0.15880796, 0.0, 0.841192, 2.9963627]
+
+
+def phi(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+SHIPPED = ["relu", "leaky", "sigmoid", "tanh", "gelu", "gelu_tanh", "gelu_sigmoid", "silu", "elu", "selu", "mish", "softplus"]
+
+
+def test_every_required_activation_is_shipped():
+    assert set(SHIPPED) <= set(activations.names())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_activations_are_elementwise_and_finite(name):
+    fn = activations.from_name(name)
+    x = torch.linspace(-5, 5, 101)
+    y = fn(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # elementwise: the value at a point does not depend on the other points
+    assert torch.allclose(fn(x.flip(0)), y.flip(0), atol=1e-6)
+
+
+def test_gelu_exact_and_tanh_reference_values():
+    assert activations.from_name("gelu")(X).tolist() == pytest.approx(GELU_EXACT, abs=1e-6)
+    assert activations.from_name("gelu_tanh")(X).tolist() == pytest.approx(GELU_TANH, abs=1e-6)
+    assert [x * phi(x) for x in X.tolist()] == pytest.approx(GELU_EXACT, abs=1e-6)
+
+
+def test_gelu_approximation_errors():
+    xs = torch.linspace(-6, 6, 120001, dtype=torch.float64)
+    exact = activations.from_name("gelu")(xs)
+    d_tanh = (activations.from_name("gelu_tanh")(xs) - exact).abs()
+    d_sig = (activations.from_name("gelu_sigmoid")(xs) - exact).abs()
+    assert 4.5e-4 < d_tanh.max() < 5e-4 and abs(abs(xs[d_tanh.argmax()]) - 2.7) < 0.1
+    assert 1.9e-2 < d_sig.max() < 2.1e-2
+
+
+def test_other_values_at_known_points():
+    x = torch.tensor([-2.0, 0.0, 2.0], dtype=torch.float64)
+    assert activations.from_name("relu")(x).tolist() == [0, 0, 2]
+    assert activations.from_name("leaky")(x).tolist() == pytest.approx([-0.02, 0, 2])
+    assert activations.from_name("sigmoid")(x).tolist() == pytest.approx([1 / (1 + math.e**2), 0.5, 1 / (1 + math.e**-2)])
+    assert activations.from_name("silu")(x).tolist() == pytest.approx([-2 / (1 + math.e**2), 0, 2 / (1 + math.e**-2)])
+    assert activations.from_name("elu")(x).tolist() == pytest.approx([math.exp(-2) - 1, 0, 2])
+    assert activations.from_name("softplus")(x).tolist() == pytest.approx([math.log1p(math.exp(-2)), math.log(2), math.log1p(math.e**2)])
+    assert activations.from_name("mish")(x)[2].item() == pytest.approx(2 * math.tanh(math.log1p(math.e**2)))
+
+
+def test_build_accepts_a_module_class_with_parameters():
+    fn = activations.build({"_target_": "torch.nn.LeakyReLU", "negative_slope": 0.3})
+    assert fn(torch.tensor([-1.0])).item() == pytest.approx(-0.3)
+
+
+def test_build_accepts_a_plain_function_with_bound_arguments():
+    fn = activations.build({"_target_": "torch.nn.functional.gelu", "approximate": "tanh"})
+    assert fn(X).tolist() == pytest.approx(GELU_TANH, abs=1e-6)
+    bare = activations.build({"_target_": "torch.tanh"})
+    assert bare(torch.tensor([0.5])).item() == pytest.approx(math.tanh(0.5))
+
+
+def test_build_refuses_learnable_activations():
+    with pytest.raises(ValueError, match="learnable"):
+        activations.build({"_target_": "torch.nn.PReLU"})
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="relu"):
+        activations.from_name("nope")
+
+
+def test_derivative_by_autograd():
+    z = torch.tensor([-3.0, -0.5, 0.5, 3.0])
+    assert activations.derivative(torch.relu, z).tolist() == [0, 0, 1, 1]
+    s = torch.sigmoid(z)
+    assert torch.allclose(activations.derivative(torch.sigmoid, z), s * (1 - s))
+    d = activations.derivative(activations.from_name("leaky"), z)
+    assert d.tolist() == pytest.approx([0.01, 0.01, 1, 1])

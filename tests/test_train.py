@@ -1,0 +1,126 @@
+"""actbench.train end to end through the CLI: runs, sweeps, outputs, reruns and bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    return ea
+
+
+def hparams_of(ea: EventAccumulator):
+    content = ea.PluginTagToContent("hparams")
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    return exp, start
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
+    r = run_cli(*tiny_run, "activation=gelu", "seed=0")
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "runs" / "tiny" / "activation=gelu,seed=0"
+    m = metrics(run_dir)
+    assert m["status"] == "finished" and m["error"] is None
+    assert m["overrides"] == {"activation": "gelu", "seed": 0}
+    assert m["hparams"]["activation"] == "gelu" and m["hparams"]["seed"] == 0 and m["hparams"]["depth"] == 1
+    assert m["curves"]["epoch"] == [1] and 0 <= m["final"]["test_acc"] <= 1
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_s", "samples_per_s"} <= set(m["curves"])
+    assert m["final"]["steps"] == -(-500 // 32) and m["versions"]["torch"] and m["device"] == "cpu"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and (run_dir / ".hydra" / "config.yaml").exists()
+
+    ea = events(run_dir)
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/loss_step", "train/acc_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= tags
+    assert {"time/epoch_s", "time/samples_per_s"} <= tags and "hp_metric" not in tags
+    assert len(ea.Scalars("train/loss_step")) == -(-16 // 5)  # 16 steps logged in windows of 5
+    assert ea.Scalars("test/acc")[-1].value == pytest.approx(m["final"]["test_acc"])
+    exp, start = hparams_of(ea)
+    assert {h.name for h in exp.hparam_infos} >= {"activation", "seed", "lr", "batch_size", "depth", "width", "init"}
+    assert {mi.name.tag for mi in exp.metric_infos} >= {"val/acc", "test/acc"}
+    assert start.hparams["activation"].string_value == "gelu" and start.hparams["seed"].number_value == 0
+    assert "test accuracy" in r.stdout and str(run_dir) in r.stdout
+
+
+def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
+    r = run_cli("-m", *tiny_run, "activation=relu,sigmoid", "seed=0,1", "report=false")
+    assert r.returncode == 0, r.stderr
+    sweep = tmp_path / "runs" / "tiny"
+    names = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
+    assert names == ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+    assert all(metrics(sweep / n)["status"] == "finished" for n in names)
+    # pairing by seed: the same seed sees the same validation split whatever the activation
+    assert metrics(sweep / names[0])["config"]["seed"] == metrics(sweep / names[2])["config"]["seed"] == 0
+
+
+def test_same_seed_twice_gives_identical_metrics(tiny_run, tmp_path):
+    a = run_cli(*tiny_run, "name=a", "seed=3")
+    b = run_cli(*tiny_run, "name=b", "seed=3")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    ma, mb = (metrics(tmp_path / "runs" / n / "seed=3") for n in "ab")
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert ma["curves"][key] == mb["curves"][key]
+    assert ma["final"]["test_acc"] == mb["final"]["test_acc"] and ma["final"]["test_loss"] == mb["final"]["test_loss"]
+    c = run_cli(*tiny_run, "name=c", "seed=4")
+    assert metrics(tmp_path / "runs" / "c" / "seed=4")["curves"]["train_loss"] != ma["curves"]["train_loss"]
+
+
+def test_rerun_skips_a_finished_run_without_touching_it(tiny_run, tmp_path):
+    assert run_cli(*tiny_run, "seed=0").returncode == 0
+    run_dir = tmp_path / "runs" / "tiny" / "seed=0"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+    r = run_cli(*tiny_run, "seed=0")
+    assert r.returncode == 0 and "already finished" in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.width=-3", "model.width=-3: must be an integer >= 1"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc': must be an integer >= 1"),
+        ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+    ],
+)
+def test_bad_values_get_one_line_before_training(tiny_run, tmp_path, override, message):
+    r = run_cli(*tiny_run, override)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"actbench: error: {message}"]
+    assert not list((tmp_path / "runs").rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("group, valid", [("activation", "gelu_tanh"), ("optimizer", "adamw"), ("experiment", "keras_parity")])
+def test_unknown_names_list_the_valid_ones(tiny_run, group, valid):
+    r = run_cli(*tiny_run, f"{group}=nope")
+    assert r.returncode != 0 and f"Could not find '{group}/nope'" in r.stderr and valid in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_data_is_one_line_naming_both_ways(tiny_run, tmp_path):
+    r = run_cli(*tiny_run, f"data.root={tmp_path / 'nowhere'}")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "apt-get install dataset-fashion-mnist" in line and "data.download=true" in line
+    assert not list((tmp_path / "runs").rglob("metrics.json"))
+
+
+def test_corrupt_data_names_the_file(tiny_run, tiny_data):
+    f = tiny_data / "train-labels-idx1-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:20])
+    r = run_cli(*tiny_run)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "train-labels-idx1-ubyte.gz" in line
