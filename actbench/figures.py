@@ -1,0 +1,385 @@
+"""The report's figures: loss curves, test accuracy per configuration, the activations and their
+derivatives, and the probes (dead units, per-layer gradient norms, gradient ratio vs depth).
+
+Each configuration is a `Series` built by actbench.report; each figure function writes one PNG
+and returns (path or None, note), None meaning the data for it is absent. Colours follow the
+activation (Okabe-Ito, then Paul Tol's muted colours: both colour-blind safe) and stay the same
+in every figure; line styles tell apart the other swept keys (e.g. depth).
+matplotlib and torch are imported inside the functions so that importing actbench stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Fixed per shipped activation, so a colour means the same activation in every report.
+COLORS = {
+    "relu": "#000000",
+    "gelu": "#0072B2",
+    "gelu_tanh": "#56B4E9",
+    "gelu_sigmoid": "#009E73",
+    "leaky": "#E69F00",
+    "sigmoid": "#D55E00",
+    "tanh": "#CC79A7",
+    "silu": "#882255",
+    "elu": "#332288",
+    "mish": "#999933",
+    "selu": "#AA4499",
+    "softplus": "#44AA99",
+}
+SPARE_COLORS = ["#DDCC77", "#CC6677", "#88CCEE", "#117733", "#F0E442", "#777777"]
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
+DPI = 130
+
+
+@dataclass
+class Series:
+    """One configuration, as the figures need it."""
+
+    label: str
+    activation: str | None
+    variant: dict = field(default_factory=dict)  # the other varying keys, e.g. {"model.depth": 4}
+    runs: list[dict] = field(default_factory=list)  # metrics.json contents, one per seed
+    values: list[float] = field(default_factory=list)  # the report's metric per run, as plotted
+    grad_ratio: float = math.nan  # the configuration's summary grad ratio
+
+
+def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
+    """label -> (colour, linestyle): colour by activation, line style by the other keys."""
+    spare = itertools.cycle(SPARE_COLORS)
+    colors: dict = {}
+    variants: dict = {}
+    for s in series:
+        if s.activation not in colors:
+            colors[s.activation] = COLORS.get(str(s.activation)) or next(spare)
+        variants.setdefault(_variant_id(s), len(variants))
+    return {
+        s.label: (colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)]) for s in series
+    }
+
+
+def _variant_id(s: Series) -> str:
+    return json.dumps(s.variant, sort_keys=True, default=str)
+
+
+RC = {"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
+
+
+def _drawing(fn):
+    """Run a figure function under the report's rc settings. Figures are built as plain
+    matplotlib.figure.Figure objects, rendered by the Agg canvas: no pyplot, so no global
+    backend switch or figure registry in a process (or notebook) that calls the report."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(RC):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _new_figure(**kwargs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(layout="constrained", **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _num(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+
+def _aligned(runs: list[dict], section: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, runs x epochs matrix), aligned on the epoch numbers, NaN where a run lacks one."""
+    blocks = [r.get(section) if isinstance(r.get(section), dict) else {} for r in runs]
+    epochs = sorted({e for b in blocks if key in b for e in b.get("epoch") or []})
+    index = {e: i for i, e in enumerate(epochs)}
+    out = np.full((len(blocks), len(epochs)), np.nan)
+    for row, b in enumerate(blocks):
+        for e, v in zip(b.get("epoch") or [], b.get(key) or []):
+            if e in index:
+                out[row, index[e]] = _num(v)
+    return np.array(epochs, dtype=float), out
+
+
+def _layer_mean(runs: list[dict], prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per run, the mean over hidden layers of probes[prefix/layerK], aligned on probe epochs."""
+    keys = sorted({k for r in runs for k in (r.get("probes") or {}) if k.startswith(prefix + "/")})
+    if not keys:
+        return np.array([]), np.empty((len(runs), 0))
+    stacks = [_aligned(runs, "probes", k) for k in keys]
+    epochs = max((s[0] for s in stacks), key=len)
+    mats = [m for e, m in stacks if len(e) == len(epochs)]
+    with _quiet():
+        return epochs, np.nanmean(np.stack(mats), axis=0)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence numpy's all-NaN warnings: an all-NaN column is just a gap in the plot."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _mean_std(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with _quiet():
+        count = np.sum(~np.isnan(mat), axis=0)
+        mean = np.nanmean(mat, axis=0)
+        std = np.where(count >= 2, np.nanstd(mat, axis=0, ddof=1), np.nan)
+    return mean, std
+
+
+def _gmean(mat: np.ndarray, axis=0) -> np.ndarray:
+    with _quiet():
+        logs = np.where(mat > 0, np.log(np.where(mat > 0, mat, 1.0)), np.nan)
+        return np.exp(np.nanmean(logs, axis=axis))
+
+
+def _variant_label(s: Series) -> str:
+    return ", ".join(f"{k}={v}" for k, v in s.variant.items())
+
+
+def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) -> None:
+    """One entry per configuration when only the activation varies; otherwise colour (the
+    activation) and line style (the other keys) get separate legends, which stay short."""
+    from matplotlib.lines import Line2D
+
+    variants = list(dict.fromkeys(_variant_label(s) for s in series))
+    if len(variants) <= 1:
+        handles = [Line2D([], [], color=style[s.label][0], ls=style[s.label][1], lw=2, marker="o", ms=3) for s in series]
+        labels = [s.label + (f" (n={counts[s.label]})" if counts else "") for s in series]
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
+        return
+    first = {}
+    for s in series:
+        first.setdefault(s.activation, s)
+        first.setdefault(_variant_label(s), s)
+    acts = list(dict.fromkeys(s.activation for s in series))
+    fig.legend([Line2D([], [], color=style[first[a].label][0], lw=2.5) for a in acts], [str(a) for a in acts],
+               loc="outside right upper", title="activation (colour)", frameon=False)
+    fig.legend([Line2D([], [], color="0.25", ls=style[first[v].label][1], lw=1.8) for v in variants], variants,
+               loc="outside right lower", title="line style", frameon=False)
+
+
+@_drawing
+def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
+    """Training and validation loss per epoch: mean over seeds with a +-1 std band."""
+    if not any(_aligned(s.runs, "curves", "train_loss")[0].size for s in series):
+        return None, "skipped: no run recorded loss curves"
+    style = styles(series)
+    fig = _new_figure(figsize=(11, 4.6))
+    axes = fig.subplots(1, 2, sharex=True)
+    counts: dict = {}
+    for ax, key, title in zip(axes, ["train_loss", "val_loss"], ["training loss", "validation loss"]):
+        for s in series:
+            epochs, mat = _aligned(s.runs, "curves", key)
+            if not epochs.size:
+                continue
+            mean, std = _mean_std(mat)
+            color, ls = style[s.label]
+            counts[s.label] = int(np.sum(~np.isnan(mat).all(axis=1)))
+            ax.plot(epochs, mean, color=color, linestyle=ls, lw=1.8, marker="o", ms=3)
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+        ax.set(title=title, xlabel="epoch", ylabel="cross-entropy loss")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle("Loss per epoch: line = mean over seeds, band = ±1 std over seeds")
+    _legend(fig, series, style, counts)
+    fig.savefig(path, dpi=DPI)
+    return path, ""
+
+
+@_drawing
+def metric_points(series: list[Series], path: Path, metric_label: str = "test acc (%)") -> tuple[Path | None, str]:
+    """The metric per configuration: every seed as a jittered point, mean with a 95% t CI bar."""
+    from scipy import stats
+
+    if not any(s.values for s in series):
+        return None, "skipped: no finished runs"
+    style = styles(series)
+    rng = np.random.default_rng(0)  # fixed jitter, so re-running the report gives the same figure
+    fig = _new_figure(figsize=(8, 1.2 + 0.42 * len(series)))
+    ax = fig.subplots()
+    for i, s in enumerate(series):
+        color, _ = style[s.label]
+        y = np.array(s.values, dtype=float)
+        ax.scatter(y, i + rng.uniform(-0.18, 0.18, len(y)), s=22, color=color, alpha=0.6, lw=0, zorder=2)
+        mean = float(np.mean(y))
+        half = stats.t.ppf(0.975, len(y) - 1) * np.std(y, ddof=1) / math.sqrt(len(y)) if len(y) > 1 else 0.0
+        ax.errorbar(mean, i, xerr=half if len(y) > 1 else None, fmt="D", ms=6, color=color, mec="white",
+                    capsize=4, lw=1.6, zorder=3)
+        ax.annotate(f"{mean:.2f}  (n={len(y)})", (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(series)), [s.label for s in series])
+    ax.invert_yaxis()  # best first, as in the table
+    ax.margins(x=0.08)
+    ax.set_xlabel(metric_label)
+    ax.grid(axis="y", visible=False)
+    ax.set_title(f"{metric_label}: points = seeds, diamond = mean, bar = 95% CI (t)", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    return path, ""
+
+
+@_drawing
+def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
+    """f(x) and f'(x) on [-4, 4] for the sweep's shipped activations, and how far GELU's two
+    approximations are from the exact GELU (invisible at the scale of the first two panels)."""
+    import torch
+
+    from actbench import activations as acts
+
+    present = list(dict.fromkeys(str(s.activation) for s in series if s.activation is not None))
+    shipped = set(acts.names())
+    unknown = [a for a in present if a not in shipped]
+    style = styles(series)
+    color = {s.activation: style[s.label][0] for s in series}
+    x = torch.linspace(-4, 4, 801)
+    fig = _new_figure(figsize=(14, 4.4))
+    axes = fig.subplots(1, 3)
+    for i, name in enumerate(a for a in present if a in shipped):
+        fn = acts.from_name(name)
+        with torch.no_grad():
+            y = fn(x)
+        # Near-identical curves (gelu / gelu_tanh, relu / leaky) would hide each other if all solid.
+        line = {"color": color[name], "lw": 2.2 - 0.25 * (i % 4), "linestyle": LINESTYLES[i % 4], "label": name}
+        axes[0].plot(x, y, **line)
+        axes[1].plot(x, acts.derivative(fn, x), **line)
+    axes[0].set(title="f(x)", xlabel="x", ylim=(-2.0, 4.2))
+    axes[1].set(title="f'(x)", xlabel="x", ylim=(-0.2, 1.3))
+    axes[0].legend(frameon=False, fontsize=8)
+
+    exact = acts.from_name("gelu")
+    for name, c in [("gelu_tanh", COLORS["gelu_tanh"]), ("gelu_sigmoid", COLORS["gelu_sigmoid"])]:
+        approx = acts.from_name(name)
+        with torch.no_grad():
+            err = (approx(x) - exact(x)).abs()
+        derr = (acts.derivative(approx, x) - acts.derivative(exact, x)).abs()
+        axes[2].semilogy(x, err, color=c, lw=1.8, label=f"|{name} − gelu|")
+        axes[2].semilogy(x, derr, color=c, lw=1.2, linestyle="--", label=f"|{name}' − gelu'|")
+    axes[2].set(title="GELU approximations vs exact GELU (log scale)", xlabel="x", ylim=(1e-7, 0.2))
+    axes[2].legend(frameon=False, fontsize=8)
+    fig.savefig(path, dpi=DPI)
+    note = f"not drawn (not shipped activations): {', '.join(unknown)}" if unknown else ""
+    return path, note
+
+
+def _depth_key(series: list[Series]) -> str | None:
+    """The swept key named like *depth whose value differs between configurations."""
+    keys = {k for s in series for k in s.variant if k.split(".")[-1] == "depth"}
+    for k in sorted(keys):
+        if len({str(s.variant.get(k)) for s in series}) > 1:
+            return k
+    return None
+
+
+@_drawing
+def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
+    """Dead and saturated units by epoch, per-layer gradient norms at the final epoch, and,
+    when depth is swept, the first/last-layer gradient ratio against depth."""
+    with_probes = [s for s in series if any(isinstance(r.get("probes"), dict) and r["probes"] for r in s.runs)]
+    if not with_probes:
+        return None, "skipped: no run recorded probes"
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    style = styles(series)
+    depth = _depth_key(with_probes)
+    saturated = any(k.startswith("saturated/") for s in with_probes for r in s.runs for k in r.get("probes") or {})
+    fractions = ["dead", "saturated"] if saturated else ["dead"]
+    panels = fractions + ["grad_norm"] + (["ratio"] if depth else [])
+    rows = 2 if len(panels) == 4 else 1  # four panels in a row would be too wide to read
+    cols = len(panels) // rows
+    fig = _new_figure(figsize=(4.8 * cols, 4.0 * rows + 0.6))
+    ax = dict(zip(panels, np.ravel(fig.subplots(rows, cols))))
+
+    for s in with_probes:
+        line = {"color": style[s.label][0], "linestyle": style[s.label][1], "lw": 1.8, "marker": "o", "ms": 3.5}
+        runs = [r for r in s.runs if r.get("probes")]
+        for kind in fractions:
+            epochs, per_run = _layer_mean(runs, kind)
+            if epochs.size:
+                with _quiet():
+                    ax[kind].plot(epochs, np.nanmean(per_run, axis=0), **line)
+        layers, norms = _final_grad_norms([r["probes"] for r in runs])
+        if layers:
+            ax["grad_norm"].semilogy(layers, _gmean(norms), **line)
+    for kind in fractions:
+        ax[kind].set(title=f"{kind} units (mean over layers, seeds)", xlabel="epoch (0 = at initialisation)",
+                     ylabel=f"{kind} fraction")
+        ax[kind].yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax[kind].xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax["grad_norm"].set(title="weight-gradient norm per layer, final epoch", xlabel="layer (last = output layer)",
+                        ylabel="‖∇W‖ (geometric mean over seeds)")
+    ax["grad_norm"].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if depth:
+        _ratio_vs_depth(ax["ratio"], with_probes, depth, style)
+    _legend(fig, with_probes, style)
+    fig.savefig(path, dpi=DPI)
+    return path, ""
+
+
+def _final_grad_norms(probes_per_run: list[dict]) -> tuple[list[int], np.ndarray]:
+    """Layer indices 1..D+1 and a runs x layers matrix of grad_norm/w{i} at the last epoch."""
+    indices = {k.removeprefix("grad_norm/w") for p in probes_per_run for k in p if k.startswith("grad_norm/w")}
+    layers = list(range(1, max((int(i) for i in indices if i.isdigit()), default=0) + 1))
+    return layers, np.array([[_last(p.get(f"grad_norm/w{i}")) for i in layers] for p in probes_per_run])
+
+
+def _last(values) -> float:
+    vals = [_num(v) for v in values or []]
+    vals = [v for v in vals if not math.isnan(v)]
+    return vals[-1] if vals else math.nan
+
+
+def _ratio_vs_depth(ax, series: list[Series], depth: str, style: dict) -> None:
+    """One line per activation (and per value of any other swept key) across depths."""
+    lines: dict = {}
+    for s in series:
+        rest = {k: v for k, v in s.variant.items() if k != depth}
+        lines.setdefault((s.activation, json.dumps(rest, sort_keys=True, default=str)), []).append(s)
+    for (activation, rest), members in lines.items():
+        members = sorted(members, key=lambda s: _num(s.variant[depth]))
+        x = [_num(s.variant[depth]) for s in members]
+        y = [s.grad_ratio for s in members]
+        extra = json.loads(rest)
+        name = str(activation) + ("".join(f", {k}={v}" for k, v in extra.items()))
+        color = style[members[0].label][0]
+        linestyle = style[members[0].label][1] if extra else "-"
+        ax.semilogy(x, y, color=color, linestyle=linestyle, lw=1.8, marker="o", ms=4, label=name)
+    ax.axhline(1.0, color="grey", lw=0.8, linestyle=":")
+    ax.set(title="gradient ratio vs depth (geometric mean\nover epochs 1..E and seeds)", xlabel=depth,
+           ylabel="‖∇W1‖ / ‖∇W_last‖")
+    depths = sorted({_num(s.variant[depth]) for s in series})
+    ax.set_xticks(depths, [f"{d:g}" for d in depths])
+
+
+def make_all(
+    out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)"
+) -> list[tuple[str, Path | None, str]]:
+    """Every figure into out_dir: (title, path or None when skipped, note)."""
+    out_dir = Path(out_dir)
+    jobs = [
+        ("Loss curves", loss_curves, "loss_curves.png"),
+        (f"{metric} per configuration", lambda s, p: metric_points(s, p, metric_label), f"{metric}.png"),
+        ("Activations and derivatives", activations, "activations.png"),
+        ("Probes", probes, "probes.png"),
+    ]
+    out = []
+    for title, fn, name in jobs:
+        try:
+            out.append((title, *fn(series, out_dir / name)))
+        except Exception as e:  # noqa: BLE001 - a broken figure must not cost the sweep its table
+            out.append((title, None, f"not drawn, {type(e).__name__}: {e}"))
+    return out
