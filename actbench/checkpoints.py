@@ -85,9 +85,11 @@ class PerSeedCheckpointIO(TorchCheckpointIO):
             p.unlink(missing_ok=True)
 
 
-def checkpoint_step(path: Path) -> int | None:
-    """The global step a checkpoint file was saved at, or None if it is missing or unreadable."""
+def resume_point(path: Path) -> tuple[int, int] | None:
+    """(global step, completed epochs) of a checkpoint file, or None if it is missing or unreadable."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step"))
-    except Exception:  # noqa: BLE001
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # saved at the end of epoch index `epoch`, so that many + 1 epochs are complete
+        return int(ckpt["global_step"]), int(ckpt["epoch"]) + 1
+    except Exception:  # noqa: BLE001 - no usable checkpoint means a fresh start
         return None

@@ -140,8 +140,9 @@ def write_hparams(logger, hparams: dict) -> None:
 class Recorder(Callback):
     """Writes every run of the pack: start, each epoch, the end; saves the checkpoint each epoch."""
 
-    def __init__(self, runs: list[Run], checkpoint_path: Path, log_every_n_steps: int = 50, t_process: float | None = None):
+    def __init__(self, runs: list[Run], checkpoint_path: Path, log_every_n_steps: int = 50, resume_epoch: int = 0, t_process=None):
         self.runs, self.checkpoint_path, self.every = runs, Path(checkpoint_path), max(1, log_every_n_steps)
+        self.resume_epoch = resume_epoch
         self.t_job = time.time()
         self.t_first = t_process or self.t_job
         self.t_first_step = None
@@ -160,10 +161,9 @@ class Recorder(Callback):
         device = str(trainer.strategy.root_device)
         if device.startswith("cuda"):
             device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
-        resume_epoch = trainer.current_epoch
         for run, logger in zip(self.runs, trainer.loggers):
-            run.start(resume_epoch, device, self.t_job)
-            if not resume_epoch:
+            run.start(self.resume_epoch, device, self.t_job)
+            if not self.resume_epoch:
                 write_hparams(logger, run.hparams)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -247,6 +247,7 @@ class Recorder(Callback):
             "wall_s": round(time.time() - self.t_job, 3),
             "startup_s": round((self.t_first_step or time.time()) - self.t_first, 3),
             "fit_s": round(self.fit_s, 3),
+            "first_step_at": self.t_first_step,
         }
         for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
             if self.diverged[k]:

@@ -31,32 +31,39 @@ from actbench.errors import UserError  # noqa: E402
 PACKS_DIR = ".packs"
 
 
-def job_dirname(override_dirname: str) -> str:
-    """A job's directory: its overrides; packs of seeds go under .packs/ since their seeds get their own."""
-    if "seeds=" in override_dirname:
-        return f"{PACKS_DIR}/{override_dirname}"
-    return override_dirname or "default"
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
-OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
+def identity_overrides(overrides, exclude) -> list[str]:
+    """The overrides that define what a run computes: not the excluded keys, nor keys under them."""
+    exclude = set(exclude)
+    return [o for o in overrides if not any(k in exclude for k in _prefixes(override_key(o)))]
 
 
-# ---------------------------------------------------------------- run identity
-
-
-def identity_overrides(hc) -> list[str]:
-    """The task overrides that define what a run computes (Hydra's override_dirname keys)."""
-    exclude = set(hc.job.config.override_dirname.exclude_keys)
-    return [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") not in exclude]
+def _prefixes(key: str):
+    parts = key.split(".")
+    return (".".join(parts[:i]) for i in range(1, len(parts) + 1))
 
 
 def run_name(overrides: list[str], seed: int | None = None) -> str:
     """`key=value,...` sorted by key, as Hydra names a job's directory; `seed` replaces `seeds=`."""
-    items = [o for o in overrides if not (seed is not None and o.split("=", 1)[0].lstrip("+") == "seeds")]
+    items = [o for o in overrides if not (seed is not None and override_key(o) == "seeds")]
     if seed is not None:
         items.append(f"seed={seed}")
-    items.sort(key=lambda o: o.split("=", 1)[0])
+    items.sort(key=override_key)
     return ",".join(items) or "default"
+
+
+def job_dirname(task_overrides, exclude) -> str:
+    """A job's directory, named by its identity overrides; a pack of seeds goes under .packs/,
+    since each of its seeds gets the directory an unpacked run of that seed would have."""
+    overrides = identity_overrides(list(task_overrides), list(exclude))
+    name = run_name(overrides)
+    return f"{PACKS_DIR}/{name}" if any(override_key(o) == "seeds" for o in overrides) else name
+
+
+OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -90,7 +97,7 @@ def plan_runs(cfg: DictConfig):
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    overrides = identity_overrides(hc)
+    overrides = identity_overrides(hc.overrides.task, hc.job.config.override_dirname.exclude_keys)
     packed = cfg.seeds is not None
     seeds = list(cfg.seeds) if packed else [int(cfg.seed)]
     base = job_dir.parent.parent if job_dir.parent.name == PACKS_DIR else job_dir
@@ -99,7 +106,7 @@ def plan_runs(cfg: DictConfig):
     for seed in seeds:
         name = run_name(overrides, seed if packed else None)
         run_dir = base / name if packed else job_dir
-        ov = parse_overrides([o for o in overrides if o.split("=", 1)[0] != "seeds"])
+        ov = parse_overrides([o for o in overrides if override_key(o) != "seeds"])
         if packed:
             ov["seed"] = seed
         config = {**resolved, "seed": seed, "seeds": None}
@@ -118,7 +125,7 @@ def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
         seed_cfg = OmegaConf.merge(cfg, {"seed": run.seed, "seeds": None})
         (dst / "config.yaml").write_text(OmegaConf.to_yaml(seed_cfg))
         overrides = yaml.safe_load((src / "overrides.yaml").read_text()) if (src / "overrides.yaml").exists() else []
-        overrides = [o for o in overrides if o.split("=", 1)[0] != "seeds"] + [f"seed={run.seed}"]
+        overrides = [o for o in overrides if override_key(o) != "seeds"] + [f"seed={run.seed}"]
         (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         if (src / "hydra.yaml").exists():
             (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
@@ -138,7 +145,7 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*log_every_n_steps.*")
 
 
-def fit_pack(cfg: DictConfig, runs, resume_step: int | None) -> None:
+def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     """Train and test one pack of seeds (often a pack of one) that start from the same point."""
     import torch
     from hydra.utils import instantiate
@@ -162,21 +169,27 @@ def fit_pack(cfg: DictConfig, runs, resume_step: int | None) -> None:
         raise UserError(f"activation: {e}") from None
 
     loggers = [
-        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume_step)
+        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume[0] if resume else None)
         for r in runs
     ]
     ckpt = runs[0].dir / "checkpoints" / cfg.checkpoint_name
-    recorder = Recorder(runs, ckpt, int(cfg.trainer.log_every_n_steps), T_PROCESS if first_job() else None)
+    recorder = Recorder(
+        runs, ckpt, int(cfg.trainer.log_every_n_steps), resume[1] if resume else 0, T_PROCESS if first_job() else None
+    )
     probes = [instantiate(p) for p in cfg.probes.values() if p is not None]
+    extra = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     trainer = instantiate(
-        cfg.trainer, logger=loggers, callbacks=[*probes, recorder], plugins=[PerSeedCheckpointIO([r.dir for r in runs], seeds)]
+        cfg.trainer,
+        logger=loggers,
+        callbacks=[*probes, recorder, *extra],  # probes fill the epoch's log that the recorder writes
+        plugins=[PerSeedCheckpointIO([r.dir for r in runs], seeds)],
     )
     on_cuda = trainer.strategy.root_device.type == "cuda"
     graph = on_cuda and cfg.model.dropout == 0 if cfg.cuda_graph == "auto" else bool(cfg.cuda_graph)
     net = instantiate(cfg.model, seeds=seeds, activation=act)
     module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume_step is not None else None)
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):
             trainer.test(module, datamodule=data, verbose=False)
     except BaseException as e:
@@ -193,7 +206,7 @@ def first_job() -> bool:
 
 def run(cfg: DictConfig):
     from actbench.checks import validate
-    from actbench.checkpoints import checkpoint_step
+    from actbench.checkpoints import resume_point
     from actbench.record import read_metrics
 
     global _jobs_started
@@ -204,22 +217,23 @@ def run(cfg: DictConfig):
     if cfg.seeds is not None:
         write_seed_hydra_dirs(runs, Path(HydraConfig.get().runtime.output_dir), cfg)
 
-    groups: dict[int | None, list] = {}
+    groups: dict[tuple | None, list] = {}
     for r in runs:
         done = read_metrics(r.dir) if cfg.skip_finished else None
         if done and done.get("status") == "finished":
             acc = done.get("final", {}).get("test_acc")
             print(f"{r.name}: already finished (test accuracy {100 * acc:.2f}%), skipped", flush=True)
             continue
-        step = checkpoint_step(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
-        groups.setdefault(step, []).append(r)
+        point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
+        groups.setdefault(point, []).append(r)
 
     errors = []
-    for step, pack in groups.items():
-        if step is not None:
-            print(f"{pack[0].name}{f' (+{len(pack) - 1} seeds)' if len(pack) > 1 else ''}: resuming from step {step}", flush=True)
+    for point, pack in groups.items():
+        if point is not None:
+            more = f" (+{len(pack) - 1} seeds)" if len(pack) > 1 else ""
+            print(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})", flush=True)
         try:
-            fit_pack(cfg, pack, step)
+            fit_pack(cfg, pack, point)
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
