@@ -34,6 +34,7 @@ RULES = {
     "trainer.log_every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "steps_per_execution": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
+    "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
     "threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
 }
 

@@ -102,6 +102,7 @@ class Run:
             "timing": {"started": (old or {}).get("timing", {}).get("started", now()), "resumed_at_epoch": resume_epoch or None},
             "versions": versions(),
             "device": device,
+            "host": {"hostname": platform.node(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")},
         }
         self._t_start = started
         self.write()
@@ -140,9 +141,17 @@ def write_hparams(logger, hparams: dict) -> None:
 class Recorder(Callback):
     """Writes every run of the pack: start, each epoch, the end; saves the checkpoint each epoch."""
 
-    def __init__(self, runs: list[Run], checkpoint_path: Path, log_every_n_steps: int = 50, resume_epoch: int = 0, t_process=None):
+    def __init__(
+        self,
+        runs: list[Run],
+        checkpoint_path: Path,
+        log_every_n_steps: int = 50,
+        resume_epoch: int = 0,
+        diverged_loss: float = math.inf,
+        t_process: float | None = None,
+    ):
         self.runs, self.checkpoint_path, self.every = runs, Path(checkpoint_path), max(1, log_every_n_steps)
-        self.resume_epoch = resume_epoch
+        self.resume_epoch, self.diverged_loss = resume_epoch, diverged_loss
         self.t_job = time.time()
         self.t_first = t_process or self.t_job
         self.t_first_step = None
@@ -191,7 +200,7 @@ class Recorder(Callback):
         self._flush(trainer, host, epoch=trainer.current_epoch + 1)
         loss = host["train/loss"]
         for k, run in enumerate(self.runs):
-            if not self.diverged[k] and not math.isfinite(float(loss[k])):
+            if not self.diverged[k] and not float(loss[k]) <= self.diverged_loss:  # NaN fails <= too
                 self.diverged[k] = True
                 run.end("diverged", f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
                 print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); stopping it", flush=True)

@@ -145,6 +145,28 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*log_every_n_steps.*")
 
 
+def side_by_side_jobs(cfg: DictConfig) -> int:
+    """How many jobs of this sweep share this machine: several under the local launcher."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local":
+        return 1
+    return int(HydraConfig.get().sweeper.get("max_batch_size") or os.cpu_count() or 1)
+
+
+def trainer_overrides(cfg: DictConfig) -> dict:
+    """Per-job placement: one SLURM side owning requeue, and one GPU per job when jobs share a machine."""
+    import torch
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    extra = {}
+    if SLURMEnvironment.detect():
+        # submitit checkpoints and requeues on preemption; Lightning's own requeue would race it
+        extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    n_gpus = torch.cuda.device_count() if cfg.trainer.accelerator in ("auto", "gpu", "cuda") else 0
+    if n_gpus > 1 and cfg.trainer.devices == 1:
+        extra["devices"] = [HydraConfig.get().job.get("num", 0) % n_gpus]
+    return extra
+
+
 def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     """Train and test one pack of seeds (often a pack of one) that start from the same point."""
     import torch
@@ -157,8 +179,9 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     from actbench.record import Recorder
 
     seeds = [r.seed for r in runs]
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    threads = cfg.threads or (os.cpu_count() or 1) // side_by_side_jobs(cfg)
+    if cfg.threads or threads < torch.get_num_threads():
+        torch.set_num_threads(max(1, threads))
     torch.set_flush_denormal(bool(cfg.flush_denormal))
 
     data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution))
@@ -169,20 +192,28 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         raise UserError(f"activation: {e}") from None
 
     loggers = [
-        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume[0] if resume else None)
+        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume[0] + 1 if resume else None)
         for r in runs
     ]
     ckpt = runs[0].dir / "checkpoints" / cfg.checkpoint_name
     recorder = Recorder(
-        runs, ckpt, int(cfg.trainer.log_every_n_steps), resume[1] if resume else 0, T_PROCESS if first_job() else None
+        runs,
+        ckpt,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        resume_epoch=resume[1] if resume else 0,
+        diverged_loss=float(cfg.diverged_loss),
+        t_process=T_PROCESS if first_job() else None,
     )
     probes = [instantiate(p) for p in cfg.probes.values() if p is not None]
     extra = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    placement = trainer_overrides(cfg)
+    plugins = [PerSeedCheckpointIO([r.dir for r in runs], seeds), *placement.pop("plugins", [])]
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
         callbacks=[*probes, recorder, *extra],  # probes fill the epoch's log that the recorder writes
-        plugins=[PerSeedCheckpointIO([r.dir for r in runs], seeds)],
+        plugins=plugins,
+        **placement,
     )
     on_cuda = trainer.strategy.root_device.type == "cuda"
     graph = on_cuda and cfg.model.dropout == 0 if cfg.cuda_graph == "auto" else bool(cfg.cuda_graph)

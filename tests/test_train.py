@@ -124,3 +124,93 @@ def test_corrupt_data_names_the_file(tiny_run, tiny_data):
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "train-labels-idx1-ubyte.gz" in line
+
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_run, tmp_path):
+    base = [*tiny_run, "trainer.max_epochs=3", "steps_per_execution=4", "seed=5"]
+    killed = run_cli(*base, "name=k", "+callbacks.kill._target_=callbacks.KillAt", "+callbacks.kill.step=24", env={"PYTHONPATH": TESTS})
+    assert killed.returncode != 0  # SIGKILL in epoch 2 (16 steps per epoch)
+    run_dir = tmp_path / "runs" / "k" / "seed=5,trainer.max_epochs=3"
+    assert metrics(run_dir)["status"] == "running" and metrics(run_dir)["curves"]["epoch"] == [1]
+
+    resumed = run_cli(*base, "name=k")
+    assert resumed.returncode == 0 and "resuming after epoch 1" in resumed.stdout
+    whole = run_cli(*base, "name=u")
+    assert whole.returncode == 0
+    a, b = metrics(run_dir), metrics(tmp_path / "runs" / "u" / "seed=5,trainer.max_epochs=3")
+    assert a["status"] == "finished" and a["timing"]["resumed_at_epoch"] == 1
+    assert a["curves"]["epoch"] == b["curves"]["epoch"] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert a["curves"][key] == pytest.approx(b["curves"][key], rel=1e-6)
+    assert a["final"]["test_loss"] == pytest.approx(b["final"]["test_loss"], rel=1e-6)
+    # one TensorBoard run: the killed attempt's steps past the checkpoint are purged, not duplicated
+    steps = [e.step for e in events(run_dir).Scalars("train/loss")]
+    assert steps == sorted(set(steps)) and len(steps) == 3
+
+
+def test_crashed_run_is_recorded_failed_and_retried(tiny_run, tmp_path):
+    crash = run_cli(*tiny_run, "+callbacks.boom._target_=callbacks.RaiseAt", "+callbacks.boom.step=4", env={"PYTHONPATH": TESTS})
+    assert crash.returncode != 0
+    m = metrics(tmp_path / "runs" / "tiny" / "default")
+    assert m["status"] == "failed" and "planted failure" in m["error"]
+    retry = run_cli(*tiny_run)
+    assert retry.returncode == 0 and metrics(tmp_path / "runs" / "tiny" / "default")["status"] == "finished"
+
+
+def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
+    r = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweep = tmp_path / "runs" / "tiny"
+    (bad_dir,) = sweep.glob("optimizer.lr=1000000000000.0,*")
+    (good_dir,) = sweep.glob("optimizer.lr=0.001,*")
+    bad, good = metrics(bad_dir), metrics(good_dir)
+    assert bad["status"] == "diverged" and "loss" in bad["error"] and bad["curves"]["epoch"] == [1]
+    assert good["status"] == "finished" and good["curves"]["epoch"] == [1, 2]
+
+
+def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
+    packed = run_cli(*tiny_run, "name=p", "seeds=[0,1,2]", "model.dropout=0.2", "activation=gelu")
+    apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=false")
+    assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+    import torch
+
+    for s in range(3):
+        name = f"activation=gelu,model.dropout=0.2,seed={s}"
+        p, a = tmp_path / "runs" / "p" / name, tmp_path / "runs" / "a" / name
+        mp, ma = metrics(p), metrics(a)
+        assert mp["overrides"] == ma["overrides"] and mp["hparams"] == ma["hparams"]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert mp["curves"][key] == pytest.approx(ma["curves"][key], rel=1e-5, abs=1e-6)
+        assert mp["final"]["test_loss"] == pytest.approx(ma["final"]["test_loss"], rel=1e-5)
+        wp = torch.load(p / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        assert wp.keys() == wa.keys()
+        for k in wp:
+            assert torch.allclose(wp[k], wa[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_packed_multirun_writes_what_an_unpacked_one_does(tiny_run, tmp_path):
+    packed = run_cli("-m", *tiny_run, "name=p", "activation=relu,sigmoid", "seeds=[0,1]")
+    apart = run_cli("-m", *tiny_run, "name=a", "activation=relu,sigmoid", "seed=0,1")
+    assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+
+    def tree(sweep):
+        return sorted(str(p.relative_to(sweep)) for p in sweep.rglob("*") if ".packs" not in p.parts and "events" not in p.name
+                      and p.suffix not in (".log", ".yaml") and p.name != ".hydra")
+
+    p, a = tmp_path / "runs" / "p", tmp_path / "runs" / "a"
+    assert tree(p) == tree(a)
+    for name in NAMES_2x2:
+        assert set(metrics(p / name)) == set(metrics(a / name))
+        assert set(metrics(p / name)["curves"]) == set(metrics(a / name)["curves"])
+        assert set(metrics(p / name)["probes"]) == set(metrics(a / name)["probes"])
+        assert len(list((p / name).glob("events.out.tfevents.*"))) >= 1
+    # a rerun of the packed sweep skips all four
+    again = run_cli("-m", *tiny_run, "name=p", "activation=relu,sigmoid", "seeds=[0,1]")
+    assert again.stdout.count("already finished") == 4
+
+
+NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]

@@ -1,0 +1,65 @@
+"""Sweeps through Hydra's submitit launchers: local parallel jobs, and a real SLURM when one runs here."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+SLURM_TOOLS = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/spool/slurm-local")) / "bin"  # sacct stand-in
+NAMES = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+
+
+def finished_runs(sweep: Path) -> list[str]:
+    return sorted(
+        p.name for p in sweep.iterdir() if (p / "metrics.json").exists() and json.loads((p / "metrics.json").read_text())["status"] == "finished"
+    )
+
+
+def slurm_up() -> str | None:
+    if not shutil.which("sinfo"):
+        return "SLURM is not installed (scripts/slurm-local.sh up)"
+    r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    if r.returncode or "idle" not in r.stdout and "mixed" not in r.stdout:
+        return f"SLURM is not running here (scripts/slurm-local.sh start): {r.stderr.strip() or r.stdout.strip()}"
+    return None
+
+
+def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
+    r = run_cli(
+        "-m", *tiny_run, "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.sweeper.max_batch_size=2",
+        "activation=relu,sigmoid", "seed=0,1", "report=false", timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "runs" / "tiny"
+    assert finished_runs(sweep) == NAMES
+    pids = {json.loads((sweep / n / "metrics.json").read_text())["host"]["pid"] for n in NAMES}
+    assert len(pids) == 4  # a fresh process per job
+
+
+def test_slurm_launcher_runs_the_sweep_as_slurm_jobs(tiny_run, tmp_path):
+    reason = slurm_up()
+    if reason:
+        pytest.skip(reason)
+    env = {"PATH": f"{SLURM_TOOLS}:{os.environ['PATH']}"}
+    for var in [v for v in os.environ if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SUBMITIT_"))]:
+        env[var] = None  # the test may itself run inside a SLURM job
+    r = run_cli(
+        "-m", *tiny_run, "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "activation=relu,sigmoid", "seed=0,1",
+        timeout=600, env=env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "runs" / "tiny"
+    assert finished_runs(sweep) == NAMES
+    for n in NAMES:
+        m = json.loads((sweep / n / "metrics.json").read_text())
+        assert m["host"]["slurm_job_id"], "the run did not execute inside a SLURM job"
+    assert (sweep / "report.md").exists()
+    assert list((sweep / ".submitit").iterdir())
