@@ -35,17 +35,16 @@ RULES = {
     "steps_per_execution": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
     "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
+    absent = object()
     for key, (ok, what) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if value is None and key not in ("threads",):
-            if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
-                continue  # a config without this knob (e.g. a user's own trainer preset)
-        if not ok(value):
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
     seeds = cfg.get("seeds")
     if seeds is not None:

@@ -106,6 +106,16 @@ class PackedMLP(nn.Module):
         return h
 
 
+def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=10) -> int:
+    """What one more seed in a pack costs in memory, roughly: weights with their gradients and two
+    Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
+    sizes = [in_features] + [width] * depth + [n_classes]
+    params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    rows = max(batch_size, eval_rows, probe_size)
+    activations = rows * (in_features + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
+    return 4 * (4 * params + activations)
+
+
 def per_seed_loss(logits: Tensor, y: Tensor) -> Tensor:
     """Mean cross-entropy of each seed: [K]. Summing these gives every seed exactly its own gradient."""
     k = logits.shape[0]
@@ -155,7 +165,8 @@ class Classifier(LightningModule):
     def _eager_step(self, x: Tensor, y: Tensor, opt) -> tuple[Tensor, Tensor]:
         logits = self.net(x)
         loss = per_seed_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
+        # once a CUDA graph owns the gradient buffers, eager steps must reuse them, not replace them
+        opt.zero_grad(set_to_none=self._graph is None or self._graph.graph is None)
         self.manual_backward(loss.sum())
         opt.step()
         return loss.detach(), per_seed_correct(logits.detach(), y)

@@ -167,6 +167,54 @@ def trainer_overrides(cfg: DictConfig) -> dict:
     return extra
 
 
+def available_memory(device) -> int | None:
+    """Free bytes on the training device (None if unknown)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def training_device(cfg: DictConfig):
+    import torch
+
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def pack_limit(cfg: DictConfig, device) -> int | None:
+    """How many seeds fit in one pack on this device, keeping half of its free memory spare."""
+    from actbench.model import bytes_per_seed
+
+    free = available_memory(device)
+    if free is None:
+        return None
+    shared = 70_000 * 784 * 4 * 2  # the data set as floats, and a copy while it moves
+    per_seed = bytes_per_seed(cfg.model.depth, cfg.model.width, cfg.data.batch_size * cfg.steps_per_execution,
+                              min(cfg.data.eval_batch_size, max(cfg.data.val_size, 10_000)), cfg.data.probe_size)
+    return max(1, int((free // 2 - shared) // per_seed))
+
+
+def use_cuda_graph(cfg: DictConfig, device) -> bool:
+    """The CUDA-graph step where it applies: on CUDA, without dropout (its masks come from per-seed
+    generators that a graph would freeze)."""
+    wanted = cfg.cuda_graph
+    if wanted is False:
+        return False
+    reason = "not training on CUDA" if device.type != "cuda" else "dropout draws fresh masks each step" if cfg.model.dropout else None
+    if reason and wanted is True:
+        print(f"cuda_graph=true: using eager steps ({reason})", flush=True)
+    return reason is None
+
+
 def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     """Train and test one pack of seeds (often a pack of one) that start from the same point."""
     import torch
@@ -199,7 +247,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     recorder = Recorder(
         runs,
         ckpt,
-        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        log_every_n_steps=int(cfg.trainer.get("log_every_n_steps", 50)),
         resume_epoch=resume[1] if resume else 0,
         diverged_loss=float(cfg.diverged_loss),
         t_process=T_PROCESS if first_job() else None,
@@ -215,8 +263,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         plugins=plugins,
         **placement,
     )
-    on_cuda = trainer.strategy.root_device.type == "cuda"
-    graph = on_cuda and cfg.model.dropout == 0 if cfg.cuda_graph == "auto" else bool(cfg.cuda_graph)
+    graph = use_cuda_graph(cfg, trainer.strategy.root_device)
     net = instantiate(cfg.model, seeds=seeds, activation=act)
     module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
@@ -253,22 +300,29 @@ def run(cfg: DictConfig):
         done = read_metrics(r.dir) if cfg.skip_finished else None
         if done and done.get("status") == "finished":
             acc = done.get("final", {}).get("test_acc")
-            print(f"{r.name}: already finished (test accuracy {100 * acc:.2f}%), skipped", flush=True)
+            print(f"{r.name}: already finished (test accuracy {100 * (acc or float('nan')):.2f}%), skipped", flush=True)
             continue
         point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
         groups.setdefault(point, []).append(r)
 
+    limit = None
+    if cfg.seeds is not None and len(runs) > 1:
+        limit = min([n for n in (pack_limit(cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
     errors = []
-    for point, pack in groups.items():
-        if point is not None:
-            more = f" (+{len(pack) - 1} seeds)" if len(pack) > 1 else ""
-            print(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})", flush=True)
-        try:
-            fit_pack(cfg, pack, point)
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
-            errors.append(e)
+    for point, group in groups.items():
+        packs = [group[i : i + limit] for i in range(0, len(group), limit)] if limit else [group]
+        if len(packs) > 1:
+            print(f"{len(group)} seeds do not fit in one pack on this device; training them in packs of {limit}", flush=True)
+        for pack in packs:
+            if point is not None:
+                more = f" (+{len(pack) - 1} seeds)" if len(pack) > 1 else ""
+                print(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})", flush=True)
+            try:
+                fit_pack(cfg, pack, point)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
+                errors.append(e)
     if errors:
         raise errors[0]
     finals = [read_metrics(r.dir) or {} for r in runs]

@@ -172,9 +172,10 @@ def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
 
 
 def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
-    packed = run_cli(*tiny_run, "name=p", "seeds=[0,1,2]", "model.dropout=0.2", "activation=gelu")
+    packed = run_cli(*tiny_run, "name=p", "seeds=[0,1,2]", "max_pack=2", "model.dropout=0.2", "activation=gelu")
     apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=false")
     assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+    assert "training them in packs of 2" in packed.stdout
     import torch
 
     for s in range(3):
@@ -214,3 +215,19 @@ def test_packed_multirun_writes_what_an_unpacked_one_does(tiny_run, tmp_path):
 
 
 NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+
+
+def test_pack_limit_follows_free_memory(monkeypatch):
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from actbench import train
+    from actbench.activations import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train")
+    monkeypatch.setattr(train, "available_memory", lambda device: 4 * 2**30)
+    roomy = train.pack_limit(cfg, torch.device("cpu"))
+    monkeypatch.setattr(train, "available_memory", lambda device: 2**30)
+    tight = train.pack_limit(cfg, torch.device("cpu"))
+    assert roomy > 4 * tight >= 4

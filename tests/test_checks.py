@@ -1,0 +1,55 @@
+"""actbench.checks: every knob users type is checked before anything is built."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from actbench.activations import CONF_DIR
+from actbench.checks import validate
+from actbench.errors import ConfigError
+
+
+def cfg(*overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("experiment", [None, "blog", "keras_parity"])
+def test_shipped_configs_pass(experiment):
+    validate(cfg(*([f"experiment={experiment}"] if experiment else [])))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.width=-3", "model.width=-3: must be an integer >= 1"),
+        ("model.depth=0", "model.depth=0: must be an integer >= 1"),
+        ("model.width=1.5", "model.width=1.5: must be an integer >= 1"),
+        ("model.init=xavier", "model.init='xavier': must be one of torch, glorot, kaiming, lecun"),
+        ("model.dropout=1", "model.dropout=1: must be a number in [0, 1)"),
+        ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+        ("optimizer.lr=fast", "optimizer.lr='fast': must be a number > 0"),
+        ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
+        ("data.val_size=-1", "data.val_size=-1: must be an integer >= 1"),
+        ("data.download=maybe", "data.download='maybe': must be true or false"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc': must be an integer >= 1"),
+        ("trainer.max_epochs=true", "trainer.max_epochs=True: must be an integer >= 1"),
+        ("seed=-1", "seed=-1: must be an integer >= 0"),
+        ("max_pack=0", "max_pack=0: must be null or an integer >= 1"),
+        ("cuda_graph=maybe", "cuda_graph='maybe': must be auto, true or false"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        validate(cfg(override))
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("seeds, problem", [("[]", "non-empty list"), ("[1,1]", "each seed may appear once"), ("[0,-2]", "integers >= 0"), ("3", "list")])
+def test_bad_seed_lists(seeds, problem):
+    with pytest.raises(ConfigError, match=problem):
+        validate(cfg(f"seeds={seeds}"))
+
+
+def test_seed_zero_and_packs_are_fine():
+    validate(cfg("seed=0"))
+    validate(cfg("seeds=[0,1,2]", "max_pack=2"))

@@ -1,0 +1,96 @@
+"""actbench.model: the packed MLP, its initialisation, and per-seed independence."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from actbench.model import PackedMLP, bytes_per_seed, per_seed_correct, per_seed_loss
+
+
+def test_default_is_the_blogs_mlp():
+    net = PackedMLP([0], nn.ReLU())
+    assert [tuple(w.shape) for w in net.weights] == [(1, 128, 784), (1, 10, 128)]
+    assert sum(p.numel() for p in net.parameters()) == 784 * 128 + 128 + 128 * 10 + 10
+
+
+def test_depth_and_width():
+    net = PackedMLP([0, 1], nn.Tanh(), depth=3, width=16)
+    assert [tuple(w.shape) for w in net.weights] == [(2, 16, 784), (2, 16, 16), (2, 16, 16), (2, 10, 16)]
+    assert net(torch.randn(2, 5, 784)).shape == (2, 5, 10)
+
+
+@pytest.mark.parametrize(
+    "init, bound, bias_zero",
+    [("torch", 1 / math.sqrt(784), False), ("glorot", math.sqrt(6 / (784 + 128)), True)],
+)
+def test_uniform_inits_have_their_bounds(init, bound, bias_zero):
+    w, b = PackedMLP([0], nn.ReLU(), init=init).weights[0], PackedMLP([0], nn.ReLU(), init=init).biases[0]
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert (b == 0).all() if bias_zero else b.abs().max() > 0
+
+
+@pytest.mark.parametrize("init, std", [("kaiming", math.sqrt(2 / 784)), ("lecun", math.sqrt(1 / 784))])
+def test_normal_inits_have_their_std(init, std):
+    net = PackedMLP([0], nn.ReLU(), init=init)
+    assert net.weights[0].std().item() == pytest.approx(std, rel=0.02) and (net.biases[0] == 0).all()
+
+
+def test_a_seeds_weights_do_not_depend_on_its_pack():
+    alone = PackedMLP([7], nn.ReLU())
+    packed = PackedMLP([3, 7], nn.ReLU())
+    for a, p in zip(alone.parameters(), packed.parameters()):
+        assert torch.equal(a[0], p[1])
+    assert not torch.equal(packed.weights[0][0], packed.weights[0][1])
+
+
+def test_packed_forward_equals_each_seed_alone():
+    packed = PackedMLP([0, 1], nn.GELU(), depth=2, width=32)
+    x = torch.randn(2, 9, 784)
+    out = packed(x)
+    for k, s in enumerate([0, 1]):
+        alone = PackedMLP([s], nn.GELU(), depth=2, width=32)
+        assert torch.allclose(out[k], alone(x[k : k + 1])[0], atol=1e-6)
+
+
+def test_summed_losses_give_each_seed_exactly_its_own_gradient():
+    packed = PackedMLP([0, 1], nn.Sigmoid(), width=8)
+    x, y = torch.randn(2, 6, 784), torch.randint(0, 10, (2, 6))
+    per_seed_loss(packed(x), y).sum().backward()
+    alone = PackedMLP([1], nn.Sigmoid(), width=8)
+    per_seed_loss(alone(x[1:]), y[1:]).sum().backward()
+    for p, a in zip(packed.parameters(), alone.parameters()):
+        assert torch.allclose(p.grad[1], a.grad[0], atol=1e-7)
+
+
+def test_loss_and_correct_per_seed():
+    logits = torch.tensor([[[5.0, 0, 0], [0, 5.0, 0]], [[5.0, 0, 0], [5.0, 0, 0]]])
+    y = torch.tensor([[0, 1], [0, 1]])
+    assert per_seed_correct(logits, y).tolist() == [2, 1]
+    loss = per_seed_loss(logits, y)
+    assert loss[0] < loss[1] and loss[0].item() == pytest.approx(-math.log(math.exp(5) / (math.exp(5) + 2)), rel=1e-5)
+
+
+def test_dropout_masks_come_from_seed_and_epoch():
+    def masks(seeds, epoch):
+        net = PackedMLP(seeds, nn.Identity(), width=64, dropout=0.5)
+        net.train()
+        net.start_epoch(epoch)
+        return net._drop(torch.ones(len(seeds), 4, 64))
+
+    assert torch.equal(masks([3], 0)[0], masks([1, 3], 0)[1])
+    assert not torch.equal(masks([3], 0), masks([3], 1))
+    m = masks([3], 0)
+    assert set(m.unique().tolist()) == {0.0, 2.0}  # kept units are scaled by 1/(1-p)
+
+
+def test_eval_mode_has_no_dropout():
+    net = PackedMLP([0], nn.ReLU(), dropout=0.5).eval()
+    x = torch.randn(1, 3, 784)
+    assert torch.equal(net(x), net(x))
+
+
+def test_memory_per_seed_grows_with_the_model():
+    small = bytes_per_seed(1, 128, 32, 5000, 1000)
+    assert bytes_per_seed(8, 128, 32, 5000, 1000) > small and small > 4 * 4 * 101_770
