@@ -1,0 +1,218 @@
+"""The probes: callbacks that measure the blog's claims while a pack of seeds trains.
+
+This module owns what is measured about a network beside its loss and accuracy: dead units,
+saturation and the mean activation derivative per hidden layer, pre-activation and activation
+histograms (`ActivationProbe`), and per-layer weight-gradient norms with the first-over-last
+ratio (`GradientProbe`). The measurements are small pure functions of tensors (`probe_forward`,
+`unit_stats`, `layer_stats`, `grad_norms`, `grad_ratio`) that the thin Lightning callbacks call;
+everything is per seed, with a leading K dimension, never pooled across seeds.
+
+Derivatives come from autograd (`actbench.activations.derivative`), so any activation, a
+user's own included, is probed without extra code. The callbacks write their epoch values into
+`pl_module.epoch_log` (the `Recorder`, which runs after them, puts those in TensorBoard and in
+metrics.json's `probes` section); histograms and per-sample gradient norms go straight to each
+seed's TensorBoard writer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+
+from actbench.activations import derivative
+
+DEAD_TOL = 1e-6  # |f'(z)| at or below this on every probe example: the unit is dead
+SATURATION_TOL = 0.0475  # |f'(z)| below this: saturated (sigmoid outside [0.05, 0.95], i.e. |z| > 2.944)
+
+
+# ---------------------------------------------------------------- pure measurements
+
+
+@torch.no_grad()
+def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """(z, f(z)) of every hidden layer for inputs x [K, n, in], in eval mode (no dropout); the
+    net's previous mode is restored. Each z and f(z) is [K, n, width]."""
+    was_training = net.training
+    net.eval()
+    try:
+        record: list[tuple[Tensor, Tensor]] = []
+        net(x, record=record)
+    finally:
+        net.train(was_training)
+    return record
+
+
+def unit_stats(
+    fn: Callable[[Tensor], Tensor], z: Tensor, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL
+) -> dict[str, Tensor]:
+    """One hidden layer's statistics from its pre-activations z [K, n, width]; each value is [K]:
+
+    - `dead`: fraction of units with |f'(z)| <= dead_tol for every one of the n examples;
+    - `saturated`: fraction of (unit, example) pairs with |f'(z)| < saturation_tol;
+    - `dact_mean`: mean |f'(z)| over units and examples.
+    """
+    d = derivative(fn, z).abs()
+    return {
+        "dead": (d <= dead_tol).all(dim=1).float().mean(dim=1),
+        "saturated": (d < saturation_tol).float().mean(dim=(1, 2)),
+        "dact_mean": d.mean(dim=(1, 2)),
+    }
+
+
+def layer_stats(
+    fn: Callable[[Tensor], Tensor],
+    record: list[tuple[Tensor, Tensor]],
+    dead_tol: float = DEAD_TOL,
+    saturation_tol: float = SATURATION_TOL,
+) -> dict[str, Tensor]:
+    """`unit_stats` of every hidden layer of a `probe_forward` record, under the TensorBoard
+    tags `dead/layer{i}`, `saturated/layer{i}`, `dact_mean/layer{i}` (i = 1..depth), each [K]."""
+    out = {}
+    for i, (z, _) in enumerate(record, start=1):
+        for name, value in unit_stats(fn, z, dead_tol, saturation_tol).items():
+            out[f"{name}/layer{i}"] = value
+    return out
+
+
+def grad_norms(net: nn.Module) -> Tensor:
+    """Frobenius norm of each Linear layer's weight gradient, per seed: [L, K] with L = depth + 1
+    (the output layer last). A layer without a gradient gives NaN. No host sync."""
+    rows = []
+    for w in net.weights:
+        if w.grad is None:
+            rows.append(torch.full((w.shape[0],), math.nan, device=w.device))
+        else:
+            rows.append(torch.linalg.vector_norm(w.grad.detach(), dim=(1, 2)))
+    return torch.stack(rows)
+
+
+def grad_ratio(norms: Tensor) -> Tensor:
+    """First layer's gradient norm over the last (output) layer's: [..., L, K] -> [..., K].
+    Far below 1 is the vanishing-gradient signature."""
+    return norms[..., 0, :] / norms[..., -1, :]
+
+
+# ---------------------------------------------------------------- TensorBoard helpers
+
+
+def _finite(t: Tensor):
+    """A tensor's finite values as a flat numpy array (a diverged seed's NaNs are left out)."""
+    a = t.detach().float().cpu().reshape(-1).numpy()
+    return a[np.isfinite(a)]
+
+
+def _writers(trainer) -> list:
+    return [logger.experiment for logger in trainer.loggers]
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+class ActivationProbe(Callback):
+    """At initialisation (epoch 0) and after every epoch, one forward pass of the probe set
+    (`trainer.datamodule.probe_set()`, a fixed seeded subset of each seed's training data) in
+    eval mode, and per hidden layer i: `dead/layer{i}`, `saturated/layer{i}` and
+    `dact_mean/layer{i}` into `epoch_log` (so TensorBoard and metrics.json get them), and
+    histograms `preact/layer{i}` (z) and `act/layer{i}` (f(z)) to TensorBoard only.
+    The probe forward touches no random stream, so training is the same with or without it."""
+
+    def __init__(self, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL, histograms: bool = True):
+        self.dead_tol, self.saturation_tol, self.histograms = float(dead_tol), float(saturation_tol), bool(histograms)
+        self._x: Tensor | None = None
+
+    def _probe_set(self, trainer) -> Tensor:
+        if self._x is None:
+            self._x = trainer.datamodule.probe_set()
+        return self._x
+
+    def measure(self, trainer, pl_module) -> None:
+        net = pl_module.net
+        record = probe_forward(net, self._probe_set(trainer))
+        pl_module.epoch_log.update(layer_stats(net.activation, record, self.dead_tol, self.saturation_tol))
+        if self.histograms:
+            step = trainer.global_step
+            writers = _writers(trainer)
+            for i, (z, h) in enumerate(record, start=1):
+                for tag, values in ((f"preact/layer{i}", z), (f"act/layer{i}", h)):
+                    for k, writer in enumerate(writers):
+                        finite = _finite(values[k])
+                        if finite.size:
+                            writer.add_histogram(tag, finite, step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:  # a resumed run already has its epoch 0
+            self.measure(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.measure(trainer, pl_module)
+
+
+class GradientProbe(Callback):
+    """Weight-gradient norms of every Linear layer, `grad_norm/w{j}` (j = 1..depth+1, the last
+    being the output layer), and their first-over-last ratio `grad_ratio`.
+
+    Training runs chunks of optimizer steps, so gradients are sampled in `on_train_batch_end`,
+    where `.grad` holds the gradient of the chunk's last optimizer step: a sample is taken when
+    `trainer.global_step` has crossed a multiple of `every_n_steps` since the last sample (the
+    first chunk of a fresh run counts as crossing step 0), and it is labelled with that
+    global_step. Samples stay on the device during the epoch; at the epoch's end each seed's
+    TensorBoard gets every sample at its step, as `grad_norm_step/w{j}` and `grad_ratio_step`,
+    and `epoch_log` gets the epoch's mean norm per layer as `grad_norm/w{j}` and the ratio of
+    those means as `grad_ratio` (so grad_ratio == grad_norm/w1 / grad_norm/w{depth+1} in
+    metrics.json). An epoch without a sample, and epoch 0 (no gradient yet), record NaN, which
+    metrics.json writes as null, so every probe list stays aligned with `probes.epoch`."""
+
+    def __init__(self, every_n_steps: int = 50):
+        if int(every_n_steps) < 1:
+            raise ValueError(f"probes.gradients.every_n_steps must be >= 1, got {every_n_steps}")
+        self.every = int(every_n_steps)
+        self._last = -1
+        self._samples: list[Tensor] = []
+        self._steps: list[int] = []
+
+    @staticmethod
+    def _tags(n_layers: int) -> list[str]:
+        return [f"grad_norm/w{j}" for j in range(1, n_layers + 1)]
+
+    def _nan_log(self, pl_module) -> dict[str, Tensor]:
+        net = pl_module.net
+        nan = torch.full((net.n_seeds,), math.nan, device=net.weights[0].device)
+        return {**{tag: nan for tag in self._tags(len(net.weights))}, "grad_ratio": nan}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        step = trainer.global_step
+        self._last = step if step > 0 else -1
+        if trainer.current_epoch == 0:
+            pl_module.epoch_log.update(self._nan_log(pl_module))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._samples, self._steps = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step // self.every > self._last // self.every:
+            self._samples.append(grad_norms(pl_module.net))
+            self._steps.append(step)
+            self._last = step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self._samples:
+            pl_module.epoch_log.update(self._nan_log(pl_module))
+            return
+        norms = torch.stack(self._samples)  # [S, L, K]
+        means = norms.mean(0)  # [L, K]
+        pl_module.epoch_log.update(dict(zip(self._tags(norms.shape[1]), means.unbind(0))))
+        pl_module.epoch_log["grad_ratio"] = grad_ratio(means)
+        host = torch.cat([norms, grad_ratio(norms).unsqueeze(1)], dim=1).cpu()  # [S, L+1, K], the epoch's one copy
+        tags = [t.replace("grad_norm/", "grad_norm_step/") for t in self._tags(norms.shape[1])] + ["grad_ratio_step"]
+        for k, writer in enumerate(_writers(trainer)):
+            for s, step in enumerate(self._steps):
+                for tag, value in zip(tags, host[s, :, k].tolist()):
+                    if math.isfinite(value):
+                        writer.add_scalar(tag, value, step)
+        self._samples, self._steps = [], []

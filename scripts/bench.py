@@ -1,0 +1,280 @@
+#!/usr/bin/env python
+"""Speed benchmark: actbench against a plain PyTorch loop doing the same work, in one run.
+
+    python scripts/bench.py                 # CPU
+    python scripts/bench.py --device cuda   # GPU (CUDA-graph step on by default there)
+    python scripts/bench.py --packed 5      # also: 5 seeds packed, and vs the same 5 seeds run one after another
+
+The blog's configuration: MLP 784-128-10, ReLU, Adam(lr=1e-3), batch 32, Fashion-MNIST
+(synthetic data of the same shape when the real files are absent).
+
+Same work, so the ratio is honest: the reference trains the same model from the same initial
+weights, on the same 55,000 training images in the same per-epoch order (each seed's order from
+actbench.data), with the same optimizer maths (Adam, fused where available, denormals
+flushed), including the last partial batch. It does no validation, logging, probes or
+checkpoints: what actbench costs on top of that is what the ratios show. The first steps'
+losses of both are compared, and the benchmark fails if they disagree.
+
+Epoch times are medians over the epochs after a warm-up epoch; actbench's are measured from
+one epoch end to the next, so they include validation, probes, logging and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from actbench import data as ab_data  # noqa: E402
+from actbench.model import PackedMLP  # noqa: E402
+
+REAL_DIRS = ["/usr/share/datasets/fashion-mnist"]
+
+
+# ---------------------------------------------------------------- data
+
+
+def bench_data(tmp: Path, root: str) -> tuple[list[str], dict]:
+    """Overrides pointing actbench at the real data, or at synthetic files of the same shape."""
+    try:
+        arrays = ab_data.load_arrays(root, REAL_DIRS, cache_dir=tmp / "cache")
+        overrides = [f"data.root={Path(root).resolve()}", f"data.system_dirs={REAL_DIRS}", f"data.cache_dir={tmp / 'cache'}"]
+        return overrides, arrays | {"kind": "real Fashion-MNIST"}
+    except ab_data.DataError:
+        pass
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_x": rng.integers(0, 256, (60000, 28, 28), dtype=np.uint8),
+        "train_y": rng.integers(0, 10, 60000).astype(np.uint8),
+        "test_x": rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+        "test_y": rng.integers(0, 10, 10000).astype(np.uint8),
+    }
+    folder = tmp / "synthetic"
+    folder.mkdir()
+    for key, stem in (("train_x", "train-images"), ("train_y", "train-labels"), ("test_x", "t10k-images"), ("test_y", "t10k-labels")):
+        a = arrays[key]
+        magic = 0x803 if a.ndim == 3 else 0x801
+        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+        (folder / f"{stem}-idx{a.ndim}-ubyte").write_bytes(header + a.tobytes())
+    overrides = [f"data.root={folder}", "data.system_dirs=[]", "data.verify_checksum=false", f"data.cache_dir={tmp / 'cache'}"]
+    return overrides, arrays | {"kind": "synthetic (real data not found)"}
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def reference_model(seed: int, device) -> nn.Module:
+    """nn.Linear layers holding exactly actbench's initial weights for this seed."""
+    packed = PackedMLP([seed], nn.ReLU())
+    layers = []
+    for i, (w, b) in enumerate(zip(packed.weights, packed.biases)):
+        lin = nn.Linear(w.shape[2], w.shape[1])
+        with torch.no_grad():
+            lin.weight.copy_(w[0])
+            lin.bias.copy_(b[0, 0])
+        layers += [lin] if i == len(packed.weights) - 1 else [lin, nn.ReLU()]
+    return nn.Sequential(*layers).to(device)
+
+
+def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000):
+    """The plain loop: per-epoch times and the first epoch's per-step losses."""
+    x = ab_data.to_float(arrays["train_x"], "scale").to(device)
+    y = torch.from_numpy(arrays["train_y"].astype(np.int64)).to(device)
+    train_idx = ab_data.split_indices(len(x), val_size, seed)[0][None].to(device)
+    batches = ab_data.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
+    net = reference_model(seed, device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+    times, first_losses = [], []
+    for epoch in range(epochs):
+        order = batches.order(epoch)[0]
+        sync(device)
+        t = time.perf_counter()
+        losses = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if epoch == 0:
+                losses.append(loss.detach())
+        sync(device)
+        times.append(time.perf_counter() - t)
+        if epoch == 0:
+            first_losses = torch.stack(losses).cpu()
+    return times, first_losses
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- actbench in this process
+
+
+class EpochClock(Callback):
+    """Wall time from one epoch end to the next, after every other callback (the checkpoint too)."""
+
+    def __init__(self):
+        self.marks, self.first_losses = [], None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if not self.marks:
+            sync(pl_module.device)
+            self.marks.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        sync(pl_module.device)
+        self.marks.append(time.perf_counter())
+        if self.first_losses is None:
+            self.first_losses = pl_module._loss_buf[: pl_module._step_in_epoch, 0].cpu()
+
+    @property
+    def times(self):
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+CLOCK: EpochClock | None = None
+
+
+def clock() -> EpochClock:
+    """The Hydra `_target_` that hands the benchmark's clock to the Trainer."""
+    global CLOCK
+    CLOCK = EpochClock()
+    return CLOCK
+
+
+def actbench_run(overrides: list[str], out_dir: Path) -> EpochClock:
+    """One actbench run in this process, exactly as `python -m actbench.train` would run it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from actbench import train
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"out_dir={out_dir}", f"+callbacks.clock._target_={__name__}.clock"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir / "run")
+    HydraConfig.instance().set_config(cfg)
+    train.run(cfg)
+    return CLOCK
+
+
+# ---------------------------------------------------------------- start-up and packing (separate processes)
+
+
+def startup_seconds(overrides: list[str], out_dir: Path) -> float:
+    """From launching `python -m actbench.train` to its first training step."""
+    t = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "actbench.train", *overrides, f"out_dir={out_dir}", "trainer.max_epochs=1", "probes=none"],
+        cwd=ROOT, check=True, capture_output=True,
+    )
+    metrics = json.loads(next(out_dir.rglob("metrics.json")).read_text())
+    return metrics["timing"]["first_step_at"] - t
+
+
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------- main
+
+
+def peak_memory(device) -> str:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        return f"{rss:.0f} MiB host, {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
+    return f"{rss:.0f} MiB"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per variant; the first is a warm-up")
+    ap.add_argument("--packed", type=int, default=0, help="also compare K packed seeds with K sequential runs")
+    ap.add_argument("--data-root", default="data", help="where to look for Fashion-MNIST first (then Debian's folder)")
+    ap.add_argument("--skip-startup", action="store_true")
+    ap.add_argument("--skip-sequential", action="store_true", help="with --packed: skip the wall-clock comparison with sequential runs")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    torch.set_flush_denormal(True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="actbench-bench-"))
+    data_overrides, arrays = bench_data(tmp, args.data_root)
+    accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
+    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=false"]
+    print(f"actbench benchmark: MLP 784-128-10, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
+
+    rows = []
+    ref_times, ref_losses = reference_run(arrays, 0, args.epochs, device)
+    rows.append(("plain PyTorch loop (reference)", ref_times, peak_memory(device)))
+    variants = [("actbench, default logging + probes", []), ("actbench, probes off", ["probes=none"])]
+    if device.type == "cuda":
+        variants.append(("actbench, probes off, eager (no CUDA graph)", ["probes=none", "cuda_graph=false"]))
+    first_losses = None
+    for i, (label, extra) in enumerate(variants):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        c = actbench_run([*common, *extra, f"name=v{i}"], tmp / f"v{i}")
+        first_losses = c.first_losses if first_losses is None else first_losses
+        rows.append((label, c.times, peak_memory(device)))
+
+    n = min(50, len(ref_losses), len(first_losses))
+    diff = (ref_losses[:n] - first_losses[:n]).abs().max().item()
+    same = torch.allclose(ref_losses[:n], first_losses[:n], rtol=1e-4, atol=1e-5)
+
+    ref = median(ref_times[1:])
+    print(f"\n{'':44s} {'s/epoch':>9s} {'ratio':>7s}   peak memory (process so far)")
+    for label, times, mem in rows:
+        s = median(times[1:])
+        print(f"{label:44s} {s:9.3f} {s / ref:6.2f}x   {mem}")
+    print(f"\nfirst {n} steps' losses, reference vs actbench: max |difference| {diff:.2e} -> {'agree' if same else 'DISAGREE'}")
+
+    if not args.skip_startup:
+        s = startup_seconds(data_overrides + [accel], tmp / "startup")
+        print(f"start-up, `python -m actbench.train` to its first training step: {s:.2f} s")
+
+    if args.packed:
+        k = args.packed
+        seeds = ",".join(map(str, range(k)))
+        c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", "name=packed"], tmp / "packed")
+        s = median(c.times[1:])
+        print(f"\n{k} seeds packed, probes off: {s:.3f} s/epoch, {s / k:.4f} s/epoch/seed "
+              f"({s / k / ref:.3f}x the reference's one seed)")
+        if not args.skip_sequential:
+            base = [*data_overrides, accel, "probes=none", "report=false"]
+            packed = timed([sys.executable, "-m", "actbench.train", *base, f"seeds=[{seeds}]", f"out_dir={tmp / 'packed-cli'}"])
+            sequential = timed([sys.executable, "-m", "actbench.train", "-m", *base, f"seed={seeds}", f"out_dir={tmp / 'sequential'}"])
+            print(f"{k} seeds x 5 epochs from the command line, start-up included: packed {packed:.1f} s, "
+                  f"one after another (one multirun) {sequential:.1f} s -> {packed / sequential:.2f}x")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""actbench.cuda_graph: the captured training step equals the eager one; CPU falls back to eager."""
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from actbench.activations import CONF_DIR
+from actbench.cuda_graph import GraphedStep, capturable_optimizer
+from actbench.model import PackedMLP, per_seed_correct, per_seed_loss
+from conftest import run_cli
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested elsewhere)")
+
+
+class Counting:
+    """What GraphedStep needs of a LightningOptimizer: the optimizer and the step-counting hooks."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.steps = optimizer, 0
+
+    def _on_before_step(self):
+        pass
+
+    def _on_after_step(self):
+        self.steps += 1
+
+
+def cfg(*overrides):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_cuda_graph_falls_back_to_eager_on_cpu(capsys):
+    from actbench.train import use_cuda_graph
+
+    assert use_cuda_graph(cfg(), torch.device("cpu")) is False
+    assert use_cuda_graph(cfg("cuda_graph=true"), torch.device("cpu")) is False
+    assert "using eager steps (not training on CUDA)" in capsys.readouterr().out
+    assert use_cuda_graph(cfg("model.dropout=0.1"), torch.device("cuda")) is False
+    assert use_cuda_graph(cfg(), torch.device("cuda")) is True
+
+
+def test_capturable_only_where_the_optimizer_has_it():
+    from functools import partial
+
+    p = [nn.Parameter(torch.zeros(2))]
+    assert capturable_optimizer(partial(torch.optim.Adam, lr=1e-3), p).defaults["capturable"] is True
+    assert "capturable" not in capturable_optimizer(partial(torch.optim.SGD, lr=1e-3), p).defaults
+
+
+@cuda
+@pytest.mark.parametrize("activation", [nn.ReLU(), nn.GELU()])
+def test_graphed_steps_match_eager_steps(activation):
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    batches = [(torch.randn(2, 32, 784, device=dev), torch.randint(0, 10, (2, 32), device=dev)) for _ in range(12)]
+
+    def train(graphed):
+        net = PackedMLP([0, 1], activation).to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
+        step, wrapped, losses = GraphedStep(net, per_seed_loss, per_seed_correct), Counting(opt), []
+        for x, y in batches:
+            if graphed:
+                loss, _ = step.step(x, y, wrapped)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = per_seed_loss(net(x), y)
+                loss.sum().backward()
+                opt.step()
+            losses.append(loss.detach().clone())
+        assert not graphed or (wrapped.steps == len(batches) and step.graph is not None)
+        return torch.stack(losses), [p.detach().clone() for p in net.parameters()]
+
+    (le, pe), (lg, pg) = train(False), train(True)
+    assert torch.allclose(le, lg, rtol=1e-5, atol=1e-6)
+    for a, b in zip(pe, pg):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@cuda
+@pytest.mark.slow
+def test_a_gpu_run_with_the_graph_matches_eager(tiny_run, tmp_path):
+    import json
+
+    for name, graph in (("g", "true"), ("e", "false")):
+        r = run_cli(*tiny_run, f"name={name}", f"cuda_graph={graph}", "trainer.accelerator=gpu", "trainer.max_epochs=2")
+        assert r.returncode == 0, r.stderr[-2000:]
+    g, e = (json.loads((tmp_path / "runs" / n / "default" / "metrics.json").read_text()) for n in "ge")
+    assert g["device"].startswith("cuda")
+    assert g["curves"]["train_loss"] == pytest.approx(e["curves"]["train_loss"], rel=1e-4)
+    assert g["final"]["test_loss"] == pytest.approx(e["final"]["test_loss"], rel=1e-4)
+    assert g["final"]["steps"] == e["final"]["steps"]

@@ -1,0 +1,228 @@
+"""Probes on hand-built networks with known answers, and end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from actbench import activations
+from actbench.model import PackedMLP, per_seed_loss
+from actbench.probes import ActivationProbe, GradientProbe, grad_norms, grad_ratio, layer_stats, probe_forward, unit_stats
+from conftest import run_cli
+
+SOFTSIGN = "torch.nn.functional.softsign"
+
+
+def cubic_soft(x: torch.Tensor) -> torch.Tensor:
+    """A user's own activation, known to actbench only through its `_target_`."""
+    return x / (1 + x.abs()) + 0.1 * x
+
+
+def inputs(k: int, n: int = 200, d: int = 784, seed: int = 0) -> torch.Tensor:
+    """Pixel-like inputs in [0, 1]: [K, n, d]."""
+    return torch.rand(k, n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def net_with_bias(biases: list[float], activation, width: int = 16, depth: int = 1) -> PackedMLP:
+    """A pack of len(biases) seeds whose first hidden layer has the given bias per seed and small weights."""
+    net = PackedMLP(list(range(len(biases))), activation, depth=depth, width=width)
+    with torch.no_grad():
+        net.weights[0].mul_(0.1)  # |w.x| <= 784 * 0.1 / 28 < 3: a bias of +-100 decides the sign
+        for k, b in enumerate(biases):
+            net.biases[0][k].fill_(b)
+    return net
+
+
+# ---------------------------------------------------------------- dead units
+
+
+def test_dead_by_construction_is_one_and_healthy_is_zero():
+    relu = torch.nn.ReLU()
+    for bias, expected in ((-100.0, 1.0), (100.0, 0.0)):
+        net = net_with_bias([bias], relu)
+        stats = layer_stats(relu, probe_forward(net, inputs(1)))
+        assert stats["dead/layer1"].tolist() == [expected]
+        assert stats["dact_mean/layer1"].tolist() == [1.0 - expected]
+
+
+def test_a_unit_alive_for_one_example_is_not_dead():
+    relu = torch.nn.ReLU()
+    z = torch.full((1, 50, 4), -1.0)
+    z[0, 17, 2] = 0.5  # unit 2 fires for one example
+    assert unit_stats(relu, z)["dead"].tolist() == [0.75]
+
+
+def test_per_seed_independence_only_seed_one_dead():
+    relu = torch.nn.ReLU()
+    net = net_with_bias([100.0, -100.0], relu)
+    stats = layer_stats(relu, probe_forward(net, inputs(2)))
+    assert stats["dead/layer1"].tolist() == [0.0, 1.0]
+    assert stats["saturated/layer1"].tolist() == [0.0, 1.0]
+
+
+def test_dead_tolerance_counts_near_zero_derivatives():
+    z = torch.full((1, 10, 3), -20.0)  # sigmoid'(-20) ~ 2e-9
+    assert unit_stats(torch.sigmoid, z, dead_tol=1e-6)["dead"].tolist() == [1.0]
+    assert unit_stats(torch.sigmoid, z, dead_tol=0.0)["dead"].tolist() == [0.0]
+
+
+# ---------------------------------------------------------------- saturation
+
+
+def test_sigmoid_at_large_z_is_saturated_and_at_zero_is_not():
+    far = torch.tensor([-6.0, 5.0, 8.0, -3.0]).repeat(1, 25, 1)  # [1, 25, 4], all |z| > 2.944
+    near = torch.tensor([0.0, 0.5, -1.0, 2.9]).repeat(1, 25, 1)
+    s_far, s_near = unit_stats(torch.sigmoid, far), unit_stats(torch.sigmoid, near)
+    assert s_far["saturated"].tolist() == [1.0] and s_near["saturated"].tolist() == [0.0]
+    assert s_far["dact_mean"].item() < 0.015 and s_near["dact_mean"].item() > 0.15
+    sigma = torch.sigmoid(near)
+    assert s_near["dact_mean"].item() == pytest.approx((sigma * (1 - sigma)).mean().item(), rel=1e-6)
+    assert s_far["dead"].tolist() == [0.0]  # saturated, but not dead: sigmoid'(8) ~ 3e-4
+    # the threshold is sigmoid's value at |z| = 2.944, where sigmoid leaves [0.05, 0.95]
+    edge = torch.tensor([[[2.93], [2.96]]])
+    assert unit_stats(torch.sigmoid, edge)["saturated"].tolist() == [0.5]
+
+
+def test_saturation_through_a_sigmoid_network():
+    sigmoid = torch.nn.Sigmoid()
+    net = net_with_bias([100.0, 0.0], sigmoid)
+    stats = layer_stats(sigmoid, probe_forward(net, inputs(2)))
+    sat, mean = stats["saturated/layer1"].tolist(), stats["dact_mean/layer1"].tolist()
+    assert sat[0] == 1.0 and sat[1] < 0.05
+    assert mean[0] < 1e-6 and mean[1] > 0.15
+
+
+# ---------------------------------------------------------------- gradients
+
+
+def loss_grad(net: PackedMLP, x: torch.Tensor) -> None:
+    y = torch.arange(x.shape[1]).remainder(10).expand(x.shape[0], -1)
+    net.zero_grad(set_to_none=True)
+    per_seed_loss(net(x), y).sum().backward()
+
+
+def test_grad_norms_are_per_seed_frobenius_norms():
+    net = PackedMLP([0, 1], torch.tanh, depth=2, width=8)
+    x = inputs(2, n=32)
+    loss_grad(net, x)
+    norms = grad_norms(net)
+    assert norms.shape == (3, 2)
+    for j, w in enumerate(net.weights):
+        for k in range(2):
+            assert norms[j, k].item() == pytest.approx(torch.linalg.norm(w.grad[k]).item(), rel=1e-5)
+    assert torch.equal(grad_ratio(norms), norms[0] / norms[-1])
+    # a seed's norms do not depend on the other seed: the same seed alone gives the same numbers
+    alone = PackedMLP([1], torch.tanh, depth=2, width=8)
+    loss_grad(alone, x[1:])
+    assert torch.allclose(grad_norms(alone)[:, 0], norms[:, 1], rtol=1e-5)
+
+
+def test_missing_gradient_is_nan():
+    net = PackedMLP([0], torch.relu)
+    assert grad_norms(net).isnan().all()
+
+
+def test_deep_sigmoid_gradient_ratio_is_far_below_identity():
+    depth, x = 8, inputs(1, n=256)
+    sig = PackedMLP([0], torch.sigmoid, depth=depth, width=64, init="lecun")
+    ident = PackedMLP([0], lambda z: z, depth=depth, width=64, init="lecun")
+    ident.load_state_dict(sig.state_dict())  # the same weights, only the activation differs
+    ratios = []
+    for net in (sig, ident):
+        loss_grad(net, x)
+        ratios.append(grad_ratio(grad_norms(net)).item())
+    assert ratios[0] < ratios[1] / 1000, ratios
+
+
+# ---------------------------------------------------------------- any activation
+
+
+@pytest.mark.parametrize("target", ["torch.nn.functional.softsign", "test_probes.cubic_soft", "torch.nn.GELU"])
+def test_a_user_activation_given_by_target_gets_every_probe(target):
+    fn = activations.build({"_target_": target})
+    net = PackedMLP([0, 1], fn, depth=2, width=16)
+    record = probe_forward(net, inputs(2, n=64))
+    stats = layer_stats(fn, record)
+    assert set(stats) == {f"{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
+    assert all(v.shape == (2,) and v.isfinite().all() for v in stats.values())
+    # autograd's derivative, checked against a finite difference
+    z = record[0][0]
+    fd = (fn(z + 1e-3) - fn(z - 1e-3)) / 2e-3
+    assert stats["dact_mean/layer1"].tolist() == pytest.approx(fd.abs().mean((1, 2)).tolist(), rel=1e-2)
+    loss_grad(net, inputs(2, n=64))
+    assert grad_norms(net).shape == (3, 2) and grad_norms(net).gt(0).all()
+
+
+def test_probe_forward_restores_training_mode_and_skips_dropout():
+    net = PackedMLP([0], torch.relu, depth=2, width=16, dropout=0.5)
+    net.train()
+    x = inputs(1, n=8)
+    a, b = probe_forward(net, x), probe_forward(net, x)
+    assert net.training
+    assert all(torch.equal(za, zb) for (za, _), (zb, _) in zip(a, b))  # no dropout masks drawn
+
+
+def test_gradient_probe_rejects_a_bad_interval():
+    with pytest.raises(ValueError, match="every_n_steps"):
+        GradientProbe(every_n_steps=0)
+
+
+def test_default_config_instantiates_both_probes():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(activations.CONF_DIR / "probes" / "default.yaml")
+    probes = [instantiate(p) for p in cfg.values() if p is not None]
+    assert [type(p) for p in probes] == [ActivationProbe, GradientProbe]
+    assert OmegaConf.load(activations.CONF_DIR / "probes" / "none.yaml") == {}
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_one_epoch_run_records_probes(tiny_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # two packed seeds of a two-layer net with an activation given only by its _target_
+    r = run_cli(*tiny_run, "model.depth=2", "seeds=[0,1]", f"activation._target_={SOFTSIGN}")
+    assert r.returncode == 0, r.stderr
+    for seed in (0, 1):
+        run_dir = tmp_path / "runs" / "tiny" / f"activation._target_={SOFTSIGN},model.depth=2,seed={seed}"
+        m = json.loads((run_dir / "metrics.json").read_text())
+        probes = m["probes"]
+        layer_tags = {f"{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
+        grad_tags = {"grad_norm/w1", "grad_norm/w2", "grad_norm/w3", "grad_ratio"}
+        assert set(probes) == {"epoch"} | layer_tags | grad_tags
+        assert probes["epoch"] == [0, 1]
+        assert all(len(v) == 2 for v in probes.values())
+        assert all(probes[t][0] is None and probes[t][1] > 0 for t in grad_tags)  # no gradient at initialisation
+        assert all(isinstance(v, float) for t in layer_tags for v in probes[t])
+        assert probes["grad_ratio"][1] == pytest.approx(probes["grad_norm/w1"][1] / probes["grad_norm/w3"][1], rel=1e-5)
+        assert not any(k.startswith(("preact", "act/", "grad_norm_step")) for k in m["curves"])
+
+        ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+        ea.Reload()
+        scalars, histograms = set(ea.Tags()["scalars"]), set(ea.Tags()["histograms"])
+        assert layer_tags | grad_tags <= scalars
+        assert {"grad_norm_step/w1", "grad_norm_step/w3", "grad_ratio_step"} <= scalars
+        assert histograms == {"preact/layer1", "preact/layer2", "act/layer1", "act/layer2"}
+        assert [e.step for e in ea.Histograms("preact/layer1")] == [0, m["final"]["steps"]]
+        assert [e.step for e in ea.Scalars("dead/layer1")] == [0, m["final"]["steps"]]
+        assert ea.Scalars("dead/layer2")[-1].value == pytest.approx(probes["dead/layer2"][1])
+        assert all(math.isfinite(e.value) for e in ea.Scalars("grad_ratio_step"))
+
+
+@pytest.mark.slow
+def test_probes_none_records_no_probes_and_same_training(tiny_run, tmp_path):
+    a = run_cli(*tiny_run, "name=a", "model.dropout=0.2")
+    b = run_cli(*tiny_run, "name=b", "model.dropout=0.2", "probes=none")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    ma, mb = (json.loads((tmp_path / "runs" / n / d / "metrics.json").read_text())
+              for n, d in (("a", "model.dropout=0.2"), ("b", "model.dropout=0.2,probes=none")))
+    assert ma["probes"]["epoch"] == [0, 1] and mb["probes"] == {}
+    assert ma["curves"]["train_loss"] == mb["curves"]["train_loss"]  # probing changes nothing about training
+    assert ma["final"]["test_acc"] == mb["final"]["test_acc"]
