@@ -222,7 +222,7 @@ def test_probes_none_records_no_probes_and_same_training(tiny_run, tmp_path):
     b = run_cli(*tiny_run, "name=b", "model.dropout=0.2", "probes=none")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ma, mb = (json.loads((tmp_path / "runs" / n / d / "metrics.json").read_text())
-              for n, d in (("a", "model.dropout=0.2"), ("b", "model.dropout=0.2,probes=none")))
+              for n, d in (("a", "model.dropout=0.2"), ("b", "model.dropout=0.2")))  # probes stay out of run names
     assert ma["probes"]["epoch"] == [0, 1] and mb["probes"] == {}
     assert ma["curves"]["train_loss"] == mb["curves"]["train_loss"]  # probing changes nothing about training
     assert ma["final"]["test_acc"] == mb["final"]["test_acc"]
