@@ -1,9 +1,9 @@
 """Checkpoint files: a packed model's checkpoint is stored as one ordinary single-seed checkpoint
 in each seed's run directory, and put back together on resume.
 
-Every tensor in the model state and the optimizer state carries the leading seed dimension
-(scalars such as Adam's step count are shared), so splitting is slicing and merging is
-concatenating; a one-seed checkpoint is exactly what an unpacked run writes.
+Every tensor in the model state and the optimizer state stacks the seeds along its first
+dimension (scalars such as Adam's step count are shared), so splitting is chunking and merging
+is concatenating; a one-seed checkpoint is exactly what an unpacked run writes.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def _map_packed(ckpt: dict, fn) -> dict:
     return out
 
 
-def split(ckpt: dict, k: int) -> dict:
-    return _map_packed(ckpt, lambda t: t[k : k + 1].clone())
+def split(ckpt: dict, k: int, n_seeds: int) -> dict:
+    """Seed k's part of a checkpoint of n_seeds packed seeds."""
+    return _map_packed(ckpt, lambda t: t.chunk(n_seeds)[k].clone())
 
 
 def merge(parts: list[dict]) -> dict:
@@ -58,7 +59,7 @@ class PerSeedCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         for k, (seed, target) in enumerate(zip(self.seeds, self.paths(path))):
-            part = split(checkpoint, k) if len(self.seeds) > 1 else dict(checkpoint)
+            part = split(checkpoint, k, len(self.seeds)) if len(self.seeds) > 1 else dict(checkpoint)
             part["actbench_seed"] = seed
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.tmp")

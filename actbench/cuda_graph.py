@@ -30,26 +30,27 @@ class GraphedStep:
     Every call is one real optimizer step on the batch given (warm-up steps included), so the
     loss curve is the eager one up to floating-point reassociation."""
 
-    def __init__(self, net: nn.Module, loss_fn: Callable, correct_fn: Callable):
-        self.net, self.loss_fn, self.correct_fn = net, loss_fn, correct_fn
-        self.shape: tuple | None = None
+    def __init__(self, net: nn.Module, objective: Callable):
+        """objective(logits, y) -> the scalar to differentiate, as model.training_objective."""
+        self.net, self.objective = net, objective
+        self.batch_size: int | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
 
-    def accepts(self, shape: tuple) -> bool:
-        return self.shape is None or tuple(shape) == self.shape
+    def accepts(self, batch_size: int) -> bool:
+        return self.batch_size in (None, batch_size)
 
-    def _body(self, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+    def _body(self, optimizer: torch.optim.Optimizer) -> Tensor:
         logits = self.net(self.x)
-        loss = self.loss_fn(logits, self.y)
-        loss.sum().backward()
+        self.objective(logits, self.y).backward()
         optimizer.step()
-        return loss.detach(), self.correct_fn(logits.detach(), self.y)
+        return logits.detach()
 
-    def step(self, x: Tensor, y: Tensor, lightning_optimizer) -> tuple[Tensor, Tensor]:
+    def step(self, x: Tensor, y: Tensor, lightning_optimizer) -> Tensor:
+        """One optimizer step on (x, y); returns the step's logits (a static buffer once captured)."""
         optimizer = lightning_optimizer.optimizer
-        if self.shape is None:
-            self.shape = tuple(x.shape)
+        if self.batch_size is None:
+            self.batch_size = x.shape[-2]
             self.x, self.y = x.clone(), y.clone()
         self.x.copy_(x)
         self.y.copy_(y)
@@ -60,16 +61,16 @@ class GraphedStep:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 optimizer.zero_grad(set_to_none=True)
-                loss, correct = self._body(optimizer)
+                logits = self._body(optimizer)
             torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
             lightning_optimizer._on_after_step()
-            return loss, correct
+            return logits
         if self.graph is None:
             optimizer.zero_grad(set_to_none=True)  # gradients are then written, not accumulated, on replay
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.loss, self.correct = self._body(optimizer)
+                self.logits = self._body(optimizer)
         self.graph.replay()
         lightning_optimizer._on_after_step()
-        return self.loss, self.correct
+        return self.logits

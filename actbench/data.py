@@ -206,10 +206,35 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 @dataclass
+class Chunk:
+    """The batches of a chunk of optimizer steps, as indices into the in-memory data set; each
+    batch is gathered when its step asks for it, so it is still in cache when the step reads it."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor  # [S, K, B]
+
+    def __len__(self) -> int:
+        return self.idx.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.idx.shape[2]
+
+    def __getitem__(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step s's batch: x [K, B, 784], y [K, B]; with one seed x [B, 784], y [B], the shapes
+        of a plain MLP's step (every op saved counts in a ~600 us step)."""
+        i = self.idx[s]
+        if i.shape[0] == 1:
+            i = i[0]
+        return self.x[i], self.y[i]
+
+
+@dataclass
 class TrainBatches:
-    """Per-epoch shuffled batches for K packed seeds, cut by slicing; each item is a chunk of
-    `steps` optimizer steps: x [S, K, B, 784], y [S, K, B]. The last, partial batch of an epoch
-    (kept, as Keras does) comes alone so that every chunk has one batch size."""
+    """Per-epoch shuffled batches for K packed seeds, cut by slicing a per-epoch permutation; each
+    item is a `Chunk` of `steps` optimizer steps. The last, partial batch of an epoch (kept, as
+    Keras does) comes alone so that every chunk has one batch size."""
 
     x: torch.Tensor  # [N, 784] on the training device
     y: torch.Tensor  # [N]
@@ -228,6 +253,14 @@ class TrainBatches:
         full, rest = divmod(self.train_idx.shape[1], self.batch_size)
         return -(-full // self.steps) + (1 if rest else 0)
 
+    def step_labels(self, epoch: int) -> torch.Tensor:
+        """Every step's labels in this epoch's order, [steps, K, batch], -1 past a short last batch."""
+        order = self.order(epoch)
+        k, n = order.shape
+        padded = torch.full((k, self.steps_per_epoch * self.batch_size), -1, dtype=self.y.dtype, device=self.y.device)
+        padded[:, :n] = self.y[order]
+        return padded.view(k, self.steps_per_epoch, self.batch_size).transpose(0, 1)
+
     def order(self, epoch: int) -> torch.Tensor:
         """[K, n_train] sample indices in this epoch's order, each seed with its own permutation."""
         if not self.shuffle:
@@ -242,11 +275,9 @@ class TrainBatches:
         b, full = self.batch_size, n // self.batch_size
         for start in range(0, full, self.steps):
             s = min(self.steps, full - start)
-            idx = order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1)
-            yield self.x[idx], self.y[idx]
+            yield Chunk(self.x, self.y, order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1))
         if n % b:
-            idx = order[:, full * b :].unsqueeze(0)
-            yield self.x[idx], self.y[idx]
+            yield Chunk(self.x, self.y, order[:, full * b :].unsqueeze(0))
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """The MLP and the LightningModule that trains it.
 
-One module serves one seed and K packed seeds alike: every weight carries a leading seed
-dimension [K, out, in] and layers are batched matrix products, so K=1 is an ordinary MLP and
-K>1 trains K independent MLPs at once. Each seed's initial weights come from its own generator,
-so a seed's weights do not depend on which other seeds share the pack.
+One module serves one seed and K packed seeds alike. A layer's weight is stored as [K*out, in]
+and its bias as [K*out]: seed k owns rows k*out..(k+1)*out, so `per_seed` views them as
+[K, out, ...] for batched matrix products, and with one seed they are exactly nn.Linear's
+tensors, used by plain linear layers with no reshaping on the hot path. Each seed's initial
+weights come from its own generator, so a seed's weights do not depend on its pack.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from torch import Tensor, nn
 from actbench.data import generator
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
+N_CLASSES = 10
 
 
 def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
-    """Initialise one seed's layer in place: w [out, in], b [1, out]."""
+    """Initialise one seed's layer in place: w [out, in], b [out]."""
     fan_out, fan_in = w.shape
     if scheme == "torch":  # torch.nn.Linear's default: U(+-1/sqrt(fan_in)) for weight and bias
         bound = 1.0 / math.sqrt(fan_in)
@@ -59,8 +61,8 @@ class PackedMLP(nn.Module):
         self.seeds, self.activation, self.depth, self.init, self.dropout = list(seeds), activation, depth, init, dropout
         k = len(self.seeds)
         sizes = [in_features] + [width] * depth + [n_classes]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(k, o, i)) for i, o in zip(sizes, sizes[1:]))
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(k, 1, o)) for o in sizes[1:])
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(k * o, i)) for i, o in zip(sizes, sizes[1:]))
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(k * o)) for o in sizes[1:])
         self._dropout_gens: list[torch.Generator] = []
         self.reset_parameters()
 
@@ -68,12 +70,16 @@ class PackedMLP(nn.Module):
     def n_seeds(self) -> int:
         return len(self.seeds)
 
+    def per_seed(self, t: Tensor) -> Tensor:
+        """A weight, bias or their gradient, viewed as [K, out, ...]."""
+        return t.view(self.n_seeds, -1, *t.shape[1:])
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for k, seed in enumerate(self.seeds):
             gen = generator(seed, "init")
             for w, b in zip(self.weights, self.biases):
-                init_layer(w[k], b[k], self.init, gen)
+                init_layer(self.per_seed(w)[k], self.per_seed(b)[k], self.init, gen)
 
     def start_epoch(self, epoch: int) -> None:
         """Re-derive each seed's dropout stream from (seed, epoch): a resumed run draws the same masks."""
@@ -90,20 +96,41 @@ class PackedMLP(nn.Module):
         mask = torch.stack([torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
         return h * mask / keep
 
+    def _apply(self, fn, recurse=True):
+        self._pairs = None  # parameters may be replaced (device moves keep them, but be safe)
+        return super()._apply(fn, recurse)
+
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        """(weight, bias) per layer; cached, since ParameterList lookups cost microseconds each and
+        a whole training step of the blog's model costs about 600."""
+        if getattr(self, "_pairs", None) is None:
+            self._pairs = list(zip(self.weights, self.biases))
+        return self._pairs
+
     def forward(self, x: Tensor, record: list | None = None) -> Tensor:
-        """x [K, B, in] -> logits [K, B, classes]. `record`, if given, receives (z, f(z)) per hidden layer."""
-        h = x
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b, h, w.transpose(1, 2))
-            if i == last:
-                return z
-            h = self.activation(z)
+        """x [K, B, in] -> logits [K, B, classes]; with one seed also x [B, in] -> [B, classes],
+        the training step's fast path. `record`, if given, receives (z, f(z)) per hidden layer."""
+        *hidden, (w_out, b_out) = self.layers()
+        act, drop = self.activation, self.dropout > 0 and self.training
+        if x.dim() == 2:  # one seed, plain linear layers: nothing on this path but the maths
+            h = x
+            for w, b in hidden:
+                z = F.linear(h, w, b)
+                h = act(z)
+                if record is not None:
+                    record.append((z.unsqueeze(0), h.unsqueeze(0)))
+                if drop:
+                    h = self._drop(h.unsqueeze(0)).squeeze(0)
+            return F.linear(h, w_out, b_out)
+        k, h = self.n_seeds, x
+        for w, b in hidden:
+            z = torch.baddbmm(b.view(k, 1, -1), h, w.view(k, -1, w.shape[1]).transpose(1, 2))
+            h = act(z)
             if record is not None:
                 record.append((z, h))
-            if self.dropout > 0 and self.training:
+            if drop:
                 h = self._drop(h)
-        return h
+        return torch.baddbmm(b_out.view(k, 1, -1), h, w_out.view(k, -1, w_out.shape[1]).transpose(1, 2))
 
 
 def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=10) -> int:
@@ -122,6 +149,14 @@ def per_seed_loss(logits: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
 
 
+def training_objective(logits: Tensor, y: Tensor) -> Tensor:
+    """What a step differentiates: the sum of the seeds' mean losses, so each seed gets exactly its
+    own gradient; for one seed's [B, classes] logits, its plain mean cross-entropy."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, y)
+    return per_seed_loss(logits, y).sum()
+
+
 def per_seed_correct(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(-1) == y).sum(1)
 
@@ -129,7 +164,9 @@ def per_seed_correct(logits: Tensor, y: Tensor) -> Tensor:
 class Classifier(LightningModule):
     """Trains a PackedMLP with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
-    is paid once per chunk. Per-step losses stay on the device until the epoch ends.
+    is paid once per chunk: on_train_batch_* and the backward and optimizer-step hooks fire once
+    per chunk, trainer.global_step counts every optimizer step. Per-step losses stay on the
+    device until the epoch ends.
 
     What an epoch produced is left in `epoch_log` ({tag: tensor [K]}) for the callbacks that
     record and probe; `train_epoch_steps` gives the per-step curves.
@@ -153,51 +190,80 @@ class Classifier(LightningModule):
 
     # ------------------------------------------------------------------ training
 
+    def on_train_start(self) -> None:
+        from lightning.pytorch.strategies import SingleDeviceStrategy
+
+        # Inside a chunk, steps may go straight through torch when Lightning would add nothing to
+        # the maths: one device and no gradient scaler. The chunk's last step goes through
+        # Lightning, so its backward and optimizer-step hooks fire once per chunk.
+        self._direct_ok = isinstance(self.trainer.strategy, SingleDeviceStrategy) and (
+            getattr(self.trainer.precision_plugin, "scaler", None) is None
+        )
+
     def on_train_epoch_start(self) -> None:
-        k = self.net.n_seeds
-        steps = self.trainer.train_dataloader.steps_per_epoch
-        self._loss_buf = torch.zeros(steps, k, device=self.device)
-        self._acc_buf = torch.zeros(steps, k, device=self.device)
-        self._step_in_epoch = 0
+        # Each step's logits are kept; losses and accuracies are computed from them for the whole
+        # epoch at once, which costs less than the small ops it would take at every step.
+        self._step_logits: list[Tensor] = []
         self.epoch_log = {}
         self.net.start_epoch(self.current_epoch)
 
-    def _eager_step(self, x: Tensor, y: Tensor, opt) -> tuple[Tensor, Tensor]:
+    def _step(self, x: Tensor, y: Tensor, opt, through_lightning: bool) -> Tensor:
+        """One optimizer step on one batch, through Lightning's manual_backward and optimizer
+        wrapper, or straight through torch with Lightning's step counter kept; returns the logits."""
         logits = self.net(x)
-        loss = per_seed_loss(logits, y)
-        # once a CUDA graph owns the gradient buffers, eager steps must reuse them, not replace them
-        opt.zero_grad(set_to_none=self._graph is None or self._graph.graph is None)
-        self.manual_backward(loss.sum())
-        opt.step()
-        return loss.detach(), per_seed_correct(logits.detach(), y)
+        objective = training_objective(logits, y)
+        if through_lightning:
+            # once a CUDA graph owns the gradient buffers, eager steps must reuse them, not replace them
+            opt.zero_grad(set_to_none=self._graph is None or self._graph.graph is None)
+            self.manual_backward(objective)
+            opt.step()
+        else:
+            opt.optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            opt._on_before_step()  # the counter behind trainer.global_step
+            opt.optimizer.step()
+            opt._on_after_step()
+        return logits.detach()
 
-    def training_step(self, batch, batch_idx):
-        xs, ys = batch
+    def training_step(self, chunk, batch_idx):
         opt = self.optimizers()
-        graph = self._graph_for(xs, opt) if self.use_cuda_graph else None
-        for s in range(xs.shape[0]):
+        graph = self._graph_for(chunk.batch_size, opt) if self.use_cuda_graph else None
+        direct = self._direct_ok and graph is None and (self._graph is None or self._graph.graph is None)
+        kept, last = self._step_logits, len(chunk) - 1
+        for s in range(len(chunk)):
+            x, y = chunk[s]
             if graph is not None:
-                loss, correct = graph.step(xs[s], ys[s], opt)
+                kept.append(graph.step(x, y, opt).clone())  # the graph's output buffer is reused
             else:
-                loss, correct = self._eager_step(xs[s], ys[s], opt)
-            i = self._step_in_epoch
-            self._loss_buf[i].copy_(loss)
-            self._acc_buf[i].copy_(correct / ys.shape[-1])
-            self._step_in_epoch = i + 1
+                kept.append(self._step(x, y, opt, through_lightning=s == last or not direct))
 
-    def _graph_for(self, xs: Tensor, opt):
+    def _graph_for(self, batch_size: int, opt):
+        """The graphed step for this batch size; None (eager) for the epoch's short last batch."""
         from actbench.cuda_graph import GraphedStep
 
-        shape = tuple(xs.shape[1:])
         if self._graph is None:
-            self._graph = GraphedStep(self.net, per_seed_loss, per_seed_correct)
-        return self._graph if self._graph.accepts(shape) else None
+            self._graph = GraphedStep(self.net, training_objective)
+        return self._graph if self._graph.accepts(batch_size) else None
 
     def train_epoch_steps(self) -> dict[str, Tensor]:
-        """This epoch's per-step training losses and accuracies [steps, K]; also puts their means
-        in `epoch_log`. Called by the recorder (callbacks' epoch-end hooks run before the module's)."""
-        n = self._step_in_epoch
-        steps = {"loss": self._loss_buf[:n], "acc": self._acc_buf[:n]}
+        """This epoch's per-step training losses and accuracies [steps, K], from the kept logits;
+        also puts their means in `epoch_log`. Called by the recorder (callbacks' epoch-end hooks
+        run before the module's)."""
+        kept = [t if t.dim() == 3 else t.unsqueeze(0) for t in self._step_logits]  # one seed: [B, C]
+        n = len(kept)
+        batches = self.trainer.train_dataloader
+        labels = batches.step_labels(self.current_epoch)[:n]  # [n, K, B], -1 past a short last batch
+        short = batches.batch_size - kept[-1].shape[1] if kept else 0
+        if short:
+            kept = kept[:-1] + [F.pad(kept[-1], (0, 0, 0, short))]
+        logits = torch.stack(kept) if kept else torch.zeros(0, *labels.shape[1:], N_CLASSES, device=self.device)
+        valid = labels >= 0
+        ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten().clamp(min=0), reduction="none").view(labels.shape)
+        count = valid.sum(-1)
+        steps = {
+            "loss": (ce * valid).sum(-1) / count,
+            "acc": ((logits.argmax(-1) == labels) & valid).sum(-1) / count,
+        }
         self.epoch_log["train/loss"] = steps["loss"].mean(0)
         self.epoch_log["train/acc"] = steps["acc"].mean(0)
         return steps

@@ -85,9 +85,9 @@ def grad_norms(net: nn.Module) -> Tensor:
     rows = []
     for w in net.weights:
         if w.grad is None:
-            rows.append(torch.full((w.shape[0],), math.nan, device=w.device))
+            rows.append(torch.full((net.n_seeds,), math.nan, device=w.device))
         else:
-            rows.append(torch.linalg.vector_norm(w.grad.detach(), dim=(1, 2)))
+            rows.append(torch.linalg.vector_norm(net.per_seed(w.grad.detach()), dim=(1, 2)))
     return torch.stack(rows)
 
 

@@ -134,6 +134,13 @@ def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
 # ---------------------------------------------------------------- building and fitting
 
 
+def undo_nvml_check() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import (fork safety for DataLoader
+    workers, which actbench does not use). With it, torch.cuda.is_available() probes NVML on every
+    call, and Adam calls it on every step: about 50 us per step on a machine without a GPU."""
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
 def quiet() -> None:
     """A normal run prints its own lines, not Lightning's set-up chatter."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
@@ -226,6 +233,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     from actbench.model import Classifier
     from actbench.record import Recorder
 
+    undo_nvml_check()
     seeds = [r.seed for r in runs]
     threads = cfg.threads or (os.cpu_count() or 1) // side_by_side_jobs(cfg)
     if cfg.threads or threads < torch.get_num_threads():

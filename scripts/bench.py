@@ -15,8 +15,10 @@ flushed), including the last partial batch. It does no validation, logging, prob
 checkpoints: what actbench costs on top of that is what the ratios show. The first steps'
 losses of both are compared, and the benchmark fails if they disagree.
 
-Epoch times are medians over the epochs after a warm-up epoch; actbench's are measured from
-one epoch end to the next, so they include validation, probes, logging and the checkpoint.
+Epoch times are medians over the epochs after each run's warm-up epoch, over rounds that
+interleave the variants; actbench's are measured from one epoch end to the next, so they
+include validation, probes, logging and the checkpoint. Both use --threads CPU threads (one
+by default: this model's operations are too small to split between cores).
 """
 
 from __future__ import annotations
@@ -84,10 +86,10 @@ def reference_model(seed: int, device) -> nn.Module:
     packed = PackedMLP([seed], nn.ReLU())
     layers = []
     for i, (w, b) in enumerate(zip(packed.weights, packed.biases)):
-        lin = nn.Linear(w.shape[2], w.shape[1])
+        lin = nn.Linear(w.shape[1], w.shape[0])
         with torch.no_grad():
-            lin.weight.copy_(w[0])
-            lin.bias.copy_(b[0, 0])
+            lin.weight.copy_(w)  # one seed's weights are nn.Linear's tensors
+            lin.bias.copy_(b)
         layers += [lin] if i == len(packed.weights) - 1 else [lin, nn.ReLU()]
     return nn.Sequential(*layers).to(device)
 
@@ -144,7 +146,7 @@ class EpochClock(Callback):
         sync(pl_module.device)
         self.marks.append(time.perf_counter())
         if self.first_losses is None:
-            self.first_losses = pl_module._loss_buf[: pl_module._step_in_epoch, 0].cpu()
+            self.first_losses = pl_module.train_epoch_steps()["loss"][:, 0].cpu()
 
     @property
     def times(self):
@@ -213,8 +215,11 @@ def peak_memory(device) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--epochs", type=int, default=4, help="epochs per variant; the first is a warm-up")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first of each run is a warm-up")
+    ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, interleaved")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for the reference and actbench (threads=)")
     ap.add_argument("--packed", type=int, default=0, help="also compare K packed seeds with K sequential runs")
+    ap.add_argument("--override", action="append", default=[], help="an extra actbench override for every variant (repeatable)")
     ap.add_argument("--data-root", default="data", help="where to look for Fashion-MNIST first (then Debian's folder)")
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--skip-sequential", action="store_true", help="with --packed: skip the wall-clock comparison with sequential runs")
@@ -223,37 +228,48 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     torch.set_flush_denormal(True)
+    torch.set_num_threads(args.threads)
+    from actbench.train import undo_nvml_check
+
+    undo_nvml_check()  # importing Lightning slowed every Adam step of the reference too
 
     tmp = Path(tempfile.mkdtemp(prefix="actbench-bench-"))
     data_overrides, arrays = bench_data(tmp, args.data_root)
     accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
-    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=false"]
+    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=false", f"threads={args.threads}", *args.override]
     print(f"actbench benchmark: MLP 784-128-10, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 
-    rows = []
-    ref_times, ref_losses = reference_run(arrays, 0, args.epochs, device)
-    rows.append(("plain PyTorch loop (reference)", ref_times, peak_memory(device)))
-    variants = [("actbench, default logging + probes", []), ("actbench, probes off", ["probes=none"])]
+    variants = [("actbench, probes off", ["probes=none"]), ("actbench, default logging + probes", [])]
     if device.type == "cuda":
         variants.append(("actbench, probes off, eager (no CUDA graph)", ["probes=none", "cuda_graph=false"]))
-    first_losses = None
-    for i, (label, extra) in enumerate(variants):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        c = actbench_run([*common, *extra, f"name=v{i}"], tmp / f"v{i}")
-        first_losses = c.first_losses if first_losses is None else first_losses
-        rows.append((label, c.times, peak_memory(device)))
+    # Rounds interleave the variants, so a slow spell of a shared machine does not land on one of them.
+    times: dict[str, list[float]] = {"plain PyTorch loop (reference)": []}
+    memory: dict[str, str] = {}
+    first_losses = ref_losses = None
+    for r in range(args.rounds):
+        ref_t, losses = reference_run(arrays, 0, args.epochs, device)
+        ref_losses = losses if ref_losses is None else ref_losses
+        times["plain PyTorch loop (reference)"] += ref_t[1:]
+        memory["plain PyTorch loop (reference)"] = peak_memory(device)
+        for i, (label, extra) in enumerate(variants):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            c = actbench_run([*common, *extra, f"name=v{i}r{r}"], tmp / f"v{i}r{r}")
+            first_losses = c.first_losses if first_losses is None else first_losses
+            times.setdefault(label, []).extend(c.times[1:])
+            memory[label] = peak_memory(device)
+    rows = [(label, t, memory[label]) for label, t in times.items()]
 
     n = min(50, len(ref_losses), len(first_losses))
     diff = (ref_losses[:n] - first_losses[:n]).abs().max().item()
     same = torch.allclose(ref_losses[:n], first_losses[:n], rtol=1e-4, atol=1e-5)
 
-    ref = median(ref_times[1:])
-    print(f"\n{'':44s} {'s/epoch':>9s} {'ratio':>7s}   peak memory (process so far)")
-    for label, times, mem in rows:
-        s = median(times[1:])
-        print(f"{label:44s} {s:9.3f} {s / ref:6.2f}x   {mem}")
+    ref = median(times["plain PyTorch loop (reference)"])
+    print(f"\n{'':44s} {'s/epoch':>9s} {'ratio':>7s}   {'peak memory (process so far)':30s} epochs timed")
+    for label, t, mem in rows:
+        s = median(t)
+        print(f"{label:44s} {s:9.3f} {s / ref:6.2f}x   {mem:30s} {' '.join(f'{x:.2f}' for x in t)}")
     print(f"\nfirst {n} steps' losses, reference vs actbench: max |difference| {diff:.2e} -> {'agree' if same else 'DISAGREE'}")
 
     if not args.skip_startup:

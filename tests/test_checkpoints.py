@@ -8,11 +8,11 @@ from actbench.errors import UserError
 
 
 def packed_checkpoint(k=3):
-    w = torch.arange(k * 6, dtype=torch.float32).view(k, 2, 3)
+    w = torch.arange(k * 6, dtype=torch.float32).view(k * 2, 3)  # seed k owns rows 2k, 2k+1
     return {
         "epoch": 1,
         "global_step": 40,
-        "state_dict": {"net.weights.0": w, "net.biases.0": w[:, :1, :2].clone(), "scalar": torch.tensor(7.0)},
+        "state_dict": {"net.weights.0": w, "net.biases.0": w[:, 0].clone(), "scalar": torch.tensor(7.0)},
         "optimizer_states": [{"state": {0: {"step": torch.tensor(40.0), "exp_avg": w * 2, "exp_avg_sq": w * 3}}, "param_groups": [{"lr": 1e-3}]}],
         "loops": {"fit_loop": {"x": 1}},
     }
@@ -20,17 +20,17 @@ def packed_checkpoint(k=3):
 
 def test_split_takes_each_seed_slice_and_keeps_shared_values():
     ckpt = packed_checkpoint()
-    part = split(ckpt, 1)
-    assert part["state_dict"]["net.weights.0"].shape == (1, 2, 3)
-    assert torch.equal(part["state_dict"]["net.weights.0"][0], ckpt["state_dict"]["net.weights.0"][1])
-    assert torch.equal(part["optimizer_states"][0]["state"][0]["exp_avg"][0], ckpt["optimizer_states"][0]["state"][0]["exp_avg"][1])
+    part = split(ckpt, 1, 3)
+    assert part["state_dict"]["net.weights.0"].shape == (2, 3) and part["state_dict"]["net.biases.0"].shape == (2,)
+    assert torch.equal(part["state_dict"]["net.weights.0"], ckpt["state_dict"]["net.weights.0"][2:4])
+    assert torch.equal(part["optimizer_states"][0]["state"][0]["exp_avg"], ckpt["optimizer_states"][0]["state"][0]["exp_avg"][2:4])
     assert part["optimizer_states"][0]["state"][0]["step"].item() == 40 and part["state_dict"]["scalar"].item() == 7
     assert part["loops"] == ckpt["loops"] and part["global_step"] == 40
 
 
 def test_merge_inverts_split():
     ckpt = packed_checkpoint()
-    back = merge([split(ckpt, k) for k in range(3)])
+    back = merge([split(ckpt, k, 3) for k in range(3)])
     for key, t in ckpt["state_dict"].items():
         assert torch.equal(back["state_dict"][key], t)
     for name, t in ckpt["optimizer_states"][0]["state"][0].items():
@@ -45,7 +45,7 @@ def test_io_writes_one_checkpoint_per_seed_dir_and_reads_them_back(tmp_path):
         assert (d / "checkpoints" / "last.ckpt").exists()
         assert not list((d / "checkpoints").glob(".*tmp"))
     one = torch.load(dirs[2] / "checkpoints" / "last.ckpt", weights_only=False)
-    assert one["actbench_seed"] == 6 and one["state_dict"]["net.weights.0"].shape == (1, 2, 3)
+    assert one["actbench_seed"] == 6 and one["state_dict"]["net.weights.0"].shape == (2, 3)
     assert resume_point(dirs[0] / "checkpoints" / "last.ckpt") == (40, 2)
     back = io.load_checkpoint(tmp_path / "x" / "last.ckpt")
     assert torch.equal(back["state_dict"]["net.weights.0"], packed_checkpoint()["state_dict"]["net.weights.0"])

@@ -7,7 +7,7 @@ from torch import nn
 
 from actbench.activations import CONF_DIR
 from actbench.cuda_graph import GraphedStep, capturable_optimizer
-from actbench.model import PackedMLP, per_seed_correct, per_seed_loss
+from actbench.model import PackedMLP, per_seed_loss, training_objective
 from conftest import run_cli
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested elsewhere)")
@@ -59,16 +59,16 @@ def test_graphed_steps_match_eager_steps(activation):
     def train(graphed):
         net = PackedMLP([0, 1], activation).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
-        step, wrapped, losses = GraphedStep(net, per_seed_loss, per_seed_correct), Counting(opt), []
+        step, wrapped, losses = GraphedStep(net, training_objective), Counting(opt), []
         for x, y in batches:
             if graphed:
-                loss, _ = step.step(x, y, wrapped)
+                logits = step.step(x, y, wrapped)
             else:
                 opt.zero_grad(set_to_none=True)
-                loss = per_seed_loss(net(x), y)
-                loss.sum().backward()
+                logits = net(x)
+                training_objective(logits, y).backward()
                 opt.step()
-            losses.append(loss.detach().clone())
+            losses.append(per_seed_loss(logits.detach(), y))
         assert not graphed or (wrapped.steps == len(batches) and step.graph is not None)
         return torch.stack(losses), [p.detach().clone() for p in net.parameters()]
 

@@ -135,9 +135,18 @@ def make_batches(seeds, n=100, batch=8, steps=3, epoch=0):
     return data.TrainBatches(x, y, idx, list(seeds), batch, steps, lambda: epoch)
 
 
+def stacked(batches):
+    """Every chunk's batches as x [S, K, B, 784], y [S, K, B] (one seed's come without the K axis)."""
+    out = []
+    for chunk in batches:
+        steps = [(x, y) if x.dim() == 3 else (x[None], y[None]) for x, y in (chunk[s] for s in range(len(chunk)))]
+        out.append((torch.stack([x for x, _ in steps]), torch.stack([y for _, y in steps])))
+    return out
+
+
 def test_train_batches_cover_each_training_index_once_per_epoch():
     b = make_batches([0, 1])
-    chunks = list(b)
+    chunks = stacked(b)
     assert len(chunks) == len(b)
     assert all(x.shape[1:] == (2, x.shape[2], 784) for x, _ in chunks)
     seen = torch.cat([x[:, :, :, 0].transpose(0, 1).reshape(2, -1) for x, _ in chunks], dim=1)
@@ -149,16 +158,30 @@ def test_train_batches_cover_each_training_index_once_per_epoch():
 
 
 def test_a_seed_order_does_not_depend_on_its_pack_but_on_its_epoch():
-    alone = torch.cat([x[:, 0, :, 0].flatten() for x, _ in make_batches([1])])
-    packed = torch.cat([x[:, 1, :, 0].flatten() for x, _ in make_batches([0, 1])])
+    alone = torch.cat([x[:, 0, :, 0].flatten() for x, _ in stacked(make_batches([1]))])
+    packed = torch.cat([x[:, 1, :, 0].flatten() for x, _ in stacked(make_batches([0, 1]))])
     assert torch.equal(alone, packed)
-    later = torch.cat([x[:, 0, :, 0].flatten() for x, _ in make_batches([1], epoch=1)])
+    later = torch.cat([x[:, 0, :, 0].flatten() for x, _ in stacked(make_batches([1], epoch=1))])
     assert not torch.equal(alone, later)
 
 
 def test_labels_travel_with_their_images():
-    for x, y in make_batches([0, 3]):
+    for x, y in stacked(make_batches([0, 3])):
         assert torch.equal(y, x[..., 0].long() % 10)
+
+
+def test_one_seed_gets_plain_batches():
+    x, y = next(iter(make_batches([5])))[0]
+    assert x.shape == (8, 784) and y.shape == (8,)
+
+
+def test_step_labels_are_the_epochs_labels_in_step_order():
+    b = make_batches([0, 3], epoch=2)
+    labels = b.step_labels(2)
+    assert labels.shape == (12, 2, 8)
+    flat = torch.cat([y.transpose(0, 1).reshape(2, -1) for _, y in stacked(b)], dim=1)
+    assert torch.equal(labels.transpose(0, 1).reshape(2, -1)[:, :90], flat)
+    assert (labels[-1, :, 2:] == -1).all()  # past the short last batch
 
 
 def test_eval_batches_shared_and_per_seed():

@@ -11,14 +11,21 @@ from actbench.model import PackedMLP, bytes_per_seed, per_seed_correct, per_seed
 
 def test_default_is_the_blogs_mlp():
     net = PackedMLP([0], nn.ReLU())
-    assert [tuple(w.shape) for w in net.weights] == [(1, 128, 784), (1, 10, 128)]
+    assert [tuple(w.shape) for w in net.weights] == [(128, 784), (10, 128)]  # nn.Linear's own shapes
+    assert [tuple(b.shape) for b in net.biases] == [(128,), (10,)]
     assert sum(p.numel() for p in net.parameters()) == 784 * 128 + 128 + 128 * 10 + 10
 
 
 def test_depth_and_width():
     net = PackedMLP([0, 1], nn.Tanh(), depth=3, width=16)
-    assert [tuple(w.shape) for w in net.weights] == [(2, 16, 784), (2, 16, 16), (2, 16, 16), (2, 10, 16)]
+    assert [tuple(net.per_seed(w).shape) for w in net.weights] == [(2, 16, 784), (2, 16, 16), (2, 16, 16), (2, 10, 16)]
     assert net(torch.randn(2, 5, 784)).shape == (2, 5, 10)
+
+
+def test_one_seed_takes_plain_batches_too():
+    net = PackedMLP([4], nn.GELU(), depth=2, width=16)
+    x = torch.randn(7, 784)
+    assert torch.allclose(net(x), net(x[None])[0], atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -41,8 +48,8 @@ def test_a_seeds_weights_do_not_depend_on_its_pack():
     alone = PackedMLP([7], nn.ReLU())
     packed = PackedMLP([3, 7], nn.ReLU())
     for a, p in zip(alone.parameters(), packed.parameters()):
-        assert torch.equal(a[0], p[1])
-    assert not torch.equal(packed.weights[0][0], packed.weights[0][1])
+        assert torch.equal(a, packed.per_seed(p)[1])
+    assert not torch.equal(packed.per_seed(packed.weights[0])[0], packed.per_seed(packed.weights[0])[1])
 
 
 def test_packed_forward_equals_each_seed_alone():
@@ -61,7 +68,7 @@ def test_summed_losses_give_each_seed_exactly_its_own_gradient():
     alone = PackedMLP([1], nn.Sigmoid(), width=8)
     per_seed_loss(alone(x[1:]), y[1:]).sum().backward()
     for p, a in zip(packed.parameters(), alone.parameters()):
-        assert torch.allclose(p.grad[1], a.grad[0], atol=1e-7)
+        assert torch.allclose(packed.per_seed(p.grad)[1], a.grad, atol=1e-7)
 
 
 def test_loss_and_correct_per_seed():

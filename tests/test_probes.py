@@ -32,7 +32,7 @@ def net_with_bias(biases: list[float], activation, width: int = 16, depth: int =
     with torch.no_grad():
         net.weights[0].mul_(0.1)  # |w.x| <= 784 * 0.1 / 28 < 3: a bias of +-100 decides the sign
         for k, b in enumerate(biases):
-            net.biases[0][k].fill_(b)
+            net.per_seed(net.biases[0])[k].fill_(b)
     return net
 
 
@@ -112,7 +112,7 @@ def test_grad_norms_are_per_seed_frobenius_norms():
     assert norms.shape == (3, 2)
     for j, w in enumerate(net.weights):
         for k in range(2):
-            assert norms[j, k].item() == pytest.approx(torch.linalg.norm(w.grad[k]).item(), rel=1e-5)
+            assert norms[j, k].item() == pytest.approx(torch.linalg.norm(net.per_seed(w.grad)[k]).item(), rel=1e-5)
     assert torch.equal(grad_ratio(norms), norms[0] / norms[-1])
     # a seed's norms do not depend on the other seed: the same seed alone gives the same numbers
     alone = PackedMLP([1], torch.tanh, depth=2, width=8)
