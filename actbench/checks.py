@@ -36,7 +36,7 @@ RULES = {
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
     "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
     "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
-    "threads": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
+    "threads": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
 }
 
 

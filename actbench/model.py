@@ -133,11 +133,16 @@ class PackedMLP(nn.Module):
         return torch.baddbmm(b_out.view(k, 1, -1), h, w_out.view(k, -1, w_out.shape[1]).transpose(1, 2))
 
 
+def n_params(depth: int, width: int, in_features: int = 784, n_classes: int = N_CLASSES) -> int:
+    """Weights and biases of one seed's MLP."""
+    sizes = [in_features] + [width] * depth + [n_classes]
+    return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+
+
 def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=10) -> int:
     """What one more seed in a pack costs in memory, roughly: weights with their gradients and two
     Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
-    sizes = [in_features] + [width] * depth + [n_classes]
-    params = sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    params = n_params(depth, width, in_features, n_classes)
     rows = max(batch_size, eval_rows, probe_size)
     activations = rows * (in_features + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
     return 4 * (4 * params + activations)

@@ -36,6 +36,7 @@ def test_shipped_configs_pass(experiment):
         ("seed=-1", "seed=-1: must be an integer >= 0"),
         ("max_pack=0", "max_pack=0: must be null or an integer >= 1"),
         ("cuda_graph=maybe", "cuda_graph='maybe': must be auto, true or false"),
+        ("threads=0", "threads=0: must be auto or an integer >= 1"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -231,3 +231,19 @@ def test_pack_limit_follows_free_memory(monkeypatch):
     monkeypatch.setattr(train, "available_memory", lambda device: 2**30)
     tight = train.pack_limit(cfg, torch.device("cpu"))
     assert roomy > 4 * tight >= 4
+
+
+def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from actbench import train
+    from actbench.activations import CONF_DIR
+
+    monkeypatch.setattr(train.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(train, "side_by_side_jobs", lambda cfg: 1)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        blog, paper, fixed = (compose("train", overrides=o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
+    assert train.cpu_threads(blog, 1) == 1
+    assert train.cpu_threads(paper, 1) == 8
+    assert train.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
+    assert train.cpu_threads(fixed, 1) == 3
