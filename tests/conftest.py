@@ -92,9 +92,9 @@ def tiny_run(tmp_path, tiny_data):
     ]
 
 
-def run_cli(*args: str, module: str = "actbench.train", timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, module: str = "actbench.train", timeout: int = 300, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run `python -m module args...` from the repo root and capture its output (env values of None unset)."""
     full_env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )

@@ -66,6 +66,14 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
     assert metrics(sweep / names[0])["config"]["seed"] == metrics(sweep / names[2])["config"]["seed"] == 0
 
 
+def test_default_output_place_is_runs_under_the_working_directory(tiny_run, tmp_path):
+    args = [a for a in tiny_run if not a.startswith("out_dir=")]
+    r = run_cli("-m", *args, "seed=0,1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
+    assert (tmp_path / "runs" / "tiny" / "report.md").exists()
+
+
 def test_same_seed_twice_gives_identical_metrics(tiny_run, tmp_path):
     a = run_cli(*tiny_run, "name=a", "seed=3")
     b = run_cli(*tiny_run, "name=b", "seed=3")
