@@ -279,10 +279,10 @@ def main() -> int:
     if args.packed:
         k = args.packed
         seeds = ",".join(map(str, range(k)))
-        c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", "name=packed"], tmp / "packed")
+        c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", "name=packed", "threads=auto"], tmp / "packed")
         s = median(c.times[1:])
-        print(f"\n{k} seeds packed, probes off: {s:.3f} s/epoch, {s / k:.4f} s/epoch/seed "
-              f"({s / k / ref:.3f}x the reference's one seed)")
+        print(f"\n{k} seeds packed, probes off, threads=auto ({torch.get_num_threads()}): {s:.3f} s/epoch, "
+              f"{s / k:.4f} s/epoch/seed ({s / k / ref:.3f}x the reference's one seed)")
         if not args.skip_sequential:
             base = [*data_overrides, accel, "probes=none", "report=false"]
             packed = timed([sys.executable, "-m", "actbench.train", *base, f"seeds=[{seeds}]", f"out_dir={tmp / 'packed-cli'}"])

@@ -101,3 +101,13 @@ def test_eval_mode_has_no_dropout():
 def test_memory_per_seed_grows_with_the_model():
     small = bytes_per_seed(1, 128, 32, 5000, 1000)
     assert bytes_per_seed(8, 128, 32, 5000, 1000) > small and small > 4 * 4 * 101_770
+
+
+def test_packed_linear_gradients_match_autograd():
+    from actbench.model import PackedLinear
+
+    h = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PackedLinear.apply, (h, w, b))
+    assert torch.allclose(PackedLinear.apply(h, w, b), torch.baddbmm(b, h, w.transpose(1, 2)))
