@@ -47,8 +47,9 @@ def _prefixes(key: str):
 
 
 def run_name(overrides: list[str], seed: int | None = None) -> str:
-    """`key=value,...` sorted by key, as Hydra names a job's directory; `seed` replaces `seeds=`."""
-    items = [o for o in overrides if not (seed is not None and override_key(o) == "seeds")]
+    """`key=value,...` sorted by key, as Hydra names a job's directory; a packed seed's `seed`
+    replaces `seeds=` (and any `seed=`, which a pack ignores)."""
+    items = [o for o in overrides if not (seed is not None and override_key(o) in ("seeds", "seed"))]
     if seed is not None:
         items.append(f"seed={seed}")
     items.sort(key=override_key)
@@ -106,7 +107,7 @@ def plan_runs(cfg: DictConfig):
     for seed in seeds:
         name = run_name(overrides, seed if packed else None)
         run_dir = base / name if packed else job_dir
-        ov = parse_overrides([o for o in overrides if override_key(o) != "seeds"])
+        ov = parse_overrides([o for o in overrides if override_key(o) not in ("seeds", "seed")])
         if packed:
             ov["seed"] = seed
         config = {**resolved, "seed": seed, "seeds": None}
@@ -125,7 +126,7 @@ def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
         seed_cfg = OmegaConf.merge(cfg, {"seed": run.seed, "seeds": None})
         (dst / "config.yaml").write_text(OmegaConf.to_yaml(seed_cfg))
         overrides = yaml.safe_load((src / "overrides.yaml").read_text()) if (src / "overrides.yaml").exists() else []
-        overrides = [o for o in overrides if override_key(o) != "seeds"] + [f"seed={run.seed}"]
+        overrides = [o for o in overrides if override_key(o) not in ("seeds", "seed")] + [f"seed={run.seed}"]
         (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         if (src / "hydra.yaml").exists():
             (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
