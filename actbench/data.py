@@ -213,6 +213,7 @@ class Chunk:
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor  # [S, K, B]
+    shard: tuple[int, int] = (0, 1)  # (rank, world size): under DDP each device takes its share of every batch
 
     def __len__(self) -> int:
         return self.idx.shape[0]
@@ -225,6 +226,8 @@ class Chunk:
         """Step s's batch: x [K, B, 784], y [K, B]; with one seed x [B, 784], y [B], the shapes
         of a plain MLP's step (every op saved counts in a ~600 us step)."""
         i = self.idx[s]
+        if self.shard[1] > 1:
+            i = i[:, self.shard[0] :: self.shard[1]]
         if i.shape[0] == 1:
             i = i[0]
         return self.x[i], self.y[i]
@@ -244,6 +247,7 @@ class TrainBatches:
     steps: int
     epoch_fn: callable
     shuffle: bool = True
+    shard: tuple[int, int] = (0, 1)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -254,12 +258,15 @@ class TrainBatches:
         return -(-full // self.steps) + (1 if rest else 0)
 
     def step_labels(self, epoch: int) -> torch.Tensor:
-        """Every step's labels in this epoch's order, [steps, K, batch], -1 past a short last batch."""
+        """Every step's labels in this epoch's order, [steps, K, rows], -1 past a short last batch
+        (rows: this device's share of a batch)."""
         order = self.order(epoch)
         k, n = order.shape
         padded = torch.full((k, self.steps_per_epoch * self.batch_size), -1, dtype=self.y.dtype, device=self.y.device)
         padded[:, :n] = self.y[order]
-        return padded.view(k, self.steps_per_epoch, self.batch_size).transpose(0, 1)
+        labels = padded.view(k, self.steps_per_epoch, self.batch_size).transpose(0, 1)
+        rank, world = self.shard
+        return labels[:, :, rank::world] if world > 1 else labels
 
     def order(self, epoch: int) -> torch.Tensor:
         """[K, n_train] sample indices in this epoch's order, each seed with its own permutation."""
@@ -275,9 +282,9 @@ class TrainBatches:
         b, full = self.batch_size, n // self.batch_size
         for start in range(0, full, self.steps):
             s = min(self.steps, full - start)
-            yield Chunk(self.x, self.y, order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1))
+            yield Chunk(self.x, self.y, order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1), self.shard)
         if n % b:
-            yield Chunk(self.x, self.y, order[:, full * b :].unsqueeze(0))
+            yield Chunk(self.x, self.y, order[:, full * b :].unsqueeze(0), self.shard)
 
 
 @dataclass
@@ -362,7 +369,8 @@ class FashionMNIST(LightningDataModule):
 
     def train_dataloader(self):
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
-        return TrainBatches(self.train_x, self.train_y, self.train_idx, self.seeds, self.batch_size, self.steps, epoch_fn, self.shuffle)
+        shard = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        return TrainBatches(self.train_x, self.train_y, self.train_idx, self.seeds, self.batch_size, self.steps, epoch_fn, self.shuffle, shard)
 
     def val_dataloader(self):
         return EvalBatches(self.train_x, self.train_y, self.val_idx, len(self.seeds), self.eval_batch_size)

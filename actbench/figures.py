@@ -61,6 +61,7 @@ def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
     for s in series:
         if s.activation not in colors:
             colors[s.activation] = COLORS.get(str(s.activation)) or next(spare)
+    for s in sorted(series, key=_variant_order):
         variants.setdefault(_variant_id(s), len(variants))
     return {
         s.label: (colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)]) for s in series
@@ -69,6 +70,11 @@ def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
 
 def _variant_id(s: Series) -> str:
     return json.dumps(s.variant, sort_keys=True, default=str)
+
+
+def _variant_order(s: Series) -> tuple:
+    """Variants in their natural order: depth 1, 2, 4, 8, 16, not as they rank."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)) for _, v in sorted(s.variant.items()))
 
 
 RC = {"font.size": 10, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False}
@@ -158,7 +164,7 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
     activation) and line style (the other keys) get separate legends, which stay short."""
     from matplotlib.lines import Line2D
 
-    variants = list(dict.fromkeys(_variant_label(s) for s in series))
+    variants = list(dict.fromkeys(_variant_label(s) for s in sorted(series, key=_variant_order)))
     if len(variants) <= 1:
         handles = [Line2D([], [], color=style[s.label][0], ls=style[s.label][1], lw=2, marker="o", ms=3) for s in series]
         labels = [s.label + (f" (n={counts[s.label]})" if counts else "") for s in series]

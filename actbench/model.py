@@ -277,7 +277,7 @@ class Classifier(LightningModule):
         n = len(kept)
         batches = self.trainer.train_dataloader
         labels = batches.step_labels(self.current_epoch)[:n]  # [n, K, B], -1 past a short last batch
-        short = batches.batch_size - kept[-1].shape[1] if kept else 0
+        short = labels.shape[-1] - kept[-1].shape[1] if kept else 0
         if short:
             kept = kept[:-1] + [F.pad(kept[-1], (0, 0, 0, short))]
         logits = torch.stack(kept) if kept else torch.zeros(0, *labels.shape[1:], N_CLASSES, device=self.device)

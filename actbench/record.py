@@ -79,6 +79,7 @@ class Run:
     hparams: dict
     config: dict
     metrics: dict = field(default_factory=dict)
+    writes: bool = True  # False on every DDP process but the first
 
     def start(self, resume_epoch: int, device: str, started: float) -> None:
         """Begin (or resume at `resume_epoch`) the metrics; curves past the checkpoint are dropped."""
@@ -119,6 +120,8 @@ class Run:
         self.write()
 
     def write(self) -> None:
+        if not self.writes:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / METRICS_FILE
         tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
@@ -157,6 +160,7 @@ class Recorder(Callback):
         self.t_first_step = None
         self.fit_s = 0.0
         self.diverged = [False] * len(runs)
+        self.speaks = True
 
     @property
     def label(self) -> str:
@@ -167,12 +171,15 @@ class Recorder(Callback):
     # ---------------------------------------------------------------- fit
 
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.speaks = trainer.is_global_zero
+        for run in self.runs:
+            run.writes = trainer.is_global_zero
         device = str(trainer.strategy.root_device)
         if device.startswith("cuda"):
             device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
         for run, logger in zip(self.runs, trainer.loggers):
             run.start(self.resume_epoch, device, self.t_job)
-            if not self.resume_epoch:
+            if not self.resume_epoch and self.speaks:
                 write_hparams(logger, run.hparams)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -193,7 +200,7 @@ class Recorder(Callback):
         host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}  # the epoch's one sync
         epoch_s = time.perf_counter() - self.t_epoch
         self.fit_s += epoch_s
-        n_samples = steps["loss"].shape[0] * trainer.datamodule.batch_size
+        n_samples = trainer.datamodule.train_idx.shape[1]  # per seed
         host["time/epoch_s"] = torch.full((len(self.runs),), epoch_s)
         host["time/samples_per_s"] = torch.full((len(self.runs),), n_samples / epoch_s)
         self._log_steps(trainer, {k: v.cpu() for k, v in steps.items()})
@@ -206,7 +213,8 @@ class Recorder(Callback):
                 print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); stopping it", flush=True)
         if all(self.diverged):
             trainer.should_stop = True
-        self._print_epoch(trainer, host)
+        if self.speaks:
+            self._print_epoch(trainer, host)
         trainer.save_checkpoint(self.checkpoint_path)
 
     def _flush(self, trainer, host: dict, epoch: int) -> None:
@@ -274,7 +282,8 @@ class Recorder(Callback):
             epoch_s = sorted(curves.get("epoch_s", []))
             timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None)
             run.end("finished", **timing_k)
-            print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
+            if self.speaks:
+                print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
 
     def fail(self, error: BaseException) -> None:
         """Mark every unfinished run of the pack failed, keeping its curves."""

@@ -15,6 +15,7 @@ import time
 
 T_PROCESS = time.time()
 
+import gc  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -286,7 +287,10 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         plugins=plugins,
         **placement,
     )
-    graph = use_cuda_graph(cfg, trainer.strategy.root_device)
+    if trainer.world_size > 1:
+        # DDP expects one backward per forward: one optimizer step per Lightning step, no graph
+        data.steps = 1
+    graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
     net = instantiate(cfg.model, seeds=seeds, activation=act)
     module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
@@ -346,6 +350,10 @@ def run(cfg: DictConfig):
                 raise
             except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
                 errors.append(e)
+            finally:
+                # a run's trainer, module and data reference each other; free their hundreds of MB
+                # now rather than whenever the collector next looks, or a long sweep keeps growing
+                gc.collect()
     if errors:
         raise errors[0]
     finals = [read_metrics(r.dir) or {} for r in runs]

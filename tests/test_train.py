@@ -255,3 +255,16 @@ def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
     assert train.cpu_threads(paper, 1) == 8
     assert train.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
     assert train.cpu_threads(fixed, 1) == 3
+
+
+def test_ddp_on_two_cpu_processes_matches_one_device(tiny_run, tmp_path):
+    ddp = run_cli(*tiny_run, "name=d", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2")
+    one = run_cli(*tiny_run, "name=o", "trainer.max_epochs=2")
+    assert ddp.returncode == 0 and one.returncode == 0, ddp.stderr[-2000:] + one.stderr[-2000:]
+    (d,) = (tmp_path / "runs" / "d").glob("*/metrics.json")
+    (o,) = (tmp_path / "runs" / "o").glob("*/metrics.json")
+    md, mo = json.loads(d.read_text()), json.loads(o.read_text())
+    # each device takes half of every batch and DDP averages the gradients: the same updates
+    assert md["curves"]["val_loss"] == pytest.approx(mo["curves"]["val_loss"], rel=1e-4)
+    assert md["final"]["test_loss"] == pytest.approx(mo["final"]["test_loss"], rel=1e-4)
+    assert md["final"]["steps"] == mo["final"]["steps"] and md["status"] == "finished"
