@@ -108,7 +108,7 @@ def plan_runs(cfg: DictConfig):
     for seed in seeds:
         name = run_name(overrides, seed if packed else None)
         run_dir = base / name if packed else job_dir
-        ov = parse_overrides([o for o in overrides if override_key(o) not in ("seeds", "seed")])
+        ov = parse_overrides([o for o in overrides if not (packed and override_key(o) in ("seeds", "seed"))])
         if packed:
             ov["seed"] = seed
         config = {**resolved, "seed": seed, "seeds": None}
