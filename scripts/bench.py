@@ -216,7 +216,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first of each run is a warm-up")
-    ap.add_argument("--rounds", type=int, default=2, help="runs of every variant, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for the reference and actbench (threads=)")
     ap.add_argument("--packed", type=int, default=0, help="also compare K packed seeds with K sequential runs")
     ap.add_argument("--override", action="append", default=[], help="an extra actbench override for every variant (repeatable)")
