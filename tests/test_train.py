@@ -74,6 +74,15 @@ def test_default_output_place_is_runs_under_the_working_directory(tiny_run, tmp_
     assert (tmp_path / "runs" / "tiny" / "report.md").exists()
 
 
+def test_hydra_run_and_sweep_dirs_work_as_hydra_documents(tiny_run, tmp_path):
+    one = run_cli(*tiny_run, f"hydra.run.dir={tmp_path / 'here'}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert json.loads((tmp_path / "here" / "metrics.json").read_text())["status"] == "finished"
+    sweep = run_cli("-m", *tiny_run, f"hydra.sweep.dir={tmp_path / 'there'}", "seed=0,1", "report=false")
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "there").iterdir() if (p / "metrics.json").exists()) == ["seed=0", "seed=1"]
+
+
 def test_same_seed_twice_gives_identical_metrics(tiny_run, tmp_path):
     a = run_cli(*tiny_run, "name=a", "seed=3")
     b = run_cli(*tiny_run, "name=b", "seed=3")
