@@ -41,7 +41,21 @@ def build(cfg) -> Callable[[Tensor], Tensor]:
         # A learnable activation would be shared by every packed seed and skip the optimizer's
         # per-layer bookkeeping; actbench compares fixed nonlinearities.
         raise ValueError(f"activation {cfg._target_} has learnable parameters; actbench supports fixed activations only")
+    if not is_elementwise(fn):
+        # probes take f'(z) elementwise, and a pack lays seeds along an axis the function must not mix
+        raise ValueError(f"activation {cfg._target_} does not act elementwise (like softmax); actbench compares elementwise nonlinearities")
     return fn
+
+
+def is_elementwise(fn: Callable[[Tensor], Tensor]) -> bool:
+    """Whether f(x)[i] depends on x[i] alone: shuffling the input shuffles the output the same way."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 5, generator=gen)
+    perm = torch.randperm(z.numel(), generator=gen)
+    with torch.no_grad():
+        direct = fn(z.clone()).flatten()[perm]
+        shuffled = fn(z.flatten()[perm].view(z.shape).clone()).flatten()
+    return direct.shape == shuffled.shape and torch.allclose(direct, shuffled, atol=1e-6, equal_nan=True)
 
 
 def names() -> list[str]:
@@ -63,5 +77,5 @@ def derivative(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
     """Elementwise f'(z) by autograd, so any elementwise activation needs no hand-written derivative."""
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(fn(z).sum(), z)
+        (grad,) = torch.autograd.grad(fn(z.clone()).sum(), z)  # clone: in-place activations too
     return grad

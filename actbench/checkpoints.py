@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from actbench.errors import UserError
+
+class CheckpointError(RuntimeError):
+    """A run's checkpoint cannot be used; the run is recorded as failed with this message."""
 
 
 def _map_packed(ckpt: dict, fn) -> dict:
@@ -72,13 +74,13 @@ class PerSeedCheckpointIO(TorchCheckpointIO):
             try:
                 part = torch.load(source, map_location=map_location or "cpu", weights_only=False)
             except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-                raise UserError(f"{source}: unreadable checkpoint ({type(e).__name__}); delete it to restart that run") from None
+                raise CheckpointError(f"{source}: unreadable checkpoint ({type(e).__name__}); delete it to restart that run") from None
             if part.get("actbench_seed", seed) != seed:
-                raise UserError(f"{source}: checkpoint of seed {part['actbench_seed']}, expected seed {seed}")
+                raise CheckpointError(f"{source}: checkpoint of seed {part['actbench_seed']}, expected seed {seed}")
             parts.append(part)
         steps = {p.get("global_step") for p in parts}
         if len(steps) > 1:
-            raise UserError(f"checkpoints of one pack are at different steps {sorted(steps)}")
+            raise CheckpointError(f"checkpoints of one pack are at different steps {sorted(steps)}")
         return merge(parts) if len(parts) > 1 else parts[0]
 
     def remove_checkpoint(self, path) -> None:

@@ -34,6 +34,9 @@ RULES = {
     "trainer.log_every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "steps_per_execution": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
+    "probes.activations.dead_tol": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "probes.activations.saturation_tol": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "probes.gradients.every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
     "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "threads": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
@@ -44,6 +47,8 @@ def validate(cfg: DictConfig) -> None:
     absent = object()
     for key, (ok, what) in RULES.items():
         value = OmegaConf.select(cfg, key, default=absent)
+        if value is None and key.startswith("probes."):
+            continue  # a probe switched off
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
     seeds = cfg.get("seeds")

@@ -361,9 +361,9 @@ class FashionMNIST(LightningDataModule):
         for name in ("train_x", "train_y", "test_x", "test_y", "train_idx", "val_idx"):
             setattr(self, name, getattr(self, name).to(device))
 
-    def probe_set(self, n: int | None = None) -> torch.Tensor:
-        """A fixed, seeded subset of each seed's training data: [K, n, 784]."""
-        n = min(n or self.probe_size, self.train_idx.shape[1])
+    def probe_set(self) -> torch.Tensor:
+        """A fixed, seeded subset of each seed's training data: [K, probe_size, 784]."""
+        n = min(self.probe_size, self.train_idx.shape[1])
         picks = torch.stack([torch.randperm(self.train_idx.shape[1], generator=generator(s, "probe"))[:n] for s in self.seeds])
         return self.train_x[torch.gather(self.train_idx, 1, picks.to(self.train_idx.device))]
 

@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.data import generator
+from actbench.data import N_CLASSES, generator
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
-N_CLASSES = 10
+# optimizers whose update of each weight depends on that weight's own gradient history only:
+# with them, the seeds of a pack train exactly as apart
+ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
 
 
 def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
@@ -128,23 +130,21 @@ class PackedMLP(nn.Module):
 
     def forward(self, x: Tensor, record: list | None = None) -> Tensor:
         """x [K, B, in] -> logits [K, B, classes]; with one seed also x [B, in] -> [B, classes],
-        the training step's fast path. `record`, if given, receives (z, f(z)) per hidden layer."""
+        the training step's fast path. `record`, if given (3-D input only), receives (z, f(z))
+        per hidden layer."""
         *hidden, (w_out, b_out) = self.layers()
         act, drop = self.activation, self.dropout > 0 and self.training
-        if x.dim() == 2:  # one seed, plain linear layers: nothing on this path but the maths
+        if x.dim() == 2:  # one seed's training step: plain linear layers, nothing but the maths
             h = x
             for w, b in hidden:
-                z = F.linear(h, w, b)
-                h = act(z)
-                if record is not None:
-                    record.append((z.unsqueeze(0), h.unsqueeze(0)))
+                h = act(F.linear(h, w, b))
                 if drop:
                     h = self._drop(h.unsqueeze(0)).squeeze(0)
             return F.linear(h, w_out, b_out)
         k, h = self.n_seeds, x
         for w, b in hidden:
             z = PackedLinear.apply(h, w.view(k, -1, w.shape[1]), b.view(k, 1, -1))
-            h = act(z)
+            h = act(z.clone() if record is not None else z)  # an in-place activation must not overwrite what is recorded
             if record is not None:
                 record.append((z, h))
             if drop:

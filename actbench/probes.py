@@ -167,7 +167,7 @@ class GradientProbe(Callback):
     metrics.json). An epoch without a sample, and epoch 0 (no gradient yet), record NaN, which
     metrics.json writes as null, so every probe list stays aligned with `probes.epoch`."""
 
-    def __init__(self, every_n_steps: int = 50):
+    def __init__(self, every_n_steps: int = 64):
         if int(every_n_steps) < 1:
             raise ValueError(f"probes.gradients.every_n_steps must be >= 1, got {every_n_steps}")
         self.every = int(every_n_steps)

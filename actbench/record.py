@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,6 @@ from lightning.pytorch.callbacks import Callback
 
 SCHEMA = 1
 METRICS_FILE = "metrics.json"
-CHECKPOINT = "last.ckpt"
 DECLARED_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # what TensorBoard's HParams tab compares
 CURVE_PREFIXES = ("train/", "val/", "time/")
 
@@ -79,6 +79,7 @@ class Run:
     hparams: dict
     config: dict
     metrics: dict = field(default_factory=dict)
+    config_hash: str = ""  # what the run computes; a rerun skips it only for the same
     writes: bool = True  # False on every DDP process but the first
 
     def start(self, resume_epoch: int, device: str, started: float) -> None:
@@ -94,6 +95,7 @@ class Run:
             "status": "running",
             "error": None,
             "name": self.name,
+            "config_hash": self.config_hash,
             "overrides": self.overrides,
             "hparams": self.hparams,
             "config": self.config,
@@ -109,9 +111,15 @@ class Run:
         self.write()
 
     def append(self, section: str, values: dict) -> None:
+        """Add one epoch's row; a value missing this epoch (validation skipped, a probe switched
+        on later) is null, so every list stays aligned with the `epoch` list."""
         table = self.metrics[section]
+        n = len(table.get("epoch", []))
         for k, v in values.items():
-            table.setdefault(k, []).append(v)
+            table.setdefault(k, [None] * n).append(v)
+        for column in table.values():
+            if len(column) == n:
+                column.append(None)
 
     def end(self, status: str, error: str | None = None, **timing) -> None:
         self.metrics["status"] = status
@@ -205,7 +213,9 @@ class Recorder(Callback):
         host["time/samples_per_s"] = torch.full((len(self.runs),), n_samples / epoch_s)
         self._log_steps(trainer, {k: v.cpu() for k, v in steps.items()})
         self._flush(trainer, host, epoch=trainer.current_epoch + 1)
-        loss = host["train/loss"]
+        # under DDP each process sees its own share of the batches: decide on the first and tell the
+        # others, or some would stop and some would not
+        loss = trainer.strategy.broadcast(host["train/loss"], src=0)
         for k, run in enumerate(self.runs):
             if not self.diverged[k] and not float(loss[k]) <= self.diverged_loss:  # NaN fails <= too
                 self.diverged[k] = True
@@ -286,11 +296,12 @@ class Recorder(Callback):
                 print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
 
     def fail(self, error: BaseException) -> None:
-        """Mark every unfinished run of the pack failed, keeping its curves."""
+        """Mark every unfinished run of the pack failed, keeping its curves and the traceback."""
         msg = f"{type(error).__name__}: {error}".strip()
         for run in self.runs:
             if not run.metrics:
                 run.start(0, "unknown", self.t_job)
             if run.metrics.get("status") == "running":
+                run.metrics["traceback"] = "".join(traceback.format_exception(error))
                 run.end("failed", msg, fit_s=self.fit_s)
 

@@ -219,7 +219,7 @@ def label(config: Config, keys: list[str]) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    return "loss" not in metric and not metric.endswith("_s")
+    return "loss" not in metric and not metric.endswith("_s") and "_s_" not in metric  # losses and seconds: lower
 
 
 def is_fraction(metric: str) -> bool:
@@ -349,7 +349,7 @@ def _test_pair(c: Config, b: Config, metric: str) -> Comparison:
         return out
     out.diff = float(x.mean() - y.mean())
     out.p = float(res.pvalue)
-    if math.isnan(out.p):
+    if math.isnan(out.p) or se == 0:  # identical differences in every pair: t is infinite, not evidence
         out.test, out.note = None, "no statistics: the differences have zero variance"
     else:
         # By hand rather than res.confidence_interval(), which scipy 1.10 lacks for Welch.

@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
@@ -75,12 +76,24 @@ def parse_overrides(overrides: list[str]) -> dict:
     return {o.key_or_group: o.value() for o in parsed}
 
 
-def hparams(cfg: DictConfig, choices, seed: int) -> dict:
+def activation_label(choice: str, overrides: list[str]) -> str:
+    """The activation's config name, with any of its keys the command line changed:
+    `leaky(negative_slope=0.2)`, `relu(_target_=torch.nn.Softsign)`; so such runs never pass for
+    the shipped activation."""
+    changed = [o.split("=", 1) for o in overrides if override_key(o).startswith("activation.")]
+    if not changed:
+        return choice
+    args = ",".join(f"{key.split('.', 1)[1]}={value}" for key, value in changed)
+    return f"{choice}({args})"
+
+
+def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
     """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab."""
+    lr = cfg.optimizer.get("lr")
     return {
-        "activation": choices.get("activation"),
+        "activation": activation_label(choices.get("activation"), overrides),
         "seed": seed,
-        "lr": float(cfg.optimizer.lr),
+        "lr": float(lr) if lr is not None else "none",
         "batch_size": int(cfg.data.batch_size),
         "depth": int(cfg.model.depth),
         "width": int(cfg.model.width),
@@ -112,8 +125,24 @@ def plan_runs(cfg: DictConfig):
         if packed:
             ov["seed"] = seed
         config = {**resolved, "seed": seed, "seeds": None}
-        runs.append(Run(name, run_dir, seed, ov, hparams(cfg, hc.runtime.choices, seed), config))
+        run = Run(name, run_dir, seed, ov, hparams(cfg, hc.runtime.choices, seed, overrides), config)
+        run.config_hash = config_hash(config, hc.job.config.override_dirname.exclude_keys)
+        runs.append(run)
     return runs
+
+
+def config_hash(config: dict, exclude) -> str:
+    """What a run computes, as a short hash of its resolved config minus the keys that only say
+    where or how fast it runs: a finished run is only skipped for the same computation."""
+    import hashlib
+    import json
+
+    def strip(node, prefix=""):
+        if not isinstance(node, dict):
+            return node
+        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if not any(p in set(exclude) for p in _prefixes(prefix + k))}
+
+    return hashlib.sha1(json.dumps(strip(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
@@ -158,7 +187,7 @@ def side_by_side_jobs(cfg: DictConfig) -> int:
     """How many jobs of this sweep share this machine: several under the local launcher."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "local":
         return 1
-    return int(HydraConfig.get().sweeper.get("max_batch_size") or os.cpu_count() or 1)
+    return int(HydraConfig.get().sweeper.get("max_batch_size") or usable_cpus())
 
 
 SMALL_STEP_FLOPS = 50e6
@@ -173,8 +202,16 @@ def cpu_threads(cfg: DictConfig, n_seeds: int) -> int:
     from actbench.model import n_params
 
     flops = 6 * cfg.data.batch_size * n_seeds * n_params(cfg.model.depth, cfg.model.width)
-    cores = max(1, (os.cpu_count() or 1) // side_by_side_jobs(cfg))
+    cores = max(1, usable_cpus() // side_by_side_jobs(cfg))
     return 1 if flops < SMALL_STEP_FLOPS else cores
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM job's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def trainer_overrides(cfg: DictConfig) -> dict:
@@ -198,13 +235,18 @@ def available_memory(device) -> int | None:
 
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    free = []
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
+                free.append(int(line.split()[1]) * 1024)
+        # a SLURM job or container may have less than the machine: its cgroup's limit
+        limit, used = (Path("/sys/fs/cgroup") / f for f in ("memory.max", "memory.current"))
+        if limit.exists() and limit.read_text().strip() != "max":
+            free.append(int(limit.read_text()) - int(used.read_text()))
+    except (OSError, ValueError):
         pass
-    return None
+    return min(free) if free else None
 
 
 def training_device(cfg: DictConfig):
@@ -228,13 +270,34 @@ def pack_limit(cfg: DictConfig, device) -> int | None:
     return max(1, int((free // 2 - shared) // per_seed))
 
 
+def optimizer_factory(cfg: DictConfig, n_seeds: int):
+    """The configured optimizer, as a function of the parameters; a pack needs an elementwise one."""
+    from hydra.utils import instantiate
+
+    from actbench.model import ELEMENTWISE_OPTIMIZERS
+
+    factory = instantiate(cfg.optimizer)
+    name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
+    if n_seeds > 1 and name not in ELEMENTWISE_OPTIMIZERS:
+        raise UserError(
+            f"optimizer {name} mixes the values of a weight matrix, so packed seeds would not train as apart; "
+            f"pack only with {', '.join(ELEMENTWISE_OPTIMIZERS)}, or run the seeds apart: seed=0,1,2"
+        )
+    return factory
+
+
 def use_cuda_graph(cfg: DictConfig, device) -> bool:
     """The CUDA-graph step where it applies: on CUDA, without dropout (its masks come from per-seed
     generators that a graph would freeze)."""
     wanted = cfg.cuda_graph
     if wanted is False:
         return False
-    reason = "not training on CUDA" if device.type != "cuda" else "dropout draws fresh masks each step" if cfg.model.dropout else None
+    reason = (
+        "not training on CUDA" if device.type != "cuda"
+        else "dropout draws fresh masks each step" if cfg.model.dropout
+        else "a gradient scaler (16-bit mixed precision) rescales each step" if str(cfg.trainer.get("precision", "")).startswith("16")
+        else None
+    )
     if reason and wanted is True:
         print(f"cuda_graph=true: using eager steps ({reason})", flush=True)
     return reason is None
@@ -264,7 +327,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         raise UserError(f"activation: {e}") from None
 
     loggers = [
-        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume[0] + 1 if resume else None)
+        TensorBoardLogger(save_dir=str(r.dir), name="", version="", default_hp_metric=False, purge_step=resume[0] + 1 if resume else 0)
         for r in runs
     ]
     ckpt = runs[0].dir / "checkpoints" / cfg.checkpoint_name
@@ -292,7 +355,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         data.steps = 1
     graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
     net = instantiate(cfg.model, seeds=seeds, activation=act)
-    module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
+    module = Classifier(net, optimizer_factory(cfg, len(seeds)), cuda_graph=graph)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):
@@ -325,9 +388,15 @@ def run(cfg: DictConfig):
     groups: dict[tuple | None, list] = {}
     for r in runs:
         done = read_metrics(r.dir) if cfg.skip_finished else None
-        if done and done.get("status") == "finished":
+        if done and done.get("config_hash", r.config_hash) != r.config_hash and done.get("status") != "failed":
+            raise UserError(
+                f"{r.dir} holds a run of a different configuration (another preset, or conf/ changed); "
+                "give this sweep another name= or delete that directory"
+            )
+        if done and done.get("status") in ("finished", "diverged"):
             acc = done.get("final", {}).get("test_acc")
-            print(f"{r.name}: already finished (test accuracy {100 * (acc or float('nan')):.2f}%), skipped", flush=True)
+            what = f"test accuracy {100 * acc:.2f}%" if acc is not None else done["status"]
+            print(f"{r.name}: already {done['status']} ({what}), skipped", flush=True)
             continue
         point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
         groups.setdefault(point, []).append(r)
@@ -335,7 +404,7 @@ def run(cfg: DictConfig):
     limit = None
     if cfg.seeds is not None and len(runs) > 1:
         limit = min([n for n in (pack_limit(cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
-    errors = []
+    failed = []
     for point, group in groups.items():
         packs = [group[i : i + limit] for i in range(0, len(group), limit)] if limit else [group]
         if len(packs) > 1:
@@ -348,14 +417,15 @@ def run(cfg: DictConfig):
                 fit_pack(cfg, pack, point)
             except UserError:
                 raise
-            except Exception as e:  # noqa: BLE001 - recorded as failed; the other packs still run
-                errors.append(e)
+            except Exception as e:  # noqa: BLE001 - recorded as failed (traceback in metrics.json); the sweep goes on
+                failed += pack
+                print(f"{pack[0].name}: failed: {type(e).__name__}: {e} (details in its metrics.json)", file=sys.stderr, flush=True)
             finally:
                 # a run's trainer, module and data reference each other; free their hundreds of MB
                 # now rather than whenever the collector next looks, or a long sweep keeps growing
                 gc.collect()
-    if errors:
-        raise errors[0]
+    if failed and HydraConfig.get().mode != RunMode.MULTIRUN:
+        raise SystemExit(1)  # in a sweep, the report lists the failed runs and the next rerun retries them
     finals = [read_metrics(r.dir) or {} for r in runs]
     accs = [m.get("final", {}).get("val_acc") for m in finals if m.get("status") == "finished"]
     accs = [a for a in accs if a is not None]

@@ -89,3 +89,16 @@ def test_derivative_by_autograd():
     assert torch.allclose(activations.derivative(torch.sigmoid, z), s * (1 - s))
     d = activations.derivative(activations.from_name("leaky"), z)
     assert d.tolist() == pytest.approx([0.01, 0.01, 1, 1])
+
+
+def test_non_elementwise_activations_are_refused():
+    with pytest.raises(ValueError, match="elementwise"):
+        activations.build({"_target_": "torch.nn.Softmax", "dim": -1})
+    assert activations.is_elementwise(torch.tanh) and not activations.is_elementwise(lambda z: z.cumsum(-1))
+
+
+def test_in_place_activations_get_their_derivative():
+    fn = activations.build({"_target_": "torch.nn.ELU", "inplace": True})
+    z = torch.tensor([-1.0, 2.0])
+    assert activations.derivative(fn, z).tolist() == pytest.approx([math.exp(-1), 1.0])
+    assert z.tolist() == [-1.0, 2.0]

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from actbench.checkpoints import PerSeedCheckpointIO, merge, resume_point, split
-from actbench.errors import UserError
+from actbench.checkpoints import CheckpointError, PerSeedCheckpointIO, merge, resume_point, split
 
 
 def packed_checkpoint(k=3):
@@ -56,9 +55,9 @@ def test_io_writes_one_checkpoint_per_seed_dir_and_reads_them_back(tmp_path):
 def test_io_refuses_mixed_up_or_damaged_checkpoints(tmp_path):
     dirs = [tmp_path / "a", tmp_path / "b"]
     PerSeedCheckpointIO(dirs, [0, 1]).save_checkpoint(packed_checkpoint(2), tmp_path / "last.ckpt")
-    with pytest.raises(UserError, match="checkpoint of seed 0, expected seed 1"):
+    with pytest.raises(CheckpointError, match="checkpoint of seed 0, expected seed 1"):
         PerSeedCheckpointIO(dirs[:1], [1]).load_checkpoint(tmp_path / "last.ckpt")
     (dirs[1] / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
-    with pytest.raises(UserError, match="unreadable checkpoint"):
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         PerSeedCheckpointIO(dirs, [0, 1]).load_checkpoint(tmp_path / "last.ckpt")
     assert resume_point(dirs[1] / "checkpoints" / "last.ckpt") is None

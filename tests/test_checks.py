@@ -13,9 +13,23 @@ def cfg(*overrides):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("experiment", [None, "blog", "keras_parity"])
-def test_shipped_configs_pass(experiment):
-    validate(cfg(*([f"experiment={experiment}"] if experiment else [])))
+SHIPPED = {
+    "experiment": ["blog", "keras_parity", "vanishing", "dying_relu", "gelu_paper"],
+    "optimizer": ["adam", "adamw", "sgd"],
+    "trainer": ["default", "cpu", "gpu", "ddp"],
+    "probes": ["default", "none"],
+}
+
+
+@pytest.mark.parametrize("override", [None] + [f"{g}={c}" for g, choices in SHIPPED.items() for c in choices])
+def test_shipped_configs_pass(override):
+    validate(cfg(*([override] if override else [])))
+
+
+def test_a_switched_off_probe_is_not_checked():
+    validate(cfg("probes.gradients=null"))
+    with pytest.raises(ConfigError, match="probes.gradients.every_n_steps=0"):
+        validate(cfg("probes.gradients.every_n_steps=0"))
 
 
 @pytest.mark.parametrize(

@@ -111,3 +111,33 @@ def test_packed_linear_gradients_match_autograd():
     b = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(PackedLinear.apply, (h, w, b))
     assert torch.allclose(PackedLinear.apply(h, w, b), torch.baddbmm(b, h, w.transpose(1, 2)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3),
+        lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.01),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3),
+    ],
+    ids=["sgd-momentum", "adamw", "rmsprop"],
+)
+def test_packed_seeds_train_as_apart_with_elementwise_optimizers(make):
+    from actbench.model import training_objective
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 16, 784, generator=gen), torch.randint(0, 10, (2, 16), generator=gen)) for _ in range(5)]
+
+    def train(net, data):
+        opt = make(net.parameters())
+        for x, y in data:
+            opt.zero_grad()
+            training_objective(net(x), y).backward()
+            opt.step()
+        return net
+
+    packed = train(PackedMLP([0, 1], nn.Tanh(), width=32), batches)
+    for k, s in enumerate([0, 1]):
+        alone = train(PackedMLP([s], nn.Tanh(), width=32), [(x[k], y[k]) for x, y in batches])
+        for p, a in zip(packed.parameters(), alone.parameters()):
+            assert torch.allclose(packed.per_seed(p)[k], a, rtol=1e-5, atol=1e-6)

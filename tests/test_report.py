@@ -52,7 +52,7 @@ def make_metrics(overrides: dict, test_acc: float, *, status="finished", error=N
     if probes:
         # Saturating activations lose gradient layer by layer; relu-like ones lose units instead.
         decay = {"sigmoid": 0.25, "tanh": 0.6}.get(act, 0.9)
-        dead_end = {"relu": 0.12, "leaky": 0.0}.get(act, 0.0 if act != "sigmoid" else 0.0)
+        dead_end = {"relu": 0.12, "leaky": 0.0}.get(act, 0.0)
         p = {"epoch": list(range(epochs + 1))}
         for layer in range(1, depth + 1):
             p[f"dead/layer{layer}"] = [dead_end * layer * t / epochs / depth for t in range(epochs + 1)]

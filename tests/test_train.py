@@ -62,8 +62,7 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
     names = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
     assert names == ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
     assert all(metrics(sweep / n)["status"] == "finished" for n in names)
-    # pairing by seed: the same seed sees the same validation split whatever the activation
-    assert metrics(sweep / names[0])["config"]["seed"] == metrics(sweep / names[2])["config"]["seed"] == 0
+    assert (sweep / "multirun.yaml").exists()
 
 
 def test_default_output_place_is_runs_under_the_working_directory(tiny_run, tmp_path):
@@ -93,6 +92,15 @@ def test_same_seed_twice_gives_identical_metrics(tiny_run, tmp_path):
     assert ma["final"]["test_acc"] == mb["final"]["test_acc"] and ma["final"]["test_loss"] == mb["final"]["test_loss"]
     c = run_cli(*tiny_run, "name=c", "seed=4")
     assert metrics(tmp_path / "runs" / "c" / "seed=4")["curves"]["train_loss"] != ma["curves"]["train_loss"]
+
+
+def test_rerun_refuses_a_directory_of_another_configuration(tiny_run, tmp_path):
+    assert run_cli(*tiny_run, "seed=0").returncode == 0
+    other = Path(tiny_run[1]) / "experiment" / "tiny_longer.yaml"  # same name, two epochs
+    other.write_text((Path(tiny_run[1]) / "experiment" / "tiny.yaml").read_text().replace("max_epochs: 1", "max_epochs: 2"))
+    r = run_cli(*[a if a != "experiment=tiny" else "experiment=tiny_longer" for a in tiny_run], "seed=0")
+    assert r.returncode == 2 and "different configuration" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_rerun_skips_a_finished_run_without_touching_it(tiny_run, tmp_path):
@@ -146,21 +154,23 @@ def test_corrupt_data_names_the_file(tiny_run, tiny_data):
 TESTS = str(Path(__file__).resolve().parent)
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_run, tmp_path):
-    base = [*tiny_run, "trainer.max_epochs=3", "steps_per_execution=4", "seed=5"]
+@pytest.mark.parametrize("seeds", ["seed=5", "seeds=[5,6]"])
+def test_killed_run_resumes_to_the_same_result(tiny_run, tmp_path, seeds):
+    base = [*tiny_run, "trainer.max_epochs=3", "steps_per_execution=4", "model.dropout=0.2", seeds]
     killed = run_cli(*base, "name=k", "+callbacks.kill._target_=callbacks.KillAt", "+callbacks.kill.step=24", env={"PYTHONPATH": TESTS})
     assert killed.returncode != 0  # SIGKILL in epoch 2 (16 steps per epoch)
-    run_dir = tmp_path / "runs" / "k" / "seed=5,trainer.max_epochs=3"
+    name = "model.dropout=0.2,seed=5,trainer.max_epochs=3"
+    run_dir = tmp_path / "runs" / "k" / name
     assert metrics(run_dir)["status"] == "running" and metrics(run_dir)["curves"]["epoch"] == [1]
 
     resumed = run_cli(*base, "name=k")
     assert resumed.returncode == 0 and "resuming after epoch 1" in resumed.stdout
     whole = run_cli(*base, "name=u")
     assert whole.returncode == 0
-    a, b = metrics(run_dir), metrics(tmp_path / "runs" / "u" / "seed=5,trainer.max_epochs=3")
+    a, b = metrics(run_dir), metrics(tmp_path / "runs" / "u" / name)
     assert a["status"] == "finished" and a["timing"]["resumed_at_epoch"] == 1
     assert a["curves"]["epoch"] == b["curves"]["epoch"] == [1, 2, 3]
-    for key in ("train_loss", "val_loss", "val_acc"):
+    for key in ("train_loss", "val_loss", "val_acc"):  # dropout masks and data order come back too
         assert a["curves"][key] == pytest.approx(b["curves"][key], rel=1e-6)
     assert a["final"]["test_loss"] == pytest.approx(b["final"]["test_loss"], rel=1e-6)
     # one TensorBoard run: the killed attempt's steps past the checkpoint are purged, not duplicated
@@ -186,6 +196,10 @@ def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
     bad, good = metrics(bad_dir), metrics(good_dir)
     assert bad["status"] == "diverged" and "loss" in bad["error"] and bad["curves"]["epoch"] == [1]
     assert good["status"] == "finished" and good["curves"]["epoch"] == [1, 2]
+    # a rerun leaves the diverged run diverged: it is not resumed into a "finished" one
+    again = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=false")
+    assert again.returncode == 0 and again.stdout.count("skipped") == 2
+    assert metrics(bad_dir) == bad
 
 
 def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
@@ -256,7 +270,7 @@ def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
     from actbench import train
     from actbench.activations import CONF_DIR
 
-    monkeypatch.setattr(train.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(train, "usable_cpus", lambda: 8)
     monkeypatch.setattr(train, "side_by_side_jobs", lambda cfg: 1)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         blog, paper, fixed = (compose("train", overrides=o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
@@ -277,3 +291,25 @@ def test_ddp_on_two_cpu_processes_matches_one_device(tiny_run, tmp_path):
     assert md["curves"]["val_loss"] == pytest.approx(mo["curves"]["val_loss"], rel=1e-4)
     assert md["final"]["test_loss"] == pytest.approx(mo["final"]["test_loss"], rel=1e-4)
     assert md["final"]["steps"] == mo["final"]["steps"] and md["status"] == "finished"
+
+
+def test_activation_label_shows_changed_activation_keys():
+    from actbench.train import activation_label
+
+    assert activation_label("leaky", ["seed=1"]) == "leaky"
+    assert activation_label("leaky", ["activation.negative_slope=0.2"]) == "leaky(negative_slope=0.2)"
+    assert activation_label("relu", ["+activation._target_=torch.nn.Softsign"]) == "relu(_target_=torch.nn.Softsign)"
+
+
+def test_packing_refuses_optimizers_that_mix_a_weight_matrix():
+    from hydra import compose, initialize_config_dir
+
+    from actbench import train
+    from actbench.activations import CONF_DIR
+    from actbench.errors import UserError
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["optimizer._target_=torch.optim.Adafactor", "~optimizer.betas", "~optimizer.fused"])
+    train.optimizer_factory(cfg, 1)  # one seed: any optimizer
+    with pytest.raises(UserError, match="Adafactor"):
+        train.optimizer_factory(cfg, 3)

@@ -1,0 +1,53 @@
+"""actbench.record: metrics.json stays aligned, valid JSON and whole."""
+
+import json
+import math
+
+from actbench.record import Run, clean, curve_name, read_metrics
+
+
+def new_run(tmp_path) -> Run:
+    run = Run("seed=0", tmp_path / "seed=0", 0, {"seed": 0}, {"seed": 0}, {})
+    run.start(0, "cpu", 0.0)
+    return run
+
+
+def test_rows_stay_aligned_when_a_value_is_missing_some_epochs(tmp_path):
+    run = new_run(tmp_path)
+    run.append("curves", {"epoch": 1, "train_loss": 0.5})  # validation skipped in epoch 1
+    run.append("curves", {"epoch": 2, "train_loss": 0.4, "val_loss": 0.45})
+    run.append("curves", {"epoch": 3, "train_loss": 0.3})
+    curves = run.metrics["curves"]
+    assert curves["epoch"] == [1, 2, 3]
+    assert curves["val_loss"] == [None, 0.45, None] and curves["train_loss"] == [0.5, 0.4, 0.3]
+
+
+def test_written_file_is_strict_json_with_nulls_for_non_finite(tmp_path):
+    run = new_run(tmp_path)
+    run.append("curves", {"epoch": 1, "train_loss": math.nan, "val_loss": math.inf})
+    run.end("diverged", "training loss became nan")
+    text = (run.dir / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    m = json.loads(text)
+    assert m["curves"]["train_loss"] == [None] and m["status"] == "diverged"
+    assert not list(run.dir.glob(".*tmp"))  # written through a temporary file, then renamed
+
+
+def test_resume_keeps_the_curves_up_to_the_checkpoint(tmp_path):
+    run = new_run(tmp_path)
+    for e in (1, 2, 3):
+        run.append("curves", {"epoch": e, "train_loss": 1.0 / e})
+        run.append("probes", {"epoch": e - 1, "dead/layer1": 0.1 * e})
+    run.write()
+    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    again.start(2, "cpu", 0.0)  # the checkpoint holds 2 finished epochs
+    assert again.metrics["curves"]["epoch"] == [1, 2]
+    assert again.metrics["probes"]["epoch"] == [0, 1, 2]  # epoch 0 is at initialisation
+    assert again.metrics["timing"]["resumed_at_epoch"] == 2
+
+
+def test_helpers(tmp_path):
+    assert clean({"a": [1.0, math.nan], "b": (math.inf,)}) == {"a": [1.0, None], "b": [None]}
+    assert curve_name("train/loss") == "train_loss" and curve_name("time/epoch_s") == "epoch_s"
+    (tmp_path / "metrics.json").write_text("{ half")
+    assert read_metrics(tmp_path) is None and read_metrics(tmp_path / "nowhere") is None
