@@ -28,7 +28,9 @@ class GraphedStep:
     """Training steps for one batch shape: a few eager warm-up steps, then one capture, then replays.
 
     Every call is one real optimizer step on the batch given (warm-up steps included), so the
-    loss curve is the eager one up to floating-point reassociation."""
+    loss curve is the eager one up to floating-point reassociation. The step bypasses Lightning's
+    optimizer wrapper, so Lightning's backward and optimizer-step hooks do not fire on this path;
+    trainer.global_step still counts every step. If capture fails, eager steps take over."""
 
     def __init__(self, net: nn.Module, objective: Callable):
         """objective(logits, y) -> the scalar to differentiate, as model.training_objective."""
@@ -36,9 +38,10 @@ class GraphedStep:
         self.batch_size: int | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
+        self.failed: str | None = None  # why capture failed (an activation that syncs with the host, say)
 
     def accepts(self, batch_size: int) -> bool:
-        return self.batch_size in (None, batch_size)
+        return self.failed is None and self.batch_size in (None, batch_size)
 
     def _body(self, optimizer: torch.optim.Optimizer) -> Tensor:
         logits = self.net(self.x)
@@ -68,9 +71,18 @@ class GraphedStep:
             return logits
         if self.graph is None:
             optimizer.zero_grad(set_to_none=True)  # gradients are then written, not accumulated, on replay
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._body(optimizer)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.logits = self._body(optimizer)
+            except RuntimeError as e:  # capture records without running: nothing was applied yet
+                self.failed = str(e).splitlines()[0][:200]
+                print(f"cuda_graph: capture failed ({self.failed}); training with eager steps", flush=True)
+                optimizer.zero_grad(set_to_none=True)  # drop gradients the aborted capture allocated
+                logits = self._body(optimizer)
+                lightning_optimizer._on_after_step()
+                return logits
+            self.graph = graph
         self.graph.replay()
         lightning_optimizer._on_after_step()
         return self.logits

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from actbench.report import _num, mean_ci
+
 # Fixed per shipped activation, so a colour means the same activation in every report.
 COLORS = {
     "relu": "#000000",
@@ -102,10 +104,6 @@ def _new_figure(**kwargs):
     fig = Figure(layout="constrained", **kwargs)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _num(x) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
 def _aligned(runs: list[dict], section: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +209,6 @@ def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
 @_drawing
 def metric_points(series: list[Series], path: Path, metric_label: str = "test acc (%)") -> tuple[Path | None, str]:
     """The metric per configuration: every seed as a jittered point, mean with a 95% t CI bar."""
-    from scipy import stats
-
     if not any(s.values for s in series):
         return None, "skipped: no finished runs"
     style = styles(series)
@@ -223,9 +219,8 @@ def metric_points(series: list[Series], path: Path, metric_label: str = "test ac
         color, _ = style[s.label]
         y = np.array(s.values, dtype=float)
         ax.scatter(y, i + rng.uniform(-0.18, 0.18, len(y)), s=22, color=color, alpha=0.6, lw=0, zorder=2)
-        mean = float(np.mean(y))
-        half = stats.t.ppf(0.975, len(y) - 1) * np.std(y, ddof=1) / math.sqrt(len(y)) if len(y) > 1 else 0.0
-        ax.errorbar(mean, i, xerr=half if len(y) > 1 else None, fmt="D", ms=6, color=color, mec="white",
+        mean, _, low, _ = mean_ci(y)
+        ax.errorbar(mean, i, xerr=mean - low if len(y) > 1 else None, fmt="D", ms=6, color=color, mec="white",
                     capsize=4, lw=1.6, zorder=3)
         ax.annotate(f"{mean:.2f}  (n={len(y)})", (1.0, i), xycoords=("axes fraction", "data"), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=8)

@@ -102,12 +102,14 @@ class PackedMLP(nn.Module):
             for w, b in zip(self.weights, self.biases):
                 init_layer(self.per_seed(w)[k], self.per_seed(b)[k], self.init, gen)
 
-    def start_epoch(self, epoch: int) -> None:
-        """Re-derive each seed's dropout stream from (seed, epoch): a resumed run draws the same masks."""
+    def start_epoch(self, epoch: int, shard: tuple[int, int] = (0, 1)) -> None:
+        """Re-derive each seed's dropout stream from (seed, epoch): a resumed run draws the same
+        masks. Under DDP each device, holding its own share of the batch, gets its own stream."""
         if self.dropout > 0:
             device = self.weights[0].device
+            extra = (shard[0],) if shard[1] > 1 else ()
             self._dropout_gens = [
-                torch.Generator(device=device).manual_seed(generator(s, "dropout", epoch).initial_seed()) for s in self.seeds
+                torch.Generator(device=device).manual_seed(generator(s, "dropout", epoch, *extra).initial_seed()) for s in self.seeds
             ]
 
     def _drop(self, h: Tensor) -> Tensor:
@@ -188,9 +190,9 @@ def per_seed_correct(logits: Tensor, y: Tensor) -> Tensor:
 class Classifier(LightningModule):
     """Trains a PackedMLP with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
-    is paid once per chunk: on_train_batch_* and the backward and optimizer-step hooks fire once
-    per chunk, trainer.global_step counts every optimizer step. Per-step losses stay on the
-    device until the epoch ends.
+    is paid once per chunk: on_train_batch_* and (eager steps) the backward and optimizer-step
+    hooks fire once per chunk; trainer.global_step counts every optimizer step. Per-step losses
+    stay on the device until the epoch ends.
 
     What an epoch produced is left in `epoch_log` ({tag: tensor [K]}) for the callbacks that
     record and probe; `train_epoch_steps` gives the per-step curves.
@@ -229,7 +231,7 @@ class Classifier(LightningModule):
         # epoch at once, which costs less than the small ops it would take at every step.
         self._step_logits: list[Tensor] = []
         self.epoch_log = {}
-        self.net.start_epoch(self.current_epoch)
+        self.net.start_epoch(self.current_epoch, (self.global_rank, self.trainer.world_size))
 
     def _step(self, x: Tensor, y: Tensor, opt, through_lightning: bool) -> Tensor:
         """One optimizer step on one batch, through Lightning's manual_backward and optimizer

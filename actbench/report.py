@@ -262,13 +262,11 @@ def dead_final(m: dict) -> tuple[float, float]:
 def grad_ratio_gmean(m: dict) -> float:
     """Geometric mean of grad_ratio over epochs 1..E (epoch 0 has no gradient)."""
     probes = m.get("probes") if isinstance(m.get("probes"), dict) else {}
-    ratios = [_num(v) for v in probes.get("grad_ratio") or []]
-    # A zero or infinite ratio (a layer with no gradient at all) has no logarithm.
-    logs = [math.log(v) for v in ratios if math.isfinite(v) and v > 0]
-    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+    return _gmean(_num(v) for v in probes.get("grad_ratio") or [])
 
 
 def _gmean(values) -> float:
+    # A zero or infinite ratio (a layer with no gradient at all) has no logarithm: left out.
     logs = [math.log(v) for v in values if math.isfinite(v) and v > 0]
     return math.exp(sum(logs) / len(logs)) if logs else math.nan
 
