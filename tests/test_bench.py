@@ -1,0 +1,36 @@
+"""scripts/bench.py: the reference loop and actbench do the same work, step for step."""
+
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, synthetic_arrays, write_idx_files
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # noqa: E402
+
+
+@pytest.mark.slow
+def test_reference_and_actbench_compute_the_same_first_losses(tmp_path):
+    arrays = synthetic_arrays(600, 200)
+    write_idx_files(tmp_path / "data", arrays)
+    ref_times, ref_losses = bench.reference_run(arrays, 0, 1, torch.device("cpu"), val_size=100)
+    overrides = [
+        f"data.root={tmp_path / 'data'}", "data.system_dirs=[]", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=100",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "probes=none", "report=false", "threads=1", "seed=0",
+    ]
+    clock = bench.actbench_run(overrides, tmp_path / "runs")
+    assert len(ref_losses) == len(clock.first_losses) == -(-500 // 32)  # the short last batch too
+    assert torch.allclose(ref_losses, clock.first_losses, rtol=1e-5, atol=1e-6)
+    assert len(ref_times) == 1 and len(clock.times) == 1
+
+
+def test_reference_model_starts_from_actbench_weights():
+    from torch import nn
+
+    from actbench.model import PackedMLP
+
+    ref = bench.reference_model(3, torch.device("cpu"))
+    ours = PackedMLP([3], nn.ReLU())
+    assert torch.equal(ref[0].weight, ours.weights[0]) and torch.equal(ref[2].bias, ours.biases[1])
