@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -229,7 +228,7 @@ def main() -> int:
         raise SystemExit("--device cuda: no CUDA device here")
     torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
-    from actbench.train import undo_nvml_check
+    from actbench.placement import undo_nvml_check
 
     undo_nvml_check()  # importing Lightning slowed every Adam step of the reference too
 

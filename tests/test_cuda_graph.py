@@ -32,7 +32,7 @@ def cfg(*overrides):
 
 
 def test_cuda_graph_falls_back_to_eager_on_cpu(capsys):
-    from actbench.train import use_cuda_graph
+    from actbench.placement import use_cuda_graph
 
     assert use_cuda_graph(cfg(), torch.device("cpu")) is False
     assert use_cuda_graph(cfg("cuda_graph=true"), torch.device("cpu")) is False

@@ -90,7 +90,7 @@ def test_same_seed_twice_gives_identical_metrics(tiny_run, tmp_path):
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert ma["curves"][key] == mb["curves"][key]
     assert ma["final"]["test_acc"] == mb["final"]["test_acc"] and ma["final"]["test_loss"] == mb["final"]["test_loss"]
-    c = run_cli(*tiny_run, "name=c", "seed=4")
+    assert run_cli(*tiny_run, "name=c", "seed=4").returncode == 0
     assert metrics(tmp_path / "runs" / "c" / "seed=4")["curves"]["train_loss"] != ma["curves"]["train_loss"]
 
 
@@ -252,32 +252,32 @@ def test_pack_limit_follows_free_memory(monkeypatch):
     import torch
     from hydra import compose, initialize_config_dir
 
-    from actbench import train
+    from actbench import placement
     from actbench.activations import CONF_DIR
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train")
-    monkeypatch.setattr(train, "available_memory", lambda device: 4 * 2**30)
-    roomy = train.pack_limit(cfg, torch.device("cpu"))
-    monkeypatch.setattr(train, "available_memory", lambda device: 2**30)
-    tight = train.pack_limit(cfg, torch.device("cpu"))
+    monkeypatch.setattr(placement, "available_memory", lambda device: 4 * 2**30)
+    roomy = placement.pack_limit(cfg, torch.device("cpu"))
+    monkeypatch.setattr(placement, "available_memory", lambda device: 2**30)
+    tight = placement.pack_limit(cfg, torch.device("cpu"))
     assert roomy > 4 * tight >= 4
 
 
 def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from actbench import train
+    from actbench import placement
     from actbench.activations import CONF_DIR
 
-    monkeypatch.setattr(train, "usable_cpus", lambda: 8)
-    monkeypatch.setattr(train, "side_by_side_jobs", lambda cfg: 1)
+    monkeypatch.setattr(placement, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(placement, "side_by_side_jobs", lambda cfg: 1)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         blog, paper, fixed = (compose("train", overrides=o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
-    assert train.cpu_threads(blog, 1) == 1
-    assert train.cpu_threads(paper, 1) == 8
-    assert train.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
-    assert train.cpu_threads(fixed, 1) == 3
+    assert placement.cpu_threads(blog, 1) == 1
+    assert placement.cpu_threads(paper, 1) == 8
+    assert placement.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
+    assert placement.cpu_threads(fixed, 1) == 3
 
 
 def test_ddp_on_two_cpu_processes_matches_one_device(tiny_run, tmp_path):
@@ -294,7 +294,7 @@ def test_ddp_on_two_cpu_processes_matches_one_device(tiny_run, tmp_path):
 
 
 def test_activation_label_shows_changed_activation_keys():
-    from actbench.train import activation_label
+    from actbench.runs import activation_label
 
     assert activation_label("leaky", ["seed=1"]) == "leaky"
     assert activation_label("leaky", ["activation.negative_slope=0.2"]) == "leaky(negative_slope=0.2)"

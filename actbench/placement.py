@@ -1,0 +1,123 @@
+"""Where and with what a run trains: CPU threads, one GPU per job when jobs share a machine,
+how many packed seeds fit in memory, whether the CUDA-graph step applies, and which side owns
+requeueing on SLURM.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+
+def undo_nvml_check() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import (fork safety for DataLoader
+    workers, which actbench does not use). With it, torch.cuda.is_available() probes NVML on every
+    call, and Adam calls it on every step: about 50 us per step on a machine without a GPU."""
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
+def side_by_side_jobs(cfg: DictConfig) -> int:
+    """How many jobs of this sweep share this machine: several under the local launcher."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local":
+        return 1
+    return int(HydraConfig.get().sweeper.get("max_batch_size") or usable_cpus())
+
+
+SMALL_STEP_FLOPS = 50e6
+
+
+def cpu_threads(cfg: DictConfig, n_seeds: int) -> int:
+    """Torch CPU threads for this job: `threads` if set; with `auto`, one thread when a training
+    step is too small to split between cores (the blog's model, ~20 MFLOP a step, runs about 1.5x
+    faster on one thread than on two), else the cores this job may use."""
+    if cfg.threads != "auto":
+        return int(cfg.threads)
+    from actbench.model import n_params
+
+    flops = 6 * cfg.data.batch_size * n_seeds * n_params(cfg.model.depth, cfg.model.width)
+    cores = max(1, usable_cpus() // side_by_side_jobs(cfg))
+    return 1 if flops < SMALL_STEP_FLOPS else cores
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a SLURM job's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def trainer_overrides(cfg: DictConfig) -> dict:
+    """Per-job placement: one SLURM side owning requeue, and one GPU per job when jobs share a machine."""
+    import torch
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    extra = {}
+    if SLURMEnvironment.detect():
+        # submitit checkpoints and requeues on preemption; Lightning's own requeue would race it
+        extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+    n_gpus = torch.cuda.device_count() if cfg.trainer.accelerator in ("auto", "gpu", "cuda") else 0
+    if n_gpus > 1 and cfg.trainer.devices == 1:
+        extra["devices"] = [HydraConfig.get().job.get("num", 0) % n_gpus]
+    return extra
+
+
+def available_memory(device) -> int | None:
+    """Free bytes on the training device (None if unknown)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free.append(int(line.split()[1]) * 1024)
+        # a SLURM job or container may have less than the machine: its cgroup's limit
+        limit, used = (Path("/sys/fs/cgroup") / f for f in ("memory.max", "memory.current"))
+        if limit.exists() and limit.read_text().strip() != "max":
+            free.append(int(limit.read_text()) - int(used.read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
+def training_device(cfg: DictConfig):
+    import torch
+
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def pack_limit(cfg: DictConfig, device) -> int | None:
+    """How many seeds fit in one pack on this device, keeping half of its free memory spare."""
+    from actbench.model import bytes_per_seed
+
+    free = available_memory(device)
+    if free is None:
+        return None
+    shared = 70_000 * 784 * 4 * 2  # the data set as floats, and a copy while it moves
+    per_seed = bytes_per_seed(cfg.model.depth, cfg.model.width, cfg.data.batch_size * cfg.steps_per_execution,
+                              min(cfg.data.eval_batch_size, max(cfg.data.val_size, 10_000)), cfg.data.probe_size)
+    return max(1, int((free // 2 - shared) // per_seed))
+
+
+def use_cuda_graph(cfg: DictConfig, device) -> bool:
+    """The CUDA-graph step where it applies: on CUDA, without dropout (its masks come from per-seed
+    generators that a graph would freeze)."""
+    wanted = cfg.cuda_graph
+    if wanted is False:
+        return False
+    reason = (
+        "not training on CUDA" if device.type != "cuda"
+        else "dropout draws fresh masks each step" if cfg.model.dropout
+        else "a gradient scaler (16-bit mixed precision) rescales each step" if str(cfg.trainer.get("precision", "")).startswith("16")
+        else None
+    )
+    if reason and wanted is True:
+        print(f"cuda_graph=true: using eager steps ({reason})", flush=True)
+    return reason is None
