@@ -39,9 +39,18 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
         self.failed: str | None = None  # why capture failed (an activation that syncs with the host, say)
+        self.grads: list[tuple[nn.Parameter, Tensor]] = []  # each parameter and its captured gradient buffer
 
     def accepts(self, batch_size: int) -> bool:
         return self.failed is None and self.batch_size in (None, batch_size)
+
+    def own_grads(self) -> None:
+        """Point every `.grad` back at the buffers the captured backward writes. Lightning sets them
+        to None before each validation (`on_validation_model_zero_grad`), as can any callback;
+        replays would still train correctly, but probes and eager steps would see other tensors."""
+        for q, g in self.grads:
+            if q.grad is not g:
+                q.grad = g
 
     def _body(self, optimizer: torch.optim.Optimizer) -> Tensor:
         logits = self.net(self.x)
@@ -83,6 +92,7 @@ class GraphedStep:
                 lightning_optimizer._on_after_step()
                 return logits
             self.graph = graph
+            self.grads = [(q, q.grad) for q in self.net.parameters()]
         self.graph.replay()
         lightning_optimizer._on_after_step()
         return self.logits

@@ -254,7 +254,10 @@ class Classifier(LightningModule):
     def training_step(self, chunk, batch_idx):
         opt = self.optimizers()
         graph = self._graph_for(chunk.batch_size, opt) if self.use_cuda_graph else None
-        direct = self._direct_ok and graph is None and (self._graph is None or self._graph.graph is None)
+        captured = self._graph is not None and self._graph.graph is not None
+        if captured:
+            self._graph.own_grads()  # between chunks, validation or a callback may have dropped them
+        direct = self._direct_ok and graph is None and not captured
         kept, last = self._step_logits, len(chunk) - 1
         for s in range(len(chunk)):
             x, y = chunk[s]

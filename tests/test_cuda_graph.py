@@ -79,12 +79,37 @@ def test_graphed_steps_match_eager_steps(activation):
 
 
 @cuda
+def test_dropped_gradients_are_given_back_to_the_graph():
+    import copy
+
+    from actbench.cuda_graph import WARMUP_STEPS
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    net = PackedMLP([0], nn.ReLU()).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
+    step, wrapped = GraphedStep(net, training_objective), Counting(opt)
+    for _ in range(WARMUP_STEPS + 2):
+        step.step(torch.randn(32, 784, device=dev), torch.randint(0, 10, (32,), device=dev), wrapped)
+    net.zero_grad(set_to_none=True)  # as Lightning does before every validation
+    x, y = torch.randn(32, 784, device=dev), torch.randint(0, 10, (32,), device=dev)
+    ref = copy.deepcopy(net)
+    training_objective(ref(x), y).backward()
+    step.own_grads()
+    step.step(x, y, wrapped)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert p.grad is not None and torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+@cuda
 @pytest.mark.slow
 def test_a_gpu_run_with_the_graph_matches_eager(tiny_run, tmp_path):
     import json
 
     for name, graph in (("g", "true"), ("e", "false")):
-        r = run_cli(*tiny_run, f"name={name}", f"cuda_graph={graph}", "trainer.accelerator=gpu", "trainer.max_epochs=2")
+        # 512 training images: every step is a graph step, the last one before each validation too
+        r = run_cli(*tiny_run, f"name={name}", f"cuda_graph={graph}", "trainer.accelerator=gpu", "trainer.max_epochs=2",
+                    "data.val_size=88", "probes.gradients.every_n_steps=1")
         assert r.returncode == 0, r.stderr[-2000:]
         assert "eager steps" not in r.stdout  # the graph run really ran the graph
     g, e = (json.loads(next((tmp_path / "runs" / n).rglob("metrics.json")).read_text()) for n in "ge")
@@ -92,3 +117,7 @@ def test_a_gpu_run_with_the_graph_matches_eager(tiny_run, tmp_path):
     assert g["curves"]["train_loss"] == pytest.approx(e["curves"]["train_loss"], rel=1e-4)
     assert g["final"]["test_loss"] == pytest.approx(e["final"]["test_loss"], rel=1e-4)
     assert g["final"]["steps"] == e["final"]["steps"]
+    # gradient probes sample every epoch, also after validation dropped the gradients
+    ratio_g, ratio_e = g["probes"]["grad_ratio"][1:], e["probes"]["grad_ratio"][1:]
+    assert len(ratio_g) == 2 and None not in ratio_g
+    assert ratio_g == pytest.approx(ratio_e, rel=1e-3)
