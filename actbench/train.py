@@ -210,7 +210,7 @@ class SweepReport(HydraCallback):
         try:
             from actbench.report import write_report
 
-            path = write_report(sweep_dir, baseline=config.get("baseline", "relu"))
+            path = write_report(sweep_dir, baseline=config.get("baseline", "relu"), metric=config.get("report_metric", "test_acc"))
             print(f"report: {path}", flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem must not hide the finished runs
             print(f"actbench: could not write the report for {sweep_dir}: {e}", file=sys.stderr, flush=True)

@@ -65,12 +65,13 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
     assert (sweep / "multirun.yaml").exists()
 
 
-def test_default_output_place_is_runs_under_the_working_directory(tiny_run, tmp_path):
+def test_default_output_place_is_runs_under_the_working_directory_with_the_report(tiny_run, tmp_path):
     args = [a for a in tiny_run if not a.startswith("out_dir=")]
-    r = run_cli("-m", *args, "seed=0,1", cwd=tmp_path)
+    r = run_cli("-m", *args, "seed=0,1", "report_metric=val_loss", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    # the report's metric is a report setting, not part of what a run computes or its name
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
-    assert (tmp_path / "runs" / "tiny" / "report.md").exists()
+    assert "Metric: val_loss" in (tmp_path / "runs" / "tiny" / "report.md").read_text()
 
 
 def test_hydra_run_and_sweep_dirs_work_as_hydra_documents(tiny_run, tmp_path):
