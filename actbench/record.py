@@ -302,12 +302,18 @@ class Recorder(Callback):
                 print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
 
     def fail(self, error: BaseException) -> None:
-        """Mark every unfinished run of the pack failed, keeping its curves and the traceback."""
-        msg = f"{type(error).__name__}: {error}".strip()
+        """Mark every unfinished run of the pack failed, keeping its curves and the traceback; or
+        interrupted, when the process was told to stop (Ctrl-C, or submitit requeueing a preempted
+        SLURM job): no error of the run's own, and the same command resumes it."""
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+        msg = f"{type(error).__name__}: {error}".strip().rstrip(":")
         for run in self.runs:
             if not run.metrics:
                 run.start(0, "unknown", self.t_job)
-            if run.metrics.get("status") == "running":
+            if run.metrics.get("status") != "running":
+                continue
+            if interrupted:
+                run.end("interrupted", f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
+            else:
                 run.metrics["traceback"] = "".join(traceback.format_exception(error))
                 run.end("failed", msg, fit_s=self.fit_s)
-

@@ -26,3 +26,14 @@ class RaiseAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.step:
             raise RuntimeError(f"planted failure at step {trainer.global_step}")
+
+
+class InterruptAt(Callback):
+    """Send the run's own process SIGINT at `step`, as Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -4,11 +4,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +33,13 @@ def slurm_up() -> str | None:
     return None
 
 
+def slurm_env() -> dict:
+    env = {"PATH": f"{SLURM_TOOLS}:{os.environ['PATH']}"}
+    for var in [v for v in os.environ if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SUBMITIT_"))]:
+        env[var] = None  # the test may itself run inside a SLURM job
+    return env
+
+
 def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     r = run_cli(
         "-m", *tiny_run, "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.sweeper.max_batch_size=2",
@@ -47,9 +56,7 @@ def test_slurm_launcher_runs_the_sweep_as_slurm_jobs(tiny_run, tmp_path):
     reason = slurm_up()
     if reason:
         pytest.skip(reason)
-    env = {"PATH": f"{SLURM_TOOLS}:{os.environ['PATH']}"}
-    for var in [v for v in os.environ if v.startswith(("SLURM_", "SBATCH_", "SRUN_", "SUBMITIT_"))]:
-        env[var] = None  # the test may itself run inside a SLURM job
+    env = slurm_env()
     r = run_cli(
         "-m", *tiny_run, "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", "activation=relu,sigmoid", "seed=0,1",
@@ -63,3 +70,46 @@ def test_slurm_launcher_runs_the_sweep_as_slurm_jobs(tiny_run, tmp_path):
         assert m["host"]["slurm_job_id"], "the run did not execute inside a SLURM job"
     assert (sweep / "report.md").exists()
     assert list((sweep / ".submitit").iterdir())
+
+
+def test_a_signalled_slurm_job_is_requeued_by_submitit_and_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    """SIGTERM then USR2, as a preemption (submitit's own _interrupt does the same); submitit checkpoints,
+    requeues the job and exits; SLURM starts it again and actbench resumes from the run's checkpoint."""
+    reason = slurm_up()
+    if reason:
+        pytest.skip(reason)
+    env = slurm_env()
+    epochs = "trainer.max_epochs=150"
+    slurm = [
+        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+        "hydra.launcher.timeout_min=10", "report=false",
+    ]
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "actbench.train", "-m", *tiny_run, *slurm, epochs],
+        cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics_file = tmp_path / "runs" / "tiny" / epochs / "metrics.json"
+    try:
+        deadline, m = time.time() + 180, {}
+        while time.time() < deadline and len(m.get("curves", {}).get("epoch", [])) < 3:
+            time.sleep(0.1)
+            m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        assert m.get("status") == "running", f"the job did not get going: {m.get('status')}"
+        job = m["host"]["slurm_job_id"]
+        for sig in ("TERM", "USR2"):
+            subprocess.run(["scancel", "--signal", sig, job], check=True, env=full_env)
+        _, err = sweep.communicate(timeout=400)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, err[-3000:]
+    m = json.loads(metrics_file.read_text())
+    assert m["status"] == "finished" and m["host"]["slurm_job_id"] == job  # the same job, requeued
+    assert m["timing"]["resumed_at_epoch"] >= 2 and len(m["curves"]["epoch"]) == 150
+    # and it ends where a run that was never interrupted ends
+    r = run_cli(*tiny_run, epochs, "name=plain")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = json.loads((tmp_path / "runs" / "plain" / epochs / "metrics.json").read_text())
+    assert m["final"]["test_loss"] == plain["final"]["test_loss"]
+    assert m["curves"]["val_loss"] == plain["curves"]["val_loss"]

@@ -188,6 +188,18 @@ def test_crashed_run_is_recorded_failed_and_retried(tiny_run, tmp_path):
     assert retry.returncode == 0 and metrics(tmp_path / "runs" / "tiny" / "default")["status"] == "finished"
 
 
+def test_interrupted_run_is_recorded_interrupted_and_resumed(tiny_run, tmp_path):
+    args = [*tiny_run, "trainer.max_epochs=3"]
+    stop = run_cli(*args, "+callbacks.stop._target_=callbacks.InterruptAt", "+callbacks.stop.step=40", env={"PYTHONPATH": TESTS})
+    assert stop.returncode != 0
+    run_dir = tmp_path / "runs" / "tiny" / "trainer.max_epochs=3"
+    m = metrics(run_dir)
+    assert m["status"] == "interrupted" and "resumes" in m["error"] and "traceback" not in m
+    again = run_cli(*args)
+    assert again.returncode == 0 and "resuming after epoch 2" in again.stdout, again.stdout[-2000:]
+    assert metrics(run_dir)["status"] == "finished"
+
+
 def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
     r = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=false")
     assert r.returncode == 0, r.stderr[-2000:]
