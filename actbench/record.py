@@ -247,13 +247,15 @@ class Recorder(Callback):
     def _log_steps(self, trainer, steps: dict) -> None:
         """Per-step training curves, as means over windows of log_every_n_steps."""
         n = steps["loss"].shape[0]
+        if not n:
+            return
         first = trainer.global_step - n
         starts = range(0, n, self.every)
         # [windows, K] per curve as plain lists: one conversion instead of windows x K tensor reads
         windows = {
             f"train/{name}_step": torch.stack([v[s : s + self.every].mean(0) for s in starts]).tolist()
             for name, v in steps.items()
-        } if n else {}
+        }
         for k, logger in enumerate(trainer.loggers):
             if self.diverged[k]:
                 continue
