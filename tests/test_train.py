@@ -46,7 +46,9 @@ def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
     tags = set(ea.Tags()["scalars"])
     assert {"train/loss_step", "train/acc_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= tags
     assert {"time/epoch_s", "time/samples_per_s"} <= tags and "hp_metric" not in tags
-    assert len(ea.Scalars("train/loss_step")) == -(-16 // 5)  # 16 steps logged in windows of 5
+    windows = ea.Scalars("train/loss_step")  # 16 steps logged as means over windows of 5
+    assert [w.step for w in windows] == [5, 10, 15, 16]
+    assert sum(w.value * n for w, n in zip(windows, [5, 5, 5, 1])) / 16 == pytest.approx(m["curves"]["train_loss"][0], rel=1e-5)
     assert ea.Scalars("test/acc")[-1].value == pytest.approx(m["final"]["test_acc"])
     exp, start = hparams_of(ea)
     assert {h.name for h in exp.hparam_infos} >= {"activation", "seed", "lr", "batch_size", "depth", "width", "init"}
@@ -230,6 +232,9 @@ def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert mp["curves"][key] == pytest.approx(ma["curves"][key], rel=1e-5, abs=1e-6)
         assert mp["final"]["test_loss"] == pytest.approx(ma["final"]["test_loss"], rel=1e-5)
+        step_p, step_a = ([(e.step, e.value) for e in events(d).Scalars("train/loss_step")] for d in (p, a))
+        assert [st for st, _ in step_p] == [st for st, _ in step_a]  # each seed's own per-step curve
+        assert [v for _, v in step_p] == pytest.approx([v for _, v in step_a], rel=1e-5)
         wp = torch.load(p / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         wa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
         assert wp.keys() == wa.keys()
