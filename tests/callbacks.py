@@ -6,34 +6,36 @@ import signal
 from lightning.pytorch.callbacks import Callback
 
 
-class KillAt(Callback):
-    """SIGKILL the run's own process once training reaches `step`: a hard crash mid-epoch."""
+class AtStep(Callback):
+    """Does `act` once training reaches `step`."""
 
     def __init__(self, step: int):
         self.step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.act(trainer)
+
+    def act(self, trainer):
+        raise NotImplementedError
 
 
-class RaiseAt(Callback):
-    """Raise an ordinary exception at `step`: a crashed (not killed) run."""
+class KillAt(AtStep):
+    """SIGKILL the run's own process: a hard crash mid-epoch."""
 
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError(f"planted failure at step {trainer.global_step}")
+    def act(self, trainer):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-class InterruptAt(Callback):
-    """Send the run's own process SIGINT at `step`, as Ctrl-C would."""
+class RaiseAt(AtStep):
+    """Raise an ordinary exception: a crashed (not killed) run."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def act(self, trainer):
+        raise RuntimeError(f"planted failure at step {trainer.global_step}")
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+
+class InterruptAt(AtStep):
+    """Send the run's own process SIGINT, as Ctrl-C would."""
+
+    def act(self, trainer):
+        os.kill(os.getpid(), signal.SIGINT)
