@@ -46,9 +46,7 @@ RULES = {
 def validate(cfg: DictConfig) -> None:
     absent = object()
     for key, (ok, what) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=absent)
-        if value is None and key.startswith("probes."):
-            continue  # a probe switched off
+        value = OmegaConf.select(cfg, key, default=absent)  # a probe switched off (null) leaves its keys absent
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
     seeds = cfg.get("seeds")

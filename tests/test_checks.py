@@ -51,6 +51,7 @@ def test_a_switched_off_probe_is_not_checked():
         ("max_pack=0", "max_pack=0: must be null or an integer >= 1"),
         ("cuda_graph=maybe", "cuda_graph='maybe': must be auto, true or false"),
         ("threads=0", "threads=0: must be auto or an integer >= 1"),
+        ("probes.activations.dead_tol=null", "probes.activations.dead_tol=None: must be a number >= 0"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
