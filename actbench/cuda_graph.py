@@ -41,6 +41,10 @@ class GraphedStep:
         self.failed: str | None = None  # why capture failed (an activation that syncs with the host, say)
         self.grads: list[tuple[nn.Parameter, Tensor]] = []  # each parameter and its captured gradient buffer
 
+    @property
+    def captured(self) -> bool:
+        return self.graph is not None
+
     def accepts(self, batch_size: int) -> bool:
         return self.failed is None and self.batch_size in (None, batch_size)
 
@@ -60,7 +64,6 @@ class GraphedStep:
 
     def step(self, x: Tensor, y: Tensor, lightning_optimizer) -> Tensor:
         """One optimizer step on (x, y); returns the step's logits (a static buffer once captured)."""
-        optimizer = lightning_optimizer.optimizer
         if self.batch_size is None:
             self.batch_size = x.shape[-2]
             self.x, self.y = x.clone(), y.clone()
@@ -68,6 +71,14 @@ class GraphedStep:
         self.y.copy_(y)
         # the graph bypasses LightningOptimizer.step, so count the step for trainer.global_step here
         lightning_optimizer._on_before_step()
+        logits = self._advance(lightning_optimizer.optimizer)
+        lightning_optimizer._on_after_step()
+        return logits
+
+    def _advance(self, optimizer: torch.optim.Optimizer) -> Tensor:
+        if self.failed is not None:  # the rest of a chunk whose capture failed: eager, as later chunks
+            optimizer.zero_grad(set_to_none=True)
+            return self._body(optimizer)
         if self.graph is None and self.warm < WARMUP_STEPS:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -76,7 +87,6 @@ class GraphedStep:
                 logits = self._body(optimizer)
             torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
-            lightning_optimizer._on_after_step()
             return logits
         if self.graph is None:
             optimizer.zero_grad(set_to_none=True)  # gradients are then written, not accumulated, on replay
@@ -88,11 +98,8 @@ class GraphedStep:
                 self.failed = str(e).splitlines()[0][:200]
                 print(f"cuda_graph: capture failed ({self.failed}); training with eager steps", flush=True)
                 optimizer.zero_grad(set_to_none=True)  # drop gradients the aborted capture allocated
-                logits = self._body(optimizer)
-                lightning_optimizer._on_after_step()
-                return logits
+                return self._body(optimizer)
             self.graph = graph
             self.grads = [(q, q.grad) for q in self.net.parameters()]
         self.graph.replay()
-        lightning_optimizer._on_after_step()
         return self.logits

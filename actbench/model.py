@@ -240,7 +240,7 @@ class Classifier(LightningModule):
         objective = training_objective(logits, y)
         if through_lightning:
             # once a CUDA graph owns the gradient buffers, eager steps must reuse them, not replace them
-            opt.zero_grad(set_to_none=self._graph is None or self._graph.graph is None)
+            opt.zero_grad(set_to_none=not self._captured())
             self.manual_backward(objective)
             opt.step()
         else:
@@ -254,7 +254,7 @@ class Classifier(LightningModule):
     def training_step(self, chunk, batch_idx):
         opt = self.optimizers()
         graph = self._graph_for(chunk.batch_size, opt) if self.use_cuda_graph else None
-        captured = self._graph is not None and self._graph.graph is not None
+        captured = self._captured()
         if captured:
             self._graph.own_grads()  # between chunks, validation or a callback may have dropped them
         direct = self._direct_ok and graph is None and not captured
@@ -265,6 +265,9 @@ class Classifier(LightningModule):
                 kept.append(graph.step(x, y, opt).clone())  # the graph's output buffer is reused
             else:
                 kept.append(self._step(x, y, opt, through_lightning=s == last or not direct))
+
+    def _captured(self) -> bool:
+        return self._graph is not None and self._graph.captured
 
     def _graph_for(self, batch_size: int, opt):
         """The graphed step for this batch size; None (eager) for the epoch's short last batch."""

@@ -49,6 +49,25 @@ def test_capturable_only_where_the_optimizer_has_it():
     assert "capturable" not in capturable_optimizer(partial(torch.optim.SGD, lr=1e-3), p).defaults
 
 
+def test_after_a_failed_capture_the_remaining_steps_are_eager_and_counted():
+    torch.manual_seed(0)
+    net = PackedMLP([0], nn.ReLU())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    step, wrapped = GraphedStep(net, training_objective), Counting(opt)
+    step.failed = "an activation that syncs with the host"  # as a failed capture leaves it
+    ref = PackedMLP([0], nn.ReLU())
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
+    for _ in range(3):
+        x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))
+        step.step(x, y, wrapped)  # on the CPU: any capture attempt would fail on torch.cuda
+        ref_opt.zero_grad()
+        training_objective(ref(x), y).backward()
+        ref_opt.step()
+    assert wrapped.steps == 3 and not step.captured and not step.accepts(32)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        assert torch.equal(p, q)
+
+
 @cuda
 @pytest.mark.parametrize("activation", [nn.ReLU(), nn.GELU()])
 def test_graphed_steps_match_eager_steps(activation):
