@@ -311,7 +311,7 @@ class Recorder(Callback):
         msg = f"{type(error).__name__}: {error}".strip().rstrip(":")
         for run in self.runs:
             if not run.metrics:
-                run.start(0, "unknown", self.t_job)
+                run.start(self.resume_epoch, "unknown", self.t_job)  # keeps the curves up to the checkpoint
             if run.metrics.get("status") != "running":
                 continue
             if interrupted:

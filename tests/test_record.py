@@ -51,3 +51,19 @@ def test_helpers(tmp_path):
     assert curve_name("train/loss") == "train_loss" and curve_name("time/epoch_s") == "epoch_s"
     (tmp_path / "metrics.json").write_text("{ half")
     assert read_metrics(tmp_path) is None and read_metrics(tmp_path / "nowhere") is None
+
+
+def test_a_resume_that_fails_before_training_keeps_the_curves(tmp_path):
+    from actbench.checkpoints import CheckpointError
+    from actbench.record import Recorder
+
+    run = new_run(tmp_path)
+    for e in (1, 2):
+        run.append("curves", {"epoch": e, "train_loss": 1.0 / e})
+    run.write()
+    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    # the checkpoint is restored (and can fail) before the recorder's on_fit_start
+    Recorder([again], tmp_path / "last.ckpt", resume_epoch=2).fail(CheckpointError("unreadable checkpoint"))
+    m = read_metrics(run.dir)
+    assert m["status"] == "failed" and "unreadable checkpoint" in m["error"]
+    assert m["curves"]["epoch"] == [1, 2]
