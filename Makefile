@@ -12,7 +12,10 @@ sweep: setup data                 ## the blog's sweep: 5 activations x 3 seeds, 
 setup: $(VENV)/.installed         ## virtual environment with actbench and its dependencies
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) || { \
+	  command -v apt-get >/dev/null || exit 1; \
+	  echo "installing Debian's python3-venv"; rm -rf $(VENV); \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
@@ -27,6 +30,9 @@ data: setup                       ## find Fashion-MNIST; on Debian/Ubuntu instal
 
 test: setup                       ## the test suite (offline, CPU, a few minutes)
 	$(PY) -m pytest -q
+
+test-fast: setup                  ## the tests not marked slow (no training on real data, no services): seconds
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup data                 ## speed: actbench vs a plain PyTorch loop
 	$(PY) scripts/bench.py
