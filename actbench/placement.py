@@ -19,8 +19,9 @@ def undo_nvml_check() -> None:
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
-def side_by_side_jobs(cfg: DictConfig) -> int:
-    """How many jobs of this sweep share this machine: several under the local launcher."""
+def side_by_side_jobs() -> int:
+    """How many jobs of this sweep share this machine: under the local launcher, the sweeper's
+    batch size, or one job per usable core when it has none."""
     if os.environ.get("SUBMITIT_EXECUTOR") != "local":
         return 1
     return int(HydraConfig.get().sweeper.get("max_batch_size") or usable_cpus())
@@ -38,7 +39,7 @@ def cpu_threads(cfg: DictConfig, n_seeds: int) -> int:
     from actbench.model import n_params
 
     flops = 6 * cfg.data.batch_size * n_seeds * n_params(cfg.model.depth, cfg.model.width)
-    cores = max(1, usable_cpus() // side_by_side_jobs(cfg))
+    cores = max(1, usable_cpus() // side_by_side_jobs())
     return 1 if flops < SMALL_STEP_FLOPS else cores
 
 
@@ -51,18 +52,32 @@ def usable_cpus() -> int:
 
 
 def trainer_overrides(cfg: DictConfig) -> dict:
-    """Per-job placement: one SLURM side owning requeue, and one GPU per job when jobs share a machine."""
-    import torch
+    """Per-job placement: one SLURM side owning requeue, and one GPU per job when several are visible."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     extra = {}
     if SLURMEnvironment.detect():
         # submitit checkpoints and requeues on preemption; Lightning's own requeue would race it
         extra["plugins"] = [SLURMEnvironment(auto_requeue=False)]
-    n_gpus = torch.cuda.device_count() if cfg.trainer.accelerator in ("auto", "gpu", "cuda") else 0
-    if n_gpus > 1 and cfg.trainer.devices == 1:
-        extra["devices"] = [HydraConfig.get().job.get("num", 0) % n_gpus]
+    gpu = job_gpu(cfg)
+    if gpu is not None:
+        extra["devices"] = [gpu]
     return extra
+
+
+def wants_gpu(cfg: DictConfig) -> bool:
+    return cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
+def job_gpu(cfg: DictConfig) -> int | None:
+    """The one GPU this job trains on when several are visible (job i of a sweep on GPU i mod N);
+    None to leave the choice to Lightning."""
+    import torch
+
+    n_gpus = torch.cuda.device_count() if wants_gpu(cfg) else 0
+    if n_gpus > 1 and cfg.trainer.devices == 1:
+        return HydraConfig.get().job.get("num", 0) % n_gpus
+    return None
 
 
 def available_memory(device) -> int | None:
@@ -86,23 +101,27 @@ def available_memory(device) -> int | None:
 
 
 def training_device(cfg: DictConfig):
+    """The device this job trains on (for sizing its packs)."""
     import torch
 
-    if cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
+    if wants_gpu(cfg) and torch.cuda.is_available():
+        gpu = job_gpu(cfg)
+        return torch.device("cuda", torch.cuda.current_device() if gpu is None else gpu)
     return torch.device("cpu")
 
 
 def pack_limit(cfg: DictConfig, device) -> int | None:
     """How many seeds fit in one pack on this device, keeping half of its free memory spare."""
+    from actbench.data import FULL_SIZE
     from actbench.model import bytes_per_seed
 
     free = available_memory(device)
     if free is None:
         return None
-    shared = 70_000 * 784 * 4 * 2  # the data set as floats, and a copy while it moves
-    per_seed = bytes_per_seed(cfg.model.depth, cfg.model.width, cfg.data.batch_size * cfg.steps_per_execution,
-                              min(cfg.data.eval_batch_size, max(cfg.data.val_size, 10_000)), cfg.data.probe_size)
+    shared = sum(FULL_SIZE.values()) * 784 * 4 * 2  # the data set as floats, and a copy while it moves
+    # a chunk gathers one batch per step, so a training step holds batch_size rows per seed
+    per_seed = bytes_per_seed(cfg.model.depth, cfg.model.width, cfg.data.batch_size,
+                              min(cfg.data.eval_batch_size, max(cfg.data.val_size, FULL_SIZE["t10k"])), cfg.data.probe_size)
     return max(1, int((free // 2 - shared) // per_seed))
 
 

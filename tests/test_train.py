@@ -289,7 +289,7 @@ def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
     from actbench.activations import CONF_DIR
 
     monkeypatch.setattr(placement, "usable_cpus", lambda: 8)
-    monkeypatch.setattr(placement, "side_by_side_jobs", lambda cfg: 1)
+    monkeypatch.setattr(placement, "side_by_side_jobs", lambda: 1)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         blog, paper, fixed = (compose("train", overrides=o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
     assert placement.cpu_threads(blog, 1) == 1
