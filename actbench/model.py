@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.data import N_CLASSES, generator
+from actbench.data import N_CLASSES, derive_seed, generator
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
@@ -109,7 +109,7 @@ class PackedMLP(nn.Module):
             device = self.weights[0].device
             extra = (shard[0],) if shard[1] > 1 else ()
             self._dropout_gens = [
-                torch.Generator(device=device).manual_seed(generator(s, "dropout", epoch, *extra).initial_seed()) for s in self.seeds
+                torch.Generator(device=device).manual_seed(derive_seed(s, "dropout", epoch, *extra)) for s in self.seeds
             ]
 
     def _drop(self, h: Tensor) -> Tensor:

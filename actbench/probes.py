@@ -100,9 +100,9 @@ def grad_ratio(norms: Tensor) -> Tensor:
 # ---------------------------------------------------------------- TensorBoard helpers
 
 
-def _finite(t: Tensor):
-    """A tensor's finite values as a flat numpy array (a diverged seed's NaNs are left out)."""
-    a = t.detach().float().cpu().reshape(-1).numpy()
+def _finite(a: np.ndarray) -> np.ndarray:
+    """An array's finite values, flat (a diverged seed's NaNs are left out)."""
+    a = a.reshape(-1)
     return a[np.isfinite(a)]
 
 
@@ -139,8 +139,9 @@ class ActivationProbe(Callback):
             writers = _writers(trainer)
             for i, (z, h) in enumerate(record, start=1):
                 for tag, values in ((f"preact/layer{i}", z), (f"act/layer{i}", h)):
+                    host = values.detach().float().cpu().numpy()  # one copy for all seeds
                     for k, writer in enumerate(writers):
-                        finite = _finite(values[k])
+                        finite = _finite(host[k])
                         if finite.size:
                             writer.add_histogram(tag, finite, step)
 
@@ -208,11 +209,11 @@ class GradientProbe(Callback):
         means = norms.mean(0)  # [L, K]
         pl_module.epoch_log.update(dict(zip(self._tags(norms.shape[1]), means.unbind(0))))
         pl_module.epoch_log["grad_ratio"] = grad_ratio(means)
-        host = torch.cat([norms, grad_ratio(norms).unsqueeze(1)], dim=1).cpu()  # [S, L+1, K], the epoch's one copy
+        host = torch.cat([norms, grad_ratio(norms).unsqueeze(1)], dim=1).tolist()  # [S][L+1][K], one copy
         tags = [t.replace("grad_norm/", "grad_norm_step/") for t in self._tags(norms.shape[1])] + ["grad_ratio_step"]
         for k, writer in enumerate(_writers(trainer)):
             for s, step in enumerate(self._steps):
-                for tag, value in zip(tags, host[s, :, k].tolist()):
+                for tag, row in zip(tags, host[s]):
+                    value = row[k]
                     if math.isfinite(value):
                         writer.add_scalar(tag, value, step)
-        self._samples, self._steps = [], []
