@@ -33,4 +33,7 @@ def test_reference_model_starts_from_actbench_weights():
 
     ref = bench.reference_model(3, torch.device("cpu"))
     ours = PackedMLP([3], nn.ReLU())
-    assert torch.equal(ref[0].weight, ours.weights[0]) and torch.equal(ref[2].bias, ours.biases[1])
+    linears = [m for m in ref if isinstance(m, nn.Linear)]
+    assert len(linears) == len(ours.weights) == 2
+    for lin, w, b in zip(linears, ours.weights, ours.biases):
+        assert torch.equal(lin.weight, w) and torch.equal(lin.bias, b)
