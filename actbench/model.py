@@ -190,9 +190,10 @@ def per_seed_correct(logits: Tensor, y: Tensor) -> Tensor:
 class Classifier(LightningModule):
     """Trains a PackedMLP with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
-    is paid once per chunk: on_train_batch_* and (eager steps) the backward and optimizer-step
-    hooks fire once per chunk; trainer.global_step counts every optimizer step. Per-step losses
-    stay on the device until the epoch ends.
+    is paid once per chunk: on_train_batch_* fire once per chunk, and so do the backward and
+    optimizer-step hooks on one device without a gradient scaler (otherwise every step goes
+    through Lightning; the CUDA-graph step bypasses them); trainer.global_step counts every
+    optimizer step. Each step's logits stay on the device until the epoch ends.
 
     What an epoch produced is left in `epoch_log` ({tag: tensor [K]}) for the callbacks that
     record and probe; `train_epoch_steps` gives the per-step curves.

@@ -2,7 +2,7 @@
 scalars and hparams, the epoch-end checkpoint, and the terminal lines.
 
 One `Run` per seed; the `Recorder` callback writes all of a pack's runs from the module's
-per-epoch tensors, with one device-to-host copy per epoch.
+per-epoch tensors, copied to the host once per epoch (a copy per tensor, no per-step syncs).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ class Recorder(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         steps = pl_module.train_epoch_steps()
-        host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}  # the epoch's one sync
+        host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}  # the epoch's copies to the host
         epoch_s = time.perf_counter() - self.t_epoch
         self.fit_s += epoch_s
         n_samples = trainer.datamodule.train_idx.shape[1]  # per seed
@@ -220,7 +220,7 @@ class Recorder(Callback):
             if not self.diverged[k] and not float(loss[k]) <= self.diverged_loss:  # NaN fails <= too
                 self.diverged[k] = True
                 run.end("diverged", f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
-                print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); stopping it", flush=True)
+                print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); recorded as diverged", flush=True)
         if all(self.diverged):
             trainer.should_stop = True
         if self.speaks:

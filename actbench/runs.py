@@ -87,7 +87,7 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
 
 
 def plan_runs(cfg: DictConfig):
-    """One entry per seed: (seed, run dir, name, overrides)."""
+    """One `Run` per seed: its directory, name, overrides, hparams, resolved config and config hash."""
     from actbench.record import Run
 
     hc = HydraConfig.get()
@@ -141,5 +141,3 @@ def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
         if (src / "hydra.yaml").exists():
             (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
 
-
-# ---------------------------------------------------------------- building and fitting

@@ -4,8 +4,9 @@
     python -m actbench.train -m activation=relu,gelu seed=0,1,2
     python -m actbench.train -m experiment=blog    # the blog's sweep
 
-A run is idempotent: one whose metrics.json says finished is skipped, an unfinished one
-resumes from its checkpoint. With `seeds=[...]` one process trains several seeds packed,
+A run is idempotent: one whose metrics.json says finished (or diverged) is skipped, an
+unfinished one resumes from its checkpoint, and a directory holding a run of another
+configuration is refused. With `seeds=[...]` one process trains several seeds packed,
 each in its own run directory, exactly as if run apart.
 """
 
