@@ -1,5 +1,6 @@
 """Sweeps through Hydra's submitit launchers: local parallel jobs, and a real SLURM when one runs here."""
 
+import itertools
 import json
 import os
 import shutil
@@ -57,8 +58,12 @@ def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "runs" / "tiny"
     assert finished_runs(sweep) == NAMES
-    pids = {json.loads((sweep / n / "metrics.json").read_text())["host"]["pid"] for n in NAMES}
-    assert len(pids) == 4  # a fresh process per job
+    ms = [json.loads((sweep / n / "metrics.json").read_text()) for n in NAMES]
+    assert len({m["host"]["pid"] for m in ms}) == 4  # a fresh process per job
+    # and two at a time: some jobs' lives, from process start to the end of training, overlap
+    # (one after another, none would)
+    spans = [(t["first_step_at"] - t["startup_s"], t["first_step_at"] + t["fit_s"]) for t in (m["timing"] for m in ms)]
+    assert any(max(a[0], b[0]) < min(a[1], b[1]) for a, b in itertools.combinations(spans, 2)), spans
 
 
 @pytest.mark.slurm
