@@ -68,6 +68,18 @@ def versions() -> dict:
     }
 
 
+def process_started() -> float:
+    """When this process started: from /proc on Linux, so that start-up counts the interpreter and
+    imports, also in a launcher's job (whose pickled entry point carries the launching process's
+    module globals, not its own); elsewhere, now."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
 @dataclass
 class Run:
     """One seed's run directory and the metrics.json it accumulates."""

@@ -12,25 +12,22 @@ each in its own run directory, exactly as if run apart.
 
 from __future__ import annotations
 
-import time
+import gc
+import logging
+import sys
+import warnings
+from pathlib import Path
 
-T_PROCESS = time.time()
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
+from hydra.types import RunMode
+from omegaconf import DictConfig
 
-import gc  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+from actbench.errors import UserError
+from actbench.placement import cpu_threads, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph
+from actbench.runs import plan_runs, write_seed_hydra_dirs  # (registers the run-name resolver)
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from hydra.experimental.callback import Callback as HydraCallback  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from actbench.errors import UserError  # noqa: E402
-from actbench.placement import cpu_threads, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph  # noqa: E402
-from actbench.runs import plan_runs, write_seed_hydra_dirs  # noqa: E402 (registers the run-name resolver)
 
 def quiet() -> None:
     """A normal run prints its own lines, not Lightning's set-up chatter."""
@@ -68,7 +65,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
     from actbench import activations
     from actbench.checkpoints import PerSeedCheckpointIO
     from actbench.model import Classifier
-    from actbench.record import Recorder
+    from actbench.record import Recorder, process_started
 
     undo_nvml_check()
     seeds = [r.seed for r in runs]
@@ -97,7 +94,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         log_every_n_steps=int(cfg.trainer.get("log_every_n_steps", 50)),
         resume_epoch=resume[1] if resume else 0,
         diverged_loss=float(cfg.diverged_loss),
-        t_process=T_PROCESS if first_job() else None,
+        t_process=process_started() if first_job() else None,
     )
     probes = [instantiate(p) for p in cfg.probes.values() if p is not None]
     extra = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
