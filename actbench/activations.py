@@ -67,10 +67,16 @@ def from_name(name: str) -> Callable[[Tensor], Tensor]:
     """Build a shipped activation by its config name (for plots and tests, outside Hydra)."""
     from omegaconf import OmegaConf
 
-    path = CONF_DIR / "activation" / f"{name}.yaml"
-    if not path.exists():
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(names())}")
-    return build(OmegaConf.load(path))
+    def load(name: str):
+        path = CONF_DIR / "activation" / f"{name}.yaml"
+        if not path.exists():
+            raise ValueError(f"unknown activation {name!r}; valid: {', '.join(names())}")
+        node = OmegaConf.load(path)
+        # as Hydra composes a file of the group: the files it names as defaults, then its own keys
+        bases = [load(d) for d in node.pop("defaults", []) if d != "_self_"]
+        return OmegaConf.merge(*bases, node)
+
+    return build(load(name))
 
 
 def derivative(fn: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
