@@ -1,8 +1,10 @@
-"""Shared fixtures: small synthetic Fashion-MNIST-shaped IDX files, and a way to run the CLI."""
+"""Shared fixtures: small synthetic Fashion-MNIST-shaped IDX files, a way to run the CLI, and readers
+of what a run wrote (metrics.json, TensorBoard events)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ REAL_DATA_DIRS = [Path("/usr/share/datasets/fashion-mnist")]  # Debian's dataset
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
+    # written independently of actbench.data, so that the reader is tested against the format
     magic = 0x00000803 if array.ndim == 3 else 0x00000801
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
@@ -98,3 +101,29 @@ def run_cli(*args: str, module: str = "actbench.train", timeout: int = 300, env:
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def metrics(run_dir: Path) -> dict:
+    """A run directory's metrics.json."""
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def events(run_dir: Path):
+    """A run directory's TensorBoard events, every scalar and histogram kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    ea.Reload()
+    return ea
+
+
+def compose_cfg(*overrides: str):
+    """conf/train.yaml composed with these overrides, as the CLI would (no Hydra run)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+# the runs of the 2 x 2 sweep `activation=relu,sigmoid seed=0,1`, as named on disk
+NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]

@@ -1,24 +1,15 @@
 """actbench.checks: every knob users type is checked before anything is built."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from actbench.activations import CONF_DIR
 from actbench.checks import validate
 from actbench.errors import ConfigError
+from conftest import ROOT
+from conftest import compose_cfg as cfg
 
-
-def cfg(*overrides):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-SHIPPED = {
-    "experiment": ["blog", "keras_parity", "vanishing", "dying_relu", "gelu_paper"],
-    "optimizer": ["adam", "adamw", "sgd"],
-    "trainer": ["default", "cpu", "gpu", "ddp"],
-    "probes": ["default", "none"],
-}
+# every file of these groups, as shipped (a new one is checked too)
+SHIPPED = {group: sorted(f.stem for f in (ROOT / "conf" / group).glob("*.yaml"))
+           for group in ("experiment", "optimizer", "trainer", "probes")}
 
 
 @pytest.mark.parametrize("override", [None] + [f"{g}={c}" for g, choices in SHIPPED.items() for c in choices])

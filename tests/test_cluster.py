@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import NAMES_2x2, ROOT, metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
 SLURM_TOOLS = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/spool/slurm-local")) / "bin"  # sacct stand-in
-NAMES = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+NAMES = NAMES_2x2
 
 
 def finished_runs(sweep: Path) -> list[str]:
     return sorted(
-        p.name for p in sweep.iterdir() if (p / "metrics.json").exists() and json.loads((p / "metrics.json").read_text())["status"] == "finished"
+        p.name for p in sweep.iterdir() if (p / "metrics.json").exists() and metrics(p)["status"] == "finished"
     )
 
 
@@ -58,7 +58,7 @@ def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "runs" / "tiny"
     assert finished_runs(sweep) == NAMES
-    ms = [json.loads((sweep / n / "metrics.json").read_text()) for n in NAMES]
+    ms = [metrics(sweep / n) for n in NAMES]
     assert len({m["host"]["pid"] for m in ms}) == 4  # a fresh process per job
     # and two at a time: some jobs' lives, from process start to the end of training, overlap
     # (one after another, none would)
@@ -79,7 +79,7 @@ def test_slurm_launcher_runs_the_sweep_as_slurm_jobs(tiny_run, tmp_path):
     sweep = tmp_path / "runs" / "tiny"
     assert finished_runs(sweep) == NAMES
     for n in NAMES:
-        m = json.loads((sweep / n / "metrics.json").read_text())
+        m = metrics(sweep / n)
         assert m["host"]["slurm_job_id"], "the run did not execute inside a SLURM job"
     assert (sweep / "report.md").exists()
     assert list((sweep / ".submitit").iterdir())
@@ -116,12 +116,12 @@ def test_a_signalled_slurm_job_is_requeued_by_submitit_and_resumes_from_its_chec
         if sweep.poll() is None:
             sweep.kill()
     assert sweep.returncode == 0, err[-3000:]
-    m = json.loads(metrics_file.read_text())
+    m = metrics(metrics_file.parent)
     assert m["status"] == "finished" and m["host"]["slurm_job_id"] == job  # the same job, requeued
     assert m["timing"]["resumed_at_epoch"] >= 2 and len(m["curves"]["epoch"]) == 150
     # and it ends where a run that was never interrupted ends
     r = run_cli(*tiny_run, epochs, "name=plain")
     assert r.returncode == 0, r.stderr[-2000:]
-    plain = json.loads((tmp_path / "runs" / "plain" / epochs / "metrics.json").read_text())
+    plain = metrics(tmp_path / "runs" / "plain" / epochs)
     assert m["final"]["test_loss"] == plain["final"]["test_loss"]
     assert m["curves"]["val_loss"] == plain["curves"]["val_loss"]

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from actbench.activations import CONF_DIR
 from actbench.cuda_graph import GraphedStep, capturable_optimizer
 from actbench.model import PackedMLP, per_seed_loss, training_objective
-from conftest import run_cli
+from conftest import compose_cfg as cfg
+from conftest import metrics, run_cli
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested elsewhere)")
 
@@ -26,9 +25,6 @@ class Counting:
         self.steps += 1
 
 
-def cfg(*overrides):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
 
 
 def test_cuda_graph_falls_back_to_eager_on_cpu(capsys):
@@ -123,15 +119,13 @@ def test_dropped_gradients_are_given_back_to_the_graph():
 @cuda
 @pytest.mark.slow
 def test_a_gpu_run_with_the_graph_matches_eager(tiny_run, tmp_path):
-    import json
-
     for name, graph in (("g", "true"), ("e", "false")):
         # 512 training images: every step is a graph step, the last one before each validation too
         r = run_cli(*tiny_run, f"name={name}", f"cuda_graph={graph}", "trainer.accelerator=gpu", "trainer.max_epochs=2",
                     "data.val_size=88", "probes.gradients.every_n_steps=1")
         assert r.returncode == 0, r.stderr[-2000:]
         assert "eager steps" not in r.stdout  # the graph run really ran the graph
-    g, e = (json.loads(next((tmp_path / "runs" / n).rglob("metrics.json")).read_text()) for n in "ge")
+    g, e = (metrics(next((tmp_path / "runs" / n).rglob("metrics.json")).parent) for n in "ge")
     assert g["device"].startswith("cuda")
     assert g["curves"]["train_loss"] == pytest.approx(e["curves"]["train_loss"], rel=1e-4)
     assert g["final"]["test_loss"] == pytest.approx(e["final"]["test_loss"], rel=1e-4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from actbench import activations
 from actbench.model import PackedMLP, per_seed_loss
 from actbench.probes import ActivationProbe, GradientProbe, grad_norms, grad_ratio, layer_stats, probe_forward, unit_stats
-from conftest import run_cli
+from conftest import events, metrics, run_cli
 
 SOFTSIGN = "torch.nn.functional.softsign"
 
@@ -185,14 +184,12 @@ def test_default_config_instantiates_both_probes():
 
 @pytest.mark.slow
 def test_one_epoch_run_records_probes(tiny_run, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     # two packed seeds of a two-layer net with an activation given only by its _target_
     r = run_cli(*tiny_run, "model.depth=2", "seeds=[0,1]", f"activation._target_={SOFTSIGN}")
     assert r.returncode == 0, r.stderr
     for seed in (0, 1):
         run_dir = tmp_path / "runs" / "tiny" / f"activation._target_={SOFTSIGN},model.depth=2,seed={seed}"
-        m = json.loads((run_dir / "metrics.json").read_text())
+        m = metrics(run_dir)
         probes = m["probes"]
         layer_tags = {f"{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
         grad_tags = {"grad_norm/w1", "grad_norm/w2", "grad_norm/w3", "grad_ratio"}
@@ -204,8 +201,7 @@ def test_one_epoch_run_records_probes(tiny_run, tmp_path):
         assert probes["grad_ratio"][1] == pytest.approx(probes["grad_norm/w1"][1] / probes["grad_norm/w3"][1], rel=1e-5)
         assert not any(k.startswith(("preact", "act/", "grad_norm_step")) for k in m["curves"])
 
-        ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
-        ea.Reload()
+        ea = events(run_dir)
         scalars, histograms = set(ea.Tags()["scalars"]), set(ea.Tags()["histograms"])
         assert layer_tags | grad_tags <= scalars
         assert {"grad_norm_step/w1", "grad_norm_step/w3", "grad_ratio_step"} <= scalars
@@ -221,8 +217,7 @@ def test_probes_none_records_no_probes_and_same_training(tiny_run, tmp_path):
     a = run_cli(*tiny_run, "name=a", "model.dropout=0.2")
     b = run_cli(*tiny_run, "name=b", "model.dropout=0.2", "probes=none")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    ma, mb = (json.loads((tmp_path / "runs" / n / d / "metrics.json").read_text())
-              for n, d in (("a", "model.dropout=0.2"), ("b", "model.dropout=0.2")))  # probes stay out of run names
+    ma, mb = (metrics(tmp_path / "runs" / n / "model.dropout=0.2") for n in "ab")  # probes stay out of run names
     assert ma["probes"]["epoch"] == [0, 1] and mb["probes"] == {}
     assert ma["curves"]["train_loss"] == mb["curves"]["train_loss"]  # probing changes nothing about training
     assert ma["final"]["test_acc"] == mb["final"]["test_acc"]

@@ -7,15 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import run_cli
+from conftest import NAMES_2x2, compose_cfg, events, metrics, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def events(run_dir: Path) -> EventAccumulator:
-    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
-    ea.Reload()
-    return ea
 
 
 def hparams_of(ea: EventAccumulator):
@@ -23,10 +17,6 @@ def hparams_of(ea: EventAccumulator):
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     return exp, start
-
-
-def metrics(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
@@ -62,7 +52,7 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     sweep = tmp_path / "runs" / "tiny"
     names = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
-    assert names == ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+    assert names == NAMES_2x2
     assert all(metrics(sweep / n)["status"] == "finished" for n in names)
     assert (sweep / "multirun.yaml").exists()
 
@@ -79,7 +69,7 @@ def test_default_output_place_is_runs_under_the_working_directory_with_the_repor
 def test_hydra_run_and_sweep_dirs_work_as_hydra_documents(tiny_run, tmp_path):
     one = run_cli(*tiny_run, f"hydra.run.dir={tmp_path / 'here'}")
     assert one.returncode == 0, one.stderr[-2000:]
-    assert json.loads((tmp_path / "here" / "metrics.json").read_text())["status"] == "finished"
+    assert metrics(tmp_path / "here")["status"] == "finished"
     sweep = run_cli("-m", *tiny_run, f"hydra.sweep.dir={tmp_path / 'there'}", "seed=0,1", "report=false")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "there").iterdir() if (p / "metrics.json").exists()) == ["seed=0", "seed=1"]
@@ -263,18 +253,12 @@ def test_packed_multirun_writes_what_an_unpacked_one_does(tiny_run, tmp_path):
     assert again.stdout.count("already finished") == 4
 
 
-NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
-
-
 def test_pack_limit_follows_free_memory(monkeypatch):
     import torch
-    from hydra import compose, initialize_config_dir
 
     from actbench import placement
-    from actbench.activations import CONF_DIR
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train")
+    cfg = compose_cfg()
     monkeypatch.setattr(placement, "available_memory", lambda device: 4 * 2**30)
     roomy = placement.pack_limit(cfg, torch.device("cpu"))
     monkeypatch.setattr(placement, "available_memory", lambda device: 2**30)
@@ -283,15 +267,11 @@ def test_pack_limit_follows_free_memory(monkeypatch):
 
 
 def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
-    from hydra import compose, initialize_config_dir
-
     from actbench import placement
-    from actbench.activations import CONF_DIR
 
     monkeypatch.setattr(placement, "usable_cpus", lambda: 8)
     monkeypatch.setattr(placement, "side_by_side_jobs", lambda: 1)
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        blog, paper, fixed = (compose("train", overrides=o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
+    blog, paper, fixed = (compose_cfg(*o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
     assert placement.cpu_threads(blog, 1) == 1
     assert placement.cpu_threads(paper, 1) == 8
     assert placement.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
@@ -320,14 +300,10 @@ def test_activation_label_shows_changed_activation_keys():
 
 
 def test_packing_refuses_optimizers_that_mix_a_weight_matrix():
-    from hydra import compose, initialize_config_dir
-
     from actbench import train
-    from actbench.activations import CONF_DIR
     from actbench.errors import UserError
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["optimizer._target_=torch.optim.Adafactor", "~optimizer.betas", "~optimizer.fused"])
+    cfg = compose_cfg("optimizer._target_=torch.optim.Adafactor", "~optimizer.betas", "~optimizer.fused")
     train.optimizer_factory(cfg, 1)  # one seed: any optimizer
     with pytest.raises(UserError, match="Adafactor"):
         train.optimizer_factory(cfg, 3)
