@@ -13,7 +13,7 @@ import hashlib
 import os
 import sys
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +248,7 @@ class TrainBatches:
     epoch_fn: callable
     shuffle: bool = True
     shard: tuple[int, int] = (0, 1)
+    _order: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -269,12 +270,15 @@ class TrainBatches:
         return labels[:, :, rank::world] if world > 1 else labels
 
     def order(self, epoch: int) -> torch.Tensor:
-        """[K, n_train] sample indices in this epoch's order, each seed with its own permutation."""
+        """[K, n_train] sample indices in this epoch's order, each seed with its own permutation
+        (kept for the epoch: the batches and the epoch-end step labels both ask for it)."""
         if not self.shuffle:
             return self.train_idx
-        n = self.train_idx.shape[1]
-        perms = torch.stack([torch.randperm(n, generator=generator(s, "order", epoch)) for s in self.seeds])
-        return torch.gather(self.train_idx, 1, perms.to(self.train_idx.device))
+        if self._order is None or self._order[0] != epoch:
+            n = self.train_idx.shape[1]
+            perms = torch.stack([torch.randperm(n, generator=generator(s, "order", epoch)) for s in self.seeds])
+            self._order = (epoch, torch.gather(self.train_idx, 1, perms.to(self.train_idx.device)))
+        return self._order[1]
 
     def __iter__(self):
         order = self.order(self.epoch_fn())
