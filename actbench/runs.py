@@ -20,20 +20,24 @@ def override_key(override: str) -> str:
 def identity_overrides(overrides, exclude) -> list[str]:
     """The overrides that define what a run computes: not the excluded keys, nor keys under them."""
     exclude = set(exclude)
-    return [o for o in overrides if not any(k in exclude for k in _prefixes(override_key(o)))]
+    return [o for o in overrides if not excluded(override_key(o), exclude)]
 
 
-def _prefixes(key: str):
+def excluded(key: str, exclude: set) -> bool:
+    """Whether `key` is one of `exclude` or under one of them (`data.root` under `data.root`, `probes.x` under `probes`)."""
     parts = key.split(".")
-    return (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return any(".".join(parts[:i]) in exclude for i in range(1, len(parts) + 1))
+
+
+def without_seed(overrides: list[str]) -> list[str]:
+    """The overrides minus `seed` and `seeds`: a packed seed's own `seed` replaces them."""
+    return [o for o in overrides if override_key(o) not in ("seeds", "seed")]
 
 
 def run_name(overrides: list[str], seed: int | None = None) -> str:
     """`key=value,...` sorted by key, as Hydra names a job's directory; a packed seed's `seed`
     replaces `seeds=` (and any `seed=`, which a pack ignores)."""
-    items = [o for o in overrides if not (seed is not None and override_key(o) in ("seeds", "seed"))]
-    if seed is not None:
-        items.append(f"seed={seed}")
+    items = list(overrides) if seed is None else [*without_seed(overrides), f"seed={seed}"]
     items.sort(key=override_key)
     return ",".join(items) or "default"
 
@@ -97,13 +101,12 @@ def plan_runs(cfg: DictConfig):
     seeds = list(cfg.seeds) if packed else [int(cfg.seed)]
     base = job_dir.parent.parent if job_dir.parent.name == PACKS_DIR else job_dir
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    common = parse_overrides(without_seed(overrides) if packed else overrides)
     runs = []
     for seed in seeds:
         name = run_name(overrides, seed if packed else None)
         run_dir = base / name if packed else job_dir
-        ov = parse_overrides([o for o in overrides if not (packed and override_key(o) in ("seeds", "seed"))])
-        if packed:
-            ov["seed"] = seed
+        ov = {**common, "seed": seed} if packed else common
         config = {**resolved, "seed": seed, "seeds": None}
         run = Run(name, run_dir, seed, ov, hparams(cfg, hc.runtime.choices, seed, overrides), config)
         run.config_hash = config_hash(config, hc.job.config.override_dirname.exclude_keys)
@@ -117,10 +120,12 @@ def config_hash(config: dict, exclude) -> str:
     import hashlib
     import json
 
+    exclude = set(exclude)
+
     def strip(node, prefix=""):
         if not isinstance(node, dict):
             return node
-        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if not any(p in set(exclude) for p in _prefixes(prefix + k))}
+        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if not excluded(prefix + k, exclude)}
 
     return hashlib.sha1(json.dumps(strip(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -136,7 +141,7 @@ def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
         seed_cfg = OmegaConf.merge(cfg, {"seed": run.seed, "seeds": None})
         (dst / "config.yaml").write_text(OmegaConf.to_yaml(seed_cfg))
         overrides = yaml.safe_load((src / "overrides.yaml").read_text()) if (src / "overrides.yaml").exists() else []
-        overrides = [o for o in overrides if override_key(o) not in ("seeds", "seed")] + [f"seed={run.seed}"]
+        overrides = [*without_seed(overrides), f"seed={run.seed}"]
         (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
         if (src / "hydra.yaml").exists():
             (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
