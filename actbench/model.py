@@ -76,7 +76,7 @@ class PackedMLP(nn.Module):
         init: str = "torch",
         dropout: float = 0.0,
         in_features: int = 784,
-        n_classes: int = 10,
+        n_classes: int = N_CLASSES,
     ):
         super().__init__()
         self.seeds, self.activation, self.depth, self.init, self.dropout = list(seeds), activation, depth, init, dropout
@@ -160,7 +160,7 @@ def n_params(depth: int, width: int, in_features: int = 784, n_classes: int = N_
     return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
 
 
-def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=10) -> int:
+def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=N_CLASSES) -> int:
     """What one more seed in a pack costs in memory, roughly: weights with their gradients and two
     Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
     params = n_params(depth, width, in_features, n_classes)

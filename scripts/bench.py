@@ -71,9 +71,7 @@ def bench_data(tmp: Path, root: str) -> tuple[list[str], dict]:
     folder.mkdir()
     for key, stem in (("train_x", "train-images"), ("train_y", "train-labels"), ("test_x", "t10k-images"), ("test_y", "t10k-labels")):
         a = arrays[key]
-        magic = 0x803 if a.ndim == 3 else 0x801
-        header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
-        (folder / f"{stem}-idx{a.ndim}-ubyte").write_bytes(header + a.tobytes())
+        (folder / f"{stem}-idx{a.ndim}-ubyte").write_bytes(ab_data.idx_header(a) + a.tobytes())
     overrides = [f"data.root={folder}", "data.system_dirs=[]", "data.verify_checksum=false", f"data.cache_dir={tmp / 'cache'}"]
     return overrides, arrays | {"kind": "synthetic (real data not found)"}
 
