@@ -40,6 +40,10 @@ RULES = {
     "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
     "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "threads": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
+    # the report's settings, checked before training rather than after the sweep
+    "report.effect": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "report.alpha": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "report.power": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 
 

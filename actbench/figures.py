@@ -1,5 +1,6 @@
-"""The report's figures: loss curves, test accuracy per configuration, the activations and their
-derivatives, and the probes (dead units, per-layer gradient norms, gradient ratio vs depth).
+"""The report's figures: loss curves, test accuracy per configuration, the probability of
+improvement over the baseline, the activations and their derivatives, and the probes (dead
+units, per-layer gradient norms, gradient ratio vs depth).
 
 Each configuration is a `Series` built by actbench.report; each figure function writes one PNG
 and returns (path or None, note), None meaning the data for it is absent. Colours follow the
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from actbench.report import _num, mean_ci
+from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
+from actbench.stats import GAMMA, gmean_positive, mean_ci
 
 # Fixed per shipped activation, so a colour means the same activation in every report.
 COLORS = {
@@ -53,6 +55,8 @@ class Series:
     runs: list[dict] = field(default_factory=list)  # metrics.json contents, one per seed
     values: list[float] = field(default_factory=list)  # the report's metric per run, as plotted
     grad_ratio: float = math.nan  # the configuration's summary grad ratio
+    p_improve: float = math.nan  # P(better than the baseline); NaN for the baseline and the untested
+    p_improve_ci: tuple[float, float] = (math.nan, math.nan)
 
 
 def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
@@ -106,25 +110,35 @@ def _new_figure(**kwargs):
     return fig
 
 
-def _aligned(runs: list[dict], section: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, runs x epochs matrix), aligned on the epoch numbers, NaN where a run lacks one."""
-    blocks = [r.get(section) if isinstance(r.get(section), dict) else {} for r in runs]
-    epochs = sorted({e for b in blocks if key in b for e in b.get("epoch") or []})
+def _align(series: list[tuple[list, list | None]]) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, runs x epochs matrix) from each run's (epochs, values or None), aligned on the
+    epoch numbers, NaN where a run lacks one."""
+    epochs = sorted({e for ep, values in series if values is not None for e in ep})
     index = {e: i for i, e in enumerate(epochs)}
-    out = np.full((len(blocks), len(epochs)), np.nan)
-    for row, b in enumerate(blocks):
-        for e, v in zip(b.get("epoch") or [], b.get(key) or []):
+    out = np.full((len(series), len(epochs)), np.nan)
+    for row, (ep, values) in enumerate(series):
+        for e, v in zip(ep, values or []):
             if e in index:
-                out[row, index[e]] = _num(v)
+                out[row, index[e]] = as_float(v)
     return np.array(epochs, dtype=float), out
 
 
-def _layer_mean(runs: list[dict], prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per run, the mean over hidden layers of probes[prefix/layerK], aligned on probe epochs."""
-    keys = sorted({k for r in runs for k in (r.get("probes") or {}) if k.startswith(prefix + "/")})
-    if not keys:
+def _aligned(runs: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A curve of metrics.json's `curves` section, aligned as `_align` does."""
+    blocks = [r.get("curves") if isinstance(r.get("curves"), dict) else {} for r in runs]
+    return _align([(b.get("epoch") or [], b.get(key)) for b in blocks])
+
+
+def _probe_aligned(runs: list[dict], tag: str) -> tuple[np.ndarray, np.ndarray]:
+    return _align([(probe_epochs(r), probe_values(r, tag)) for r in runs])
+
+
+def _layer_mean(runs: list[dict], stat: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per run, the mean over hidden layers of a per-layer probe, aligned on probe epochs."""
+    tags = max((layer_tags(r, stat) for r in runs), key=len, default=[])
+    if not tags:
         return np.array([]), np.empty((len(runs), 0))
-    stacks = [_aligned(runs, "probes", k) for k in keys]
+    stacks = [_probe_aligned(runs, t) for t in tags]
     epochs = max((s[0] for s in stacks), key=len)
     mats = [m for e, m in stacks if len(e) == len(epochs)]
     with _quiet():
@@ -145,12 +159,6 @@ def _mean_std(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean = np.nanmean(mat, axis=0)
         std = np.where(count >= 2, np.nanstd(mat, axis=0, ddof=1), np.nan)
     return mean, std
-
-
-def _gmean(mat: np.ndarray, axis=0) -> np.ndarray:
-    with _quiet():
-        logs = np.where(mat > 0, np.log(np.where(mat > 0, mat, 1.0)), np.nan)
-        return np.exp(np.nanmean(logs, axis=axis))
 
 
 def _variant_label(s: Series) -> str:
@@ -182,7 +190,7 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
 @_drawing
 def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
     """Training and validation loss per epoch: mean over seeds with a +-1 std band."""
-    if not any(_aligned(s.runs, "curves", "train_loss")[0].size for s in series):
+    if not any(_aligned(s.runs, "train_loss")[0].size for s in series):
         return None, "skipped: no run recorded loss curves"
     style = styles(series)
     fig = _new_figure(figsize=(11, 4.6))
@@ -190,7 +198,7 @@ def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
     counts: dict = {}
     for ax, key, title in zip(axes, ["train_loss", "val_loss"], ["training loss", "validation loss"]):
         for s in series:
-            epochs, mat = _aligned(s.runs, "curves", key)
+            epochs, mat = _aligned(s.runs, key)
             if not epochs.size:
                 continue
             mean, std = _mean_std(mat)
@@ -230,6 +238,40 @@ def metric_points(series: list[Series], path: Path, metric_label: str = "test ac
     ax.set_xlabel(metric_label)
     ax.grid(axis="y", visible=False)
     ax.set_title(f"{metric_label}: points = seeds, diamond = mean, bar = 95% CI (t)", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    return path, ""
+
+
+@_drawing
+def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tuple[Path | None, str]:
+    """P(configuration better than the baseline) with its bootstrap interval, one row per
+    configuration compared, and the lines of Bouthillier et al.'s reading (as rliable draws it):
+    0.5, above which the interval says better, and GAMMA (0.75), which it reaches when the gain is meaningful."""
+    rows = [s for s in series if math.isfinite(s.p_improve)]
+    if not rows:
+        return None, f"skipped: no configuration was tested against {baseline} (it needs 2 seeds each)"
+    style = styles(series)
+    fig = _new_figure(figsize=(8, 1.5 + 0.36 * len(rows)))
+    ax = fig.subplots()
+    for i, s in enumerate(rows):
+        color, _ = style[s.label]
+        low, high = s.p_improve_ci
+        if math.isfinite(low) and math.isfinite(high):
+            ax.barh(i, high - low, left=low, height=0.6, color=color, alpha=0.3, lw=0, zorder=2)
+        ax.plot([s.p_improve] * 2, [i - 0.3, i + 0.3], color=color, lw=2.5, zorder=3)
+        ax.annotate(f"{s.p_improve:.2f} [{low:.2f}, {high:.2f}]", (1.0, i), xycoords=("axes fraction", "data"),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.axvline(0.5, color="0.35", lw=1.0, linestyle="--", zorder=1)
+    ax.axvline(GAMMA, color="0.35", lw=1.0, linestyle=":", zorder=1)
+    ax.set_yticks(range(len(rows)), [s.label for s in rows])
+    ax.set_ylim(len(rows) - 0.4, -0.6)  # best first, as in the table, with room for a lone row
+    ax.set_xlim(-0.03, 1.03)  # a point at 0 or 1 stays visible
+    ax.set_xticks(np.linspace(0, 1, 5))
+    ax.grid(axis="y", visible=False)
+    same = " with the same other keys" if any(s.variant for s in rows) else ""
+    ax.set_xlabel(f"P(a run of the configuration beats a run of {baseline}{same})")
+    ax.set_title(f"Probability of improvement over {baseline}: bar = 95% bootstrap interval over seeds\n"
+                 f"better when the bar lies right of 0.5 (dashed), meaningful when it reaches {GAMMA:g} (dotted)", fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path, ""
 
@@ -290,15 +332,17 @@ def _depth_key(series: list[Series]) -> str | None:
 def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
     """Dead and saturated units by epoch, per-layer gradient norms at the final epoch, and,
     when depth is swept, the first/last-layer gradient ratio against depth."""
-    with_probes = [s for s in series if any(isinstance(r.get("probes"), dict) and r["probes"] for r in s.runs)]
+    with_probes = [s for s in series if any(has_probes(r) for r in s.runs)]
     if not with_probes:
         return None, "skipped: no run recorded probes"
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+    from actbench.probes import DEAD, SATURATED
+
     style = styles(series)
     depth = _depth_key(with_probes)
-    saturated = any(k.startswith("saturated/") for s in with_probes for r in s.runs for k in r.get("probes") or {})
-    fractions = ["dead", "saturated"] if saturated else ["dead"]
+    saturated = any(layer_tags(r, SATURATED) for s in with_probes for r in s.runs)
+    fractions = [DEAD, SATURATED] if saturated else [DEAD]
     panels = fractions + ["grad_norm"] + (["ratio"] if depth else [])
     rows = 2 if len(panels) == 4 else 1  # four panels in a row would be too wide to read
     cols = len(panels) // rows
@@ -307,15 +351,16 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
 
     for s in with_probes:
         line = {"color": style[s.label][0], "linestyle": style[s.label][1], "lw": 1.8, "marker": "o", "ms": 3.5}
-        runs = [r for r in s.runs if r.get("probes")]
+        runs = [r for r in s.runs if has_probes(r)]
         for kind in fractions:
             epochs, per_run = _layer_mean(runs, kind)
             if epochs.size:
                 with _quiet():
                     ax[kind].plot(epochs, np.nanmean(per_run, axis=0), **line)
-        layers, norms = _final_grad_norms([r["probes"] for r in runs])
+        layers, norms = _final_grad_norms(runs)
         if layers:
-            ax["grad_norm"].semilogy(layers, _gmean(norms), **line)
+            with _quiet():
+                ax["grad_norm"].semilogy(layers, gmean_positive(norms, axis=0), **line)
     for kind in fractions:
         ax[kind].set(title=f"{kind} units (mean over layers, seeds)", xlabel="epoch (0 = at initialisation)",
                      ylabel=f"{kind} fraction")
@@ -331,15 +376,15 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
     return path, ""
 
 
-def _final_grad_norms(probes_per_run: list[dict]) -> tuple[list[int], np.ndarray]:
-    """Layer indices 1..D+1 and a runs x layers matrix of grad_norm/w{i} at the last epoch."""
-    indices = {k.removeprefix("grad_norm/w") for p in probes_per_run for k in p if k.startswith("grad_norm/w")}
-    layers = list(range(1, max((int(i) for i in indices if i.isdigit()), default=0) + 1))
-    return layers, np.array([[_last(p.get(f"grad_norm/w{i}")) for i in layers] for p in probes_per_run])
+def _final_grad_norms(runs: list[dict]) -> tuple[list[int], np.ndarray]:
+    """Layer indices 1..D+1 and a runs x layers matrix of each layer's gradient norm at the last epoch."""
+    tags = max((grad_norm_tags(r) for r in runs), key=len, default=[])
+    layers = list(range(1, len(tags) + 1))
+    return layers, np.array([[_last(probe_values(r, t)) for t in tags] for r in runs])
 
 
 def _last(values) -> float:
-    vals = [_num(v) for v in values or []]
+    vals = [as_float(v) for v in values or []]
     vals = [v for v in vals if not math.isnan(v)]
     return vals[-1] if vals else math.nan
 
@@ -351,8 +396,8 @@ def _ratio_vs_depth(ax, series: list[Series], depth: str, style: dict) -> None:
         rest = {k: v for k, v in s.variant.items() if k != depth}
         lines.setdefault((s.activation, json.dumps(rest, sort_keys=True, default=str)), []).append(s)
     for (activation, rest), members in lines.items():
-        members = sorted(members, key=lambda s: _num(s.variant[depth]))
-        x = [_num(s.variant[depth]) for s in members]
+        members = sorted(members, key=lambda s: as_float(s.variant[depth]))
+        x = [as_float(s.variant[depth]) for s in members]
         y = [s.grad_ratio for s in members]
         extra = json.loads(rest)
         name = str(activation) + ("".join(f", {k}={v}" for k, v in extra.items()))
@@ -362,18 +407,19 @@ def _ratio_vs_depth(ax, series: list[Series], depth: str, style: dict) -> None:
     ax.axhline(1.0, color="grey", lw=0.8, linestyle=":")
     ax.set(title="gradient ratio vs depth (geometric mean\nover epochs 1..E and seeds)", xlabel=depth,
            ylabel="‖∇W1‖ / ‖∇W_last‖")
-    depths = sorted({_num(s.variant[depth]) for s in series})
+    depths = sorted({as_float(s.variant[depth]) for s in series})
     ax.set_xticks(depths, [f"{d:g}" for d in depths])
 
 
 def make_all(
-    out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)"
+    out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)", baseline: str = "relu"
 ) -> list[tuple[str, Path | None, str]]:
     """Every figure into out_dir: (title, path or None when skipped, note)."""
     out_dir = Path(out_dir)
     jobs = [
         ("Loss curves", loss_curves, "loss_curves.png"),
         (f"{metric} per configuration", lambda s, p: metric_points(s, p, metric_label), f"{metric}.png"),
+        (f"Probability of improvement over {baseline}", lambda s, p: improvement(s, p, baseline), "improvement.png"),
         ("Activations and derivatives", activations, "activations.png"),
         ("Probes", probes, "probes.png"),
     ]

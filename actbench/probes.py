@@ -30,6 +30,26 @@ DEAD_TOL = 1e-6  # |f'(z)| at or below this on every probe example: the unit is 
 SATURATION_TOL = 0.0475  # |f'(z)| below this: saturated (sigmoid outside [0.05, 0.95], i.e. |z| > 2.944)
 
 
+# ---------------------------------------------------------------- tag names
+
+# Every name a probe writes (a TensorBoard tag, a key of metrics.json's `probes`) is made here;
+# actbench.results and actbench.figures read the values back under these names.
+DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
+PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
+GRAD_NORM, GRAD_RATIO = "grad_norm", "grad_ratio"  # per weight matrix (see grad_norm_tag), and first over last
+GRAD_NORM_STEP, GRAD_RATIO_STEP = "grad_norm_step", "grad_ratio_step"  # every sample, TensorBoard only
+
+
+def layer_tag(stat: str, i: int) -> str:
+    """`dead/layer{i}` and the like, for hidden layer i = 1..depth."""
+    return f"{stat}/layer{i}"
+
+
+def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
+    """`grad_norm/w{j}` (or `grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
+    return f"{kind}/w{j}"
+
+
 # ---------------------------------------------------------------- pure measurements
 
 
@@ -58,9 +78,9 @@ def unit_stats(
     """
     d = derivative(fn, z).abs()
     return {
-        "dead": (d <= dead_tol).all(dim=1).float().mean(dim=1),
-        "saturated": (d < saturation_tol).float().mean(dim=(1, 2)),
-        "dact_mean": d.mean(dim=(1, 2)),
+        DEAD: (d <= dead_tol).all(dim=1).float().mean(dim=1),
+        SATURATED: (d < saturation_tol).float().mean(dim=(1, 2)),
+        DACT_MEAN: d.mean(dim=(1, 2)),
     }
 
 
@@ -75,7 +95,7 @@ def layer_stats(
     out = {}
     for i, (z, _) in enumerate(record, start=1):
         for name, value in unit_stats(fn, z, dead_tol, saturation_tol).items():
-            out[f"{name}/layer{i}"] = value
+            out[layer_tag(name, i)] = value
     return out
 
 
@@ -138,7 +158,7 @@ class ActivationProbe(Callback):
             step = trainer.global_step
             writers = _writers(trainer)
             for i, (z, h) in enumerate(record, start=1):
-                for tag, values in ((f"preact/layer{i}", z), (f"act/layer{i}", h)):
+                for tag, values in ((layer_tag(PREACT, i), z), (layer_tag(ACT, i), h)):
                     host = values.detach().float().cpu().numpy()  # one copy for all seeds
                     for k, writer in enumerate(writers):
                         finite = _finite(host[k])
@@ -178,12 +198,12 @@ class GradientProbe(Callback):
 
     @staticmethod
     def _tags(n_layers: int) -> list[str]:
-        return [f"grad_norm/w{j}" for j in range(1, n_layers + 1)]
+        return [grad_norm_tag(j) for j in range(1, n_layers + 1)]
 
     def _nan_log(self, pl_module) -> dict[str, Tensor]:
         net = pl_module.net
         nan = torch.full((net.n_seeds,), math.nan, device=net.weights[0].device)
-        return {**{tag: nan for tag in self._tags(len(net.weights))}, "grad_ratio": nan}
+        return {**{tag: nan for tag in self._tags(len(net.weights))}, GRAD_RATIO: nan}
 
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
@@ -208,9 +228,9 @@ class GradientProbe(Callback):
         norms = torch.stack(self._samples)  # [S, L, K]
         means = norms.mean(0)  # [L, K]
         pl_module.epoch_log.update(dict(zip(self._tags(norms.shape[1]), means.unbind(0))))
-        pl_module.epoch_log["grad_ratio"] = grad_ratio(means)
+        pl_module.epoch_log[GRAD_RATIO] = grad_ratio(means)
         host = torch.cat([norms, grad_ratio(norms).unsqueeze(1)], dim=1).tolist()  # [S][L+1][K], one copy
-        tags = [t.replace("grad_norm/", "grad_norm_step/") for t in self._tags(norms.shape[1])] + ["grad_ratio_step"]
+        tags = [grad_norm_tag(j, GRAD_NORM_STEP) for j in range(1, norms.shape[1] + 1)] + [GRAD_RATIO_STEP]
         for k, writer in enumerate(_writers(trainer)):
             for s, step in enumerate(self._steps):
                 for tag, row in zip(tags, host[s]):

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
-SCHEMA = 1
-METRICS_FILE = "metrics.json"
+from actbench.results import METRICS_FILE, SCHEMA, read_metrics
+
 DECLARED_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # what TensorBoard's HParams tab compares
 CURVE_PREFIXES = ("train/", "val/", "time/")
 
@@ -44,13 +44,6 @@ def clean(x):
 def curve_name(tag: str) -> str:
     """metrics.json's name for a TensorBoard tag: train/loss -> train_loss, time/epoch_s -> epoch_s."""
     return tag.removeprefix("time/").replace("/", "_")
-
-
-def read_metrics(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((Path(run_dir) / METRICS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def versions() -> dict:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -132,7 +131,7 @@ def first_job() -> bool:
 def run(cfg: DictConfig):
     from actbench.checks import validate
     from actbench.checkpoints import resume_point
-    from actbench.record import read_metrics
+    from actbench.results import read_metrics
 
     global _jobs_started
     _jobs_started += 1
@@ -196,22 +195,6 @@ def main(cfg: DictConfig):
     except UserError as e:
         print(f"actbench: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-
-
-class SweepReport(HydraCallback):
-    """After a multirun, write the sweep's report beside its runs."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not config.get("report", True):
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            from actbench.report import write_report
-
-            path = write_report(sweep_dir, baseline=config.get("baseline", "relu"), metric=config.get("report_metric", "test_acc"))
-            print(f"report: {path}", flush=True)
-        except Exception as e:  # noqa: BLE001 - a report problem must not hide the finished runs
-            print(f"actbench: could not write the report for {sweep_dir}: {e}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def measure(args, device, tmp: Path) -> int:
     """Every variant, timed, with its table printed; 0 if the reference and actbench agree."""
     data_overrides, arrays = bench_data(tmp, args.data_root)
     accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
-    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=false", f"threads={args.threads}", *args.override]
+    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none", f"threads={args.threads}", *args.override]
     print(f"actbench benchmark: MLP 784-128-10, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 
@@ -288,7 +288,7 @@ def measure(args, device, tmp: Path) -> int:
         print(f"\n{k} seeds packed, probes off, threads=auto ({torch.get_num_threads()}): {s:.3f} s/epoch, "
               f"{s / k:.4f} s/epoch/seed ({s / k / ref:.3f}x the reference's one seed)")
         if not args.skip_sequential:
-            base = [*data_overrides, accel, "probes=none", "report=false", f"trainer.max_epochs={CLI_EPOCHS}", *args.override]
+            base = [*data_overrides, accel, "probes=none", "report=none", f"trainer.max_epochs={CLI_EPOCHS}", *args.override]
             packed = timed([sys.executable, "-m", "actbench.train", *base, f"seeds=[{seeds}]", f"out_dir={tmp / 'packed-cli'}"])
             sequential = timed([sys.executable, "-m", "actbench.train", "-m", *base, f"seed={seeds}", f"out_dir={tmp / 'sequential'}"])
             print(f"{k} seeds x {CLI_EPOCHS} epochs from the command line, start-up included: packed {packed:.1f} s, "

@@ -1,5 +1,6 @@
-"""Shared fixtures: small synthetic Fashion-MNIST-shaped IDX files, a way to run the CLI, and readers
-of what a run wrote (metrics.json, TensorBoard events)."""
+"""Shared fixtures: small synthetic Fashion-MNIST-shaped IDX files, a way to run the CLI, readers
+of what a run wrote (metrics.json, TensorBoard events), and synthetic sweep directories whose
+numbers the report's tests choose."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +129,66 @@ def compose_cfg(*overrides: str):
 
 # the runs of the 2 x 2 sweep `activation=relu,sigmoid seed=0,1`, as named on disk
 NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sigmoid,seed=0", "activation=sigmoid,seed=1"]
+
+
+# ---------------------------------------------------------------- synthetic sweeps (no training)
+
+
+def make_metrics(overrides: dict, test_acc: float, *, status="finished", error=None, epochs=3, probes=True,
+                 train_loss=None, epoch_s=2.0) -> dict:
+    """A metrics.json with the documented schema; curves and probes are plausible shapes, and
+    the numbers the tests check (final metrics, timing) are the ones passed in."""
+    rng = np.random.default_rng(zlib.crc32(json.dumps(overrides, sort_keys=True).encode()))
+    act, depth = overrides.get("activation", "relu"), int(overrides.get("model.depth", 1))
+    e = np.arange(1, epochs + 1)
+    err = 1 - test_acc
+    train = 0.9 * err * 2.2 + 0.5 / e + rng.normal(0, 0.004, epochs)
+    val = 0.9 * err * 2.6 + 0.3 / e + 0.004 * e + rng.normal(0, 0.004, epochs)
+    train_loss = float(train[-1]) if train_loss is None else train_loss
+    m = {
+        "schema": 1,
+        "status": status,
+        "error": error,
+        "name": ",".join(f"{k}={v}" for k, v in overrides.items()),
+        "overrides": overrides,
+        "hparams": {"activation": act, "seed": overrides.get("seed", 0), "lr": 0.001, "depth": depth, "width": 128},
+        "config": {},
+        "curves": {"epoch": e.tolist(), "train_loss": train.tolist(), "val_loss": val.tolist(),
+                   "train_acc": (1 - train / 3).tolist(), "val_acc": (1 - val / 3).tolist(),
+                   "epoch_s": [epoch_s] * epochs, "samples_per_s": [27500.0] * epochs},
+        "final": {"train_loss": train_loss, "train_acc": 0.9, "val_loss": float(val[-1]), "val_acc": test_acc + 0.003,
+                  "test_loss": 2.5 * err, "test_acc": test_acc, "epochs": epochs, "steps": 1719 * epochs},
+        "timing": {"started": "2025-01-01T00:00:00", "ended": "2025-01-01T00:01:00", "wall_s": 60.0,
+                   "startup_s": 3.0, "fit_s": 57.0, "epoch_s_median": epoch_s},
+        "versions": {"python": "3.11", "torch": "2.x", "lightning": "2.x", "hydra": "1.3", "actbench": "0.1.0"},
+        "device": "cpu",
+    }
+    if probes:
+        # Saturating activations lose gradient layer by layer; relu-like ones lose units instead.
+        decay = {"sigmoid": 0.25, "tanh": 0.6}.get(act, 0.9)
+        dead_end = {"relu": 0.12, "leaky": 0.0}.get(act, 0.0)
+        p = {"epoch": list(range(epochs + 1))}
+        for layer in range(1, depth + 1):
+            p[f"dead/layer{layer}"] = [dead_end * layer * t / epochs / depth for t in range(epochs + 1)]
+            p[f"saturated/layer{layer}"] = [(0.3 if act in ("sigmoid", "tanh") else 0.01) * t / epochs for t in range(epochs + 1)]
+            p[f"dact_mean/layer{layer}"] = [0.5] * (epochs + 1)
+        for w in range(1, depth + 2):
+            p[f"grad_norm/w{w}"] = [None] + [float(decay ** (depth + 1 - w) * (1 + 0.1 * rng.random())) for _ in range(epochs)]
+        p["grad_ratio"] = [None] + [p["grad_norm/w1"][t] / p[f"grad_norm/w{depth + 1}"][t] for t in range(1, epochs + 1)]
+        m["probes"] = p
+    return m
+
+
+def write_run(sweep: Path, overrides: dict, test_acc: float = 0.88, **kw) -> Path:
+    d = sweep / ",".join(f"{k}={v}" for k, v in overrides.items())
+    (d / ".hydra").mkdir(parents=True, exist_ok=True)
+    (d / ".hydra" / "config.yaml").write_text("activation: {}\n")
+    (d / "metrics.json").write_text(json.dumps(make_metrics(overrides, test_acc, **kw)))
+    return d
+
+
+def write_sweep(sweep: Path, accs: dict[str, list[float]], seeds: dict[str, list[int]] | None = None, **kw) -> Path:
+    for act, values in accs.items():
+        for seed, acc in zip((seeds or {}).get(act, range(len(values))), values):
+            write_run(sweep, {"activation": act, "seed": seed}, acc, **kw)
+    return sweep

@@ -18,7 +18,7 @@ def test_reference_and_actbench_compute_the_same_first_losses(tmp_path):
     ref_times, ref_losses = bench.reference_run(arrays, 0, 1, torch.device("cpu"), val_size=100)
     overrides = [
         f"data.root={tmp_path / 'data'}", "data.system_dirs=[]", f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=100",
-        "trainer.max_epochs=1", "trainer.accelerator=cpu", "probes=none", "report=false", "threads=1", "seed=0",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "probes=none", "report=none", "threads=1", "seed=0",
     ]
     clock = bench.actbench_run(overrides, tmp_path / "runs")
     assert len(ref_losses) == len(clock.first_losses) == -(-500 // 32)  # the short last batch too

@@ -9,7 +9,7 @@ from conftest import compose_cfg as cfg
 
 # every file of these groups, as shipped (a new one is checked too)
 SHIPPED = {group: sorted(f.stem for f in (ROOT / "conf" / group).glob("*.yaml"))
-           for group in ("experiment", "optimizer", "trainer", "probes")}
+           for group in ("experiment", "optimizer", "trainer", "probes", "report")}
 
 
 @pytest.mark.parametrize("override", [None] + [f"{g}={c}" for g, choices in SHIPPED.items() for c in choices])
@@ -43,6 +43,9 @@ def test_a_switched_off_probe_is_not_checked():
         ("cuda_graph=maybe", "cuda_graph='maybe': must be auto, true or false"),
         ("threads=0", "threads=0: must be auto or an integer >= 1"),
         ("probes.activations.dead_tol=null", "probes.activations.dead_tol=None: must be a number >= 0"),
+        ("report.effect=0", "report.effect=0: must be null or a number > 0"),
+        ("report.alpha=5", "report.alpha=5: must be a number in (0, 1)"),
+        ("report.power=1", "report.power=1: must be a number in (0, 1)"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -53,7 +53,7 @@ def slurm_env() -> dict:
 def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     r = run_cli(
         "-m", *tiny_run, "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.sweeper.max_batch_size=2",
-        "activation=relu,sigmoid", "seed=0,1", "report=false", timeout=600,
+        "activation=relu,sigmoid", "seed=0,1", "report=none", timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "runs" / "tiny"
@@ -94,7 +94,7 @@ def test_a_signalled_slurm_job_is_requeued_by_submitit_and_resumes_from_its_chec
     epochs = "trainer.max_epochs=150"
     slurm = [
         "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-        "hydra.launcher.timeout_min=10", "report=false",
+        "hydra.launcher.timeout_min=10", "report=none",
     ]
     full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
     sweep = subprocess.Popen(

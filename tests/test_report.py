@@ -1,91 +1,29 @@
-"""Tests for actbench.report and actbench.figures on synthetic sweep directories whose numbers
-are chosen here; every expectation is recomputed from those numbers with scipy or by hand."""
+"""Tests for actbench.report on synthetic sweep directories whose numbers are chosen here; every
+expectation is recomputed from those numbers with scipy or by hand."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 import statistics
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from actbench import report
-from conftest import run_cli
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def make_metrics(overrides: dict, test_acc: float, *, status="finished", error=None, epochs=3, probes=True,
-                 train_loss=None, epoch_s=2.0) -> dict:
-    """A metrics.json with the documented schema; curves and probes are plausible shapes, and
-    the numbers the tests check (final metrics, timing) are the ones passed in."""
-    rng = np.random.default_rng(zlib.crc32(json.dumps(overrides, sort_keys=True).encode()))
-    act, depth = overrides.get("activation", "relu"), int(overrides.get("model.depth", 1))
-    e = np.arange(1, epochs + 1)
-    err = 1 - test_acc
-    train = 0.9 * err * 2.2 + 0.5 / e + rng.normal(0, 0.004, epochs)
-    val = 0.9 * err * 2.6 + 0.3 / e + 0.004 * e + rng.normal(0, 0.004, epochs)
-    train_loss = float(train[-1]) if train_loss is None else train_loss
-    m = {
-        "schema": 1,
-        "status": status,
-        "error": error,
-        "name": ",".join(f"{k}={v}" for k, v in overrides.items()),
-        "overrides": overrides,
-        "hparams": {"activation": act, "seed": overrides.get("seed", 0), "lr": 0.001, "depth": depth, "width": 128},
-        "config": {},
-        "curves": {"epoch": e.tolist(), "train_loss": train.tolist(), "val_loss": val.tolist(),
-                   "train_acc": (1 - train / 3).tolist(), "val_acc": (1 - val / 3).tolist(),
-                   "epoch_s": [epoch_s] * epochs, "samples_per_s": [27500.0] * epochs},
-        "final": {"train_loss": train_loss, "train_acc": 0.9, "val_loss": float(val[-1]), "val_acc": test_acc + 0.003,
-                  "test_loss": 2.5 * err, "test_acc": test_acc, "epochs": epochs, "steps": 1719 * epochs},
-        "timing": {"started": "2025-01-01T00:00:00", "ended": "2025-01-01T00:01:00", "wall_s": 60.0,
-                   "startup_s": 3.0, "fit_s": 57.0, "epoch_s_median": epoch_s},
-        "versions": {"python": "3.11", "torch": "2.x", "lightning": "2.x", "hydra": "1.3", "actbench": "0.1.0"},
-        "device": "cpu",
-    }
-    if probes:
-        # Saturating activations lose gradient layer by layer; relu-like ones lose units instead.
-        decay = {"sigmoid": 0.25, "tanh": 0.6}.get(act, 0.9)
-        dead_end = {"relu": 0.12, "leaky": 0.0}.get(act, 0.0)
-        p = {"epoch": list(range(epochs + 1))}
-        for layer in range(1, depth + 1):
-            p[f"dead/layer{layer}"] = [dead_end * layer * t / epochs / depth for t in range(epochs + 1)]
-            p[f"saturated/layer{layer}"] = [(0.3 if act in ("sigmoid", "tanh") else 0.01) * t / epochs for t in range(epochs + 1)]
-            p[f"dact_mean/layer{layer}"] = [0.5] * (epochs + 1)
-        for w in range(1, depth + 2):
-            p[f"grad_norm/w{w}"] = [None] + [float(decay ** (depth + 1 - w) * (1 + 0.1 * rng.random())) for _ in range(epochs)]
-        p["grad_ratio"] = [None] + [p["grad_norm/w1"][t] / p[f"grad_norm/w{depth + 1}"][t] for t in range(1, epochs + 1)]
-        m["probes"] = p
-    return m
-
-
-def write_run(sweep: Path, overrides: dict, test_acc: float = 0.88, **kw) -> Path:
-    d = sweep / ",".join(f"{k}={v}" for k, v in overrides.items())
-    (d / ".hydra").mkdir(parents=True, exist_ok=True)
-    (d / ".hydra" / "config.yaml").write_text("activation: {}\n")
-    (d / "metrics.json").write_text(json.dumps(make_metrics(overrides, test_acc, **kw)))
-    return d
-
-
-def write_sweep(sweep: Path, accs: dict[str, list[float]], seeds: dict[str, list[int]] | None = None, **kw) -> Path:
-    for act, values in accs.items():
-        for seed, acc in zip((seeds or {}).get(act, range(len(values))), values):
-            write_run(sweep, {"activation": act, "seed": seed}, acc, **kw)
-    return sweep
+from actbench import report, results
+from conftest import make_metrics, run_cli, write_run, write_sweep
 
 
 def configs_by_activation(sweep: Path, metric="test_acc") -> dict:
-    return {c.activation: c for c in report.group_runs(report.load_runs(sweep), metric)}
+    return {c.activation: c for c in results.group_runs(results.load_runs(sweep), metric)}
 
 
 def comparison(sweep: Path, activation: str, metric="test_acc", **where) -> report.Comparison:
-    comparisons, note = report.compare(report.group_runs(report.load_runs(sweep), metric), metric)
+    comparisons, note = report.compare(results.group_runs(results.load_runs(sweep), metric), metric)
     assert note is None
     found = [c for c in comparisons if c.config.activation == activation and all(c.config.get(k) == v for k, v in where.items())]
     assert len(found) == 1
@@ -100,7 +38,7 @@ ACCS = {"relu": [0.880, 0.884, 0.879], "gelu": [0.886, 0.889, 0.883], "sigmoid":
 
 def test_table_mean_std_ci_and_order(tmp_path):
     write_sweep(tmp_path, ACCS, train_loss=0.3)
-    rows = report.summarize(report.group_runs(report.load_runs(tmp_path)))
+    rows = report.summarize(results.group_runs(results.load_runs(tmp_path)))
     assert [r["config"].activation for r in rows] == ["gelu", "relu", "sigmoid"]
     for r in rows:
         x = ACCS[r["config"].activation]
@@ -125,7 +63,7 @@ def test_table_in_report_shows_percent(tmp_path):
 def test_probe_summaries(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path, {"activation": "relu", "model.depth": 2, "seed": seed})
-    (config,) = report.group_runs(report.load_runs(tmp_path))
+    (config,) = results.group_runs(results.load_runs(tmp_path))
     runs = [r.metrics["probes"] for r in config.runs]
     row = report.summarize([config])[0]
     # Hand computation: final dead fraction mean over layers, then over seeds.
@@ -145,12 +83,12 @@ def test_paired_t_when_seeds_match(tmp_path):
     gelu_by_seed = dict(zip([2, 0, 1], ACCS["gelu"]))
     gelu = [gelu_by_seed[s] for s in (0, 1, 2)]
     assert cmp.test == "paired t"
-    assert cmp.p == pytest.approx(stats.ttest_rel(gelu, ACCS["relu"]).pvalue)
+    assert cmp.result.t.p == pytest.approx(stats.ttest_rel(gelu, ACCS["relu"]).pvalue)
     d = np.subtract(gelu, ACCS["relu"])
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
     assert cmp.diff == pytest.approx(d.mean())
-    assert cmp.ci == pytest.approx((d.mean() - half, d.mean() + half))
-    assert cmp.p_wilcoxon is None  # 3 pairs: below the Wilcoxon rule
+    assert cmp.result.t.ci == pytest.approx((d.mean() - half, d.mean() + half))
+    assert cmp.result.p_wilcoxon is None  # 3 pairs: below the Wilcoxon rule
 
 
 def test_welch_when_seeds_differ(tmp_path):
@@ -158,16 +96,16 @@ def test_welch_when_seeds_differ(tmp_path):
     cmp = comparison(tmp_path, "gelu")
     welch = stats.ttest_ind(ACCS["gelu"], ACCS["relu"], equal_var=False)
     assert cmp.test == "Welch t"
-    assert cmp.p == pytest.approx(welch.pvalue)
+    assert cmp.result.t.p == pytest.approx(welch.pvalue)
     ci = welch.confidence_interval(0.95)
-    assert cmp.ci == pytest.approx((ci.low, ci.high))
+    assert cmp.result.t.ci == pytest.approx((ci.low, ci.high))
 
 
 def test_pairs_are_the_common_seeds(tmp_path):
     write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "gelu": [0.886, 0.889, 0.870]}, seeds={"gelu": [0, 1, 7]})
     cmp = comparison(tmp_path, "gelu")
     assert (cmp.test, cmp.n) == ("paired t", "n=2")
-    assert cmp.p == pytest.approx(stats.ttest_rel([0.886, 0.889], [0.880, 0.884]).pvalue)
+    assert cmp.result.t.p == pytest.approx(stats.ttest_rel([0.886, 0.889], [0.880, 0.884]).pvalue)
 
 
 def test_wilcoxon_from_six_pairs(tmp_path):
@@ -175,14 +113,7 @@ def test_wilcoxon_from_six_pairs(tmp_path):
     gelu = [0.886, 0.887, 0.881, 0.889, 0.883, 0.884]
     write_sweep(tmp_path, {"relu": relu, "gelu": gelu})
     cmp = comparison(tmp_path, "gelu")
-    assert cmp.p_wilcoxon == pytest.approx(stats.wilcoxon(gelu, relu).pvalue)
-
-
-def test_holm_known_example():
-    # m=4, sorted p 0.005, 0.01, 0.03, 0.04 -> 4*0.005, 3*0.01, 2*0.03, max(1*0.04, 0.06)
-    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert report.holm([]) == []
+    assert cmp.result.p_wilcoxon == pytest.approx(stats.wilcoxon(gelu, relu).pvalue)
 
 
 def test_holm_applied_across_comparisons(tmp_path):
@@ -205,12 +136,140 @@ def test_verdict_lines(tmp_path):
     assert "paired t, n=3" in line["gelu"] and "Holm p=" in line["gelu"]
     assert line["gelu"].endswith("better than relu at alpha=0.05")
     assert line["sigmoid"].endswith("worse than relu at alpha=0.05")
-    assert line["tanh"].endswith("not distinguishable from relu at alpha=0.05")
+    assert "not distinguishable from relu at alpha=0.05; " in line["tanh"]
+
+
+def test_null_verdict_says_what_could_have_been_missed(tmp_path):
+    relu, tanh = [0.880, 0.884, 0.879, 0.883], [0.881, 0.882, 0.880, 0.885]
+    write_sweep(tmp_path, {"relu": relu, "tanh": tanh})
+    sd = np.std(np.subtract(tanh, relu), ddof=1)
+    # hand: the noncentrality at which a two-sided paired t on 4 pairs (df 3) has 80% power at alpha 0.05
+    grid = np.arange(0, 20, 1e-3)
+    nc = grid[np.argmax(power(grid, 3) >= 0.8)]
+    mde = nc * sd / 2
+    assert 0.002 < mde < 0.01  # between the two effects below
+    wide = report.write_report(tmp_path, figures=False, effect=1.0).read_text()  # 1 pp is worth detecting
+    line = next(x for x in wide.splitlines() if x.startswith("- tanh vs relu"))
+    said = re.fullmatch(r".*: not distinguishable from relu at alpha=0\.05; no difference larger than ([0-9.]+) pp "
+                        r"is likely to have been missed", line)
+    assert said and float(said[1]) == pytest.approx(100 * mde, abs=0.006)
+    narrow = report.write_report(tmp_path, figures=False, effect=0.2).read_text()
+    line = next(x for x in narrow.splitlines() if x.startswith("- tanh vs relu"))
+    n = next(n for n in range(2, 10_000) if power(0.002 * math.sqrt(n) / sd, n - 1) >= 0.8)
+    assert f"not distinguishable from relu at alpha=0.05; underpowered: about {n} seeds would detect a difference of 0.20 pp" in line
+    assert f"detects {said[1]} pp at 80% power" in line
+
+
+def test_unpaired_verdict_counts_seeds_per_configuration(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "gelu": [0.881, 0.886, 0.878]}, seeds={"gelu": [5, 6, 7]})
+    text = report.write_report(tmp_path, figures=False, effect=0.01).read_text()
+    line = next(x for x in text.splitlines() if x.startswith("- gelu vs relu"))
+    assert "Welch t, n=3 vs 3" in line and "seeds per configuration would detect a difference of 0.01 pp" in line
+
+
+def test_comparisons_csv_recomputed(tmp_path):
+    write_sweep(tmp_path, ACCS, seeds={"sigmoid": [0, 1, 9]})  # gelu paired on 3 seeds, sigmoid on 2
+    write_sweep(tmp_path, {"tanh": [0.870, 0.875]}, seeds={"tanh": [20, 21]})  # no common seed: Welch
+    report.write_report(tmp_path, figures=False, effect=0.2)
+    rows = {r["config"]: r for r in csv.DictReader((tmp_path / "comparisons.csv").open())}
+    wanted = ["config", "baseline", "metric", "n_pairs", "diff", "diff_low", "diff_high", "p", "p_holm", "p_improve",
+              "p_improve_low", "p_improve_high", "mde", "seeds_needed", "test", "boot_low", "boot_high"]
+    assert set(wanted) <= set(next(csv.reader((tmp_path / "comparisons.csv").open())))
+    assert set(rows) == {"gelu", "sigmoid", "tanh"}
+    relu = np.array(ACCS["relu"])
+
+    gelu, sig = np.array(ACCS["gelu"]), np.array(ACCS["sigmoid"][:2])
+    tanh = np.array([0.870, 0.875])
+    p = {"gelu": stats.ttest_rel(gelu, relu).pvalue, "sigmoid": stats.ttest_rel(sig, relu[:2]).pvalue,
+         "tanh": stats.ttest_ind(tanh, relu, equal_var=False).pvalue}
+    order = sorted(p, key=p.get)
+    holm = dict(zip(order, np.maximum.accumulate([min(1, (3 - i) * p[k]) for i, k in enumerate(order)])))
+
+    def boot(x, y, stat, paired):
+        ci = stats.bootstrap((x, y), stat, paired=paired, vectorized=False, method="percentile",
+                             random_state=np.random.default_rng(0)).confidence_interval
+        return ci.low, ci.high
+
+    for name, x, y, paired in [("gelu", gelu, relu, True), ("sigmoid", sig, relu[:2], True), ("tanh", tanh, relu, False)]:
+        row = rows[name]
+        assert (row["baseline"], row["metric"]) == ("relu", "test_acc")
+        assert row["test"] == ("paired t" if paired else "Welch t")
+        assert row["n_pairs"] == (str(len(x)) if paired else "")
+        assert (int(row["n_config"]), int(row["n_baseline"])) == (len(x), len(y))
+        assert float(row["diff"]) == pytest.approx(x.mean() - y.mean())
+        res = stats.ttest_rel(x, y) if paired else stats.ttest_ind(x, y, equal_var=False)
+        ci = res.confidence_interval(0.95)
+        assert (float(row["diff_low"]), float(row["diff_high"])) == pytest.approx((ci.low, ci.high))
+        assert float(row["p"]) == pytest.approx(p[name])
+        assert float(row["p_holm"]) == pytest.approx(holm[name])
+        assert (float(row["boot_low"]), float(row["boot_high"])) == pytest.approx(
+            boot(x, y, lambda a, b: a.mean() - b.mean(), paired))
+        wins = wins_paired if paired else wins_unpaired
+        assert float(row["p_improve"]) == pytest.approx(wins(x, y))
+        assert (float(row["p_improve_low"]), float(row["p_improve_high"])) == pytest.approx(boot(x, y, wins, paired))
+        # the MDE is where the test's power is 80%; seeds_needed the first n where 0.2 pp reaches it
+        se, df = se_df(x, y, paired, len(x), len(y))
+        assert power(float(row["mde"]) / se, df) == pytest.approx(0.8, abs=1e-6)
+        needed = int(row["seeds_needed"])
+        assert power_at(needed, x, y, paired) >= 0.8 and (needed == 2 or power_at(needed - 1, x, y, paired) < 0.8)
+        assert (float(row["effect"]), float(row["alpha"]), float(row["power"])) == (0.002, 0.05, 0.8)
+
+
+def wins_paired(a, b) -> float:
+    return np.mean((a > b) + 0.5 * (a == b))
+
+
+def wins_unpaired(a, b) -> float:
+    return np.mean([(u > v) + 0.5 * (u == v) for u in a for v in b])
+
+
+def se_df(x, y, paired: bool, n_x: int, n_y: int) -> tuple[float, float]:
+    """Standard error and df of the test with n_x and n_y seeds, at the samples' spreads."""
+    if paired:
+        return np.std(x - y, ddof=1) / math.sqrt(n_x), n_x - 1
+    va, vb = x.var(ddof=1) / n_x, y.var(ddof=1) / n_y
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (n_x - 1) + vb**2 / (n_y - 1))
+
+
+def power_at(n: int, x, y, paired: bool, effect: float = 0.002) -> float:
+    se, df = se_df(x, y, paired, n, n)
+    return power(effect / se, df)
+
+
+def power(nc: float, df: float, alpha: float = 0.05) -> float:
+    """Two-sided t-test power at noncentrality nc, from scipy's noncentral t (the lower tail as the
+    upper tail at -nc: scipy's nct.cdf returns NaN for some far tails)."""
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)
+
+
+def test_comparisons_table_shows_the_csv_numbers(tmp_path):
+    write_sweep(tmp_path, ACCS)
+    text = report.write_report(tmp_path, figures=False).read_text()
+    row = next(r for r in csv.DictReader((tmp_path / "comparisons.csv").open()) if r["config"] == "gelu")
+    line = next(x for x in text.split("## Statistics", 1)[1].splitlines() if x.startswith("| gelu | relu |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:5] == ["gelu", "relu", "paired t", "3", f"{100 * float(row['diff']):+.2f}"]
+    assert cells[5] == f"[{100 * float(row['diff_low']):+.2f}, {100 * float(row['diff_high']):+.2f}]"
+    assert cells[6] == f"[{100 * float(row['boot_low']):+.2f}, {100 * float(row['boot_high']):+.2f}]"
+    assert cells[10] == f"{float(row['p_improve']):.2f} [{float(row['p_improve_low']):.2f}, {float(row['p_improve_high']):.2f}]"
+    assert cells[12:] == [f"{100 * float(row['mde']):.2f}", row["seeds_needed"]]
+    assert "| MDE (pp) | seeds for 0.20 pp |" in text
+    assert "comparisons.csv" in text and "fractions" in text  # the units the CSV uses are said
+
+
+def test_probability_of_improvement_follows_the_metric_direction(tmp_path):
+    write_sweep(tmp_path, ACCS)  # test_loss = 2.5 * error: gelu has the lower loss on every seed
+    report.write_report(tmp_path, metric="test_loss", figures=False)
+    rows = {r["config"]: r for r in csv.DictReader((tmp_path / "comparisons.csv").open())}
+    assert float(rows["gelu"]["diff"]) < 0 and float(rows["gelu"]["p_improve"]) == 1.0
+    assert float(rows["sigmoid"]["p_improve"]) == 0.0
+    assert rows["sigmoid"]["reading"].startswith("too few seeds")  # 3 seeds: the [0, 0] interval is no evidence
 
 
 def test_loss_metric_lower_is_better(tmp_path):
     write_sweep(tmp_path, ACCS)
-    rows = report.summarize(report.group_runs(report.load_runs(tmp_path), "test_loss"), "test_loss")
+    rows = report.summarize(results.group_runs(results.load_runs(tmp_path), "test_loss"), "test_loss")
     assert [r["config"].activation for r in rows] == ["gelu", "relu", "sigmoid"]  # test_loss = 2.5 * error
 
 
@@ -239,13 +298,13 @@ def test_grouping_two_swept_keys(tmp_path):
     for (act, depth), values in accs.items():
         for seed, acc in enumerate(values):
             write_run(tmp_path, {"activation": act, "model.depth": depth, "seed": seed}, acc)
-    configs = report.group_runs(report.load_runs(tmp_path))
+    configs = results.group_runs(results.load_runs(tmp_path))
     assert sorted((c.activation, c.get("model.depth"), len(c.runs)) for c in configs) == sorted(
         (a, d, 3) for a, d in accs
     )
     cmp = comparison(tmp_path, "gelu", **{"model.depth": 4})
     assert cmp.baseline.get("model.depth") == 4 and cmp.baseline.activation == "relu"
-    assert cmp.p == pytest.approx(stats.ttest_rel(accs[("gelu", 4)], accs[("relu", 4)]).pvalue)
+    assert cmp.result.t.p == pytest.approx(stats.ttest_rel(accs[("gelu", 4)], accs[("relu", 4)]).pvalue)
     table = report.write_report(tmp_path, figures=False).read_text().split("## Results")[1]
     assert "| activation | model.depth | n seeds |" in table
 
@@ -256,12 +315,12 @@ def test_grouping_with_three_keys_and_missing_baseline(tmp_path):
             for seed in (0, 1):
                 write_run(tmp_path, {"activation": act, "model.depth": 2, "optimizer.lr": lr, "seed": seed}, 0.88 + seed / 1000)
     write_run(tmp_path, {"activation": "gelu", "model.depth": 8, "optimizer.lr": 0.01, "seed": 0}, 0.85)
-    configs = report.group_runs(report.load_runs(tmp_path))
+    configs = results.group_runs(results.load_runs(tmp_path))
     assert len(configs) == 5
     comparisons, _ = report.compare(configs)
     lonely = [c for c in comparisons if c.config.get("model.depth") == 8]
     assert len(lonely) == 1 and lonely[0].baseline is None
-    line = report.verdict(lonely[0], report.varying_keys(configs))
+    line = report.verdict(lonely[0], results.varying_keys(configs))
     assert "no relu configuration with model.depth=8, optimizer.lr=0.01" in line
 
 
@@ -350,48 +409,44 @@ def test_cli_prints_table_and_path(tmp_path, capsys, monkeypatch):
     assert out.strip().endswith(f"report: {tmp_path / 'report.md'}")
 
 
-# ---------------------------------------------------------------- figures
+# ---------------------------------------------------------------- after a multirun
 
 
-@pytest.fixture(scope="module")
-def figure_sweep(tmp_path_factory):
-    """5 activations x 2 depths x 2 seeds with probes, rendered once for the figure tests."""
-    sweep = tmp_path_factory.mktemp("figs")
-    accs = {"relu": 0.885, "gelu": 0.888, "gelu_tanh": 0.887, "sigmoid": 0.86, "my_act": 0.87}
-    for act, acc in accs.items():
-        for depth in (1, 3):
-            for seed in (0, 1):
-                write_run(sweep, {"activation": act, "model.depth": depth, "seed": seed}, acc - 0.004 * depth + 0.002 * seed)
-    return sweep, report.write_report(sweep).read_text()
+def test_sweep_callback_uses_the_report_group(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+
+    write_sweep(tmp_path, ACCS, probes=False)
+    cfg = compose_cfg("report.metric=val_acc", "report.effect=1.5", "report.alpha=0.01")
+    settings = OmegaConf.to_container(cfg.report)
+    assert settings == {"baseline": "relu", "metric": "val_acc", "effect": 1.5, "alpha": 0.01, "power": 0.8}
+    config = OmegaConf.create({"report": settings, "hydra": {"sweep": {"dir": str(tmp_path)}}})
+    report.SweepReport().on_multirun_end(config)
+    assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'report.md'}"
+    text = (tmp_path / "report.md").read_text()
+    assert "Metric: val_acc; baseline: relu." in text and "at alpha=0.01" in text and "seeds for 1.50 pp" in text
+    rows = list(csv.DictReader((tmp_path / "comparisons.csv").open()))
+    assert {(r["metric"], r["effect"], r["alpha"]) for r in rows} == {("val_acc", "0.015", "0.01")}
 
 
-@pytest.mark.parametrize("name", ["loss_curves.png", "test_acc.png", "activations.png", "probes.png"])
-def test_figure_written_and_linked(figure_sweep, name):
-    sweep, text = figure_sweep
-    data = (sweep / name).read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
-    assert f"]({name})" in text
+def test_sweep_callback_skips_with_report_none(tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+
+    write_sweep(tmp_path, ACCS, probes=False)
+    settings = OmegaConf.to_container(compose_cfg("report=none").report)
+    report.SweepReport().on_multirun_end(OmegaConf.create({"report": settings, "hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert not (tmp_path / "report.md").exists()
 
 
-def test_unshipped_activation_noted(figure_sweep):
-    _, text = figure_sweep
-    assert "not shipped" in text and "my_act" in text.split("## Figures")[1]
+def test_cli_effect_and_bad_settings(tmp_path, capsys, monkeypatch):
+    write_sweep(tmp_path, ACCS, probes=False)
+    from actbench import figures
 
-
-def test_probe_figure_skipped_without_probes(tmp_path):
-    write_sweep(tmp_path, {"relu": [0.88, 0.881], "gelu": [0.885, 0.886]}, probes=False)
-    text = report.write_report(tmp_path).read_text()
-    assert not (tmp_path / "probes.png").exists()
-    assert "Probes: skipped: no run recorded probes" in text
-    assert (tmp_path / "loss_curves.png").read_bytes().startswith(PNG_MAGIC)
-
-
-def test_figure_colours_follow_activation():
-    from actbench.figures import Series, styles
-
-    series = [Series("relu, d=1", "relu", {"d": 1}), Series("relu, d=4", "relu", {"d": 4}),
-              Series("gelu, d=1", "gelu", {"d": 1}), Series("mine", "mine", {"d": 1})]
-    s = styles(series)
-    assert s["relu, d=1"][0] == s["relu, d=4"][0] != s["gelu, d=1"][0]
-    assert s["relu, d=1"][1] != s["relu, d=4"][1] and s["relu, d=1"][1] == s["gelu, d=1"][1]
-    assert s["mine"][0] not in {s["relu, d=1"][0], s["gelu, d=1"][0]}
+    monkeypatch.setattr(figures, "make_all", lambda *a, **k: [])
+    assert report.main([str(tmp_path), "--effect", "0.05"]) == 0
+    assert "| seeds for 0.05 pp |" in capsys.readouterr().out
+    assert report.main([str(tmp_path), "--power", "0.01"]) == 2
+    assert "alpha < power" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
 
 
 def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
-    r = run_cli("-m", *tiny_run, "activation=relu,sigmoid", "seed=0,1", "report=false")
+    r = run_cli("-m", *tiny_run, "activation=relu,sigmoid", "seed=0,1", "report=none")
     assert r.returncode == 0, r.stderr
     sweep = tmp_path / "runs" / "tiny"
     names = sorted(p.name for p in sweep.iterdir() if (p / "metrics.json").exists())
@@ -59,7 +59,7 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
 
 def test_default_output_place_is_runs_under_the_working_directory_with_the_report(tiny_run, tmp_path):
     args = [a for a in tiny_run if not a.startswith("out_dir=")]
-    r = run_cli("-m", *args, "seed=0,1", "report_metric=val_loss", cwd=tmp_path)
+    r = run_cli("-m", *args, "seed=0,1", "report.metric=val_loss", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     # the report's metric is a report setting, not part of what a run computes or its name
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
@@ -70,7 +70,7 @@ def test_hydra_run_and_sweep_dirs_work_as_hydra_documents(tiny_run, tmp_path):
     one = run_cli(*tiny_run, f"hydra.run.dir={tmp_path / 'here'}")
     assert one.returncode == 0, one.stderr[-2000:]
     assert metrics(tmp_path / "here")["status"] == "finished"
-    sweep = run_cli("-m", *tiny_run, f"hydra.sweep.dir={tmp_path / 'there'}", "seed=0,1", "report=false")
+    sweep = run_cli("-m", *tiny_run, f"hydra.sweep.dir={tmp_path / 'there'}", "seed=0,1", "report=none")
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "there").iterdir() if (p / "metrics.json").exists()) == ["seed=0", "seed=1"]
 
@@ -193,7 +193,7 @@ def test_interrupted_run_is_recorded_interrupted_and_resumed(tiny_run, tmp_path)
 
 
 def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
-    r = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=false")
+    r = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=none")
     assert r.returncode == 0, r.stderr[-2000:]
     sweep = tmp_path / "runs" / "tiny"
     (bad_dir,) = sweep.glob("optimizer.lr=1000000000000.0,*")
@@ -202,14 +202,14 @@ def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
     assert bad["status"] == "diverged" and "loss" in bad["error"] and bad["curves"]["epoch"] == [1]
     assert good["status"] == "finished" and good["curves"]["epoch"] == [1, 2]
     # a rerun leaves the diverged run diverged: it is not resumed into a "finished" one
-    again = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=false")
+    again = run_cli("-m", *tiny_run, "trainer.max_epochs=2", "optimizer.lr=0.001,1e12", "report=none")
     assert again.returncode == 0 and again.stdout.count("skipped") == 2
     assert metrics(bad_dir) == bad
 
 
 def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
     packed = run_cli(*tiny_run, "name=p", "seeds=[0,1,2]", "max_pack=2", "model.dropout=0.2", "activation=gelu")
-    apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=false")
+    apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=none")
     assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
     assert "training them in packs of 2" in packed.stdout
     import torch

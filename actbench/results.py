@@ -1,0 +1,253 @@
+"""What runs wrote, read back: a run directory's `metrics.json` (this module owns its schema on
+the reading side; actbench.record writes it), the runs under a sweep directory, why a run stays
+out of the tables, and runs grouped into configurations (overrides minus the seed).
+
+Probe values are looked up by `probe_values` alone, under the names actbench.probes gives them,
+so a renamed tag keeps its old files readable by one entry in PROBE_ALIASES.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from actbench.errors import UserError
+from actbench.stats import gmean_positive, nanmedian
+
+SCHEMA = 1
+METRICS_FILE = "metrics.json"
+FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "steps")
+PROBE_ALIASES: dict[str, tuple[str, ...]] = {}  # a probe tag -> the names older metrics.json files have for it
+
+
+class NoRunsError(UserError):
+    """A directory that is not a sweep (nor a run): nothing in it has a metrics.json."""
+
+
+def read_metrics(run_dir: Path) -> dict | None:
+    """A run directory's metrics.json, or None when it is missing or unreadable."""
+    try:
+        m = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) else None
+
+
+def as_float(x) -> float:
+    """A JSON number as a float; NaN for null, booleans and anything else."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return math.nan
+    return float(x)
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    """One run directory as read back."""
+
+    name: str
+    status: str  # metrics.json's status, or "missing" / "corrupt" when it cannot be read
+    error: str | None = None
+    overrides: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def section(self, key: str) -> dict:
+        value = self.metrics.get(key)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def seed(self):
+        return self.overrides.get("seed", self.section("hparams").get("seed"))
+
+    @property
+    def activation(self) -> str | None:
+        return self.overrides.get("activation", self.section("hparams").get("activation"))
+
+    def value(self, metric: str) -> float:
+        """A final metric, or a timing entry (e.g. epoch_s_median); NaN when absent."""
+        final, timing = self.section("final"), self.section("timing")
+        return as_float(final[metric] if metric in final else timing.get(metric))
+
+    def epoch_s(self) -> float:
+        value = self.value("epoch_s_median")
+        if math.isnan(value):
+            value = nanmedian([as_float(v) for v in self.section("curves").get("epoch_s") or []])
+        return value
+
+
+def _parse_value(text: str):
+    # Only for runs without a readable metrics.json, whose identity must come from the dir name.
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _parse_name(name: str) -> dict:
+    return {k: _parse_value(v) for k, _, v in (p.partition("=") for p in name.split(",") if "=" in p)}
+
+
+def load_run(d: Path) -> Run:
+    """The run in directory d; a missing or unreadable metrics.json gives status missing/corrupt."""
+    path = d / METRICS_FILE
+    if not path.is_file():
+        return Run(d.name, "missing", f"no {METRICS_FILE}", _parse_name(d.name))
+    try:
+        m = json.loads(path.read_text())
+        if not isinstance(m, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        return Run(d.name, "corrupt", f"unreadable {METRICS_FILE}: {e}", _parse_name(d.name))
+    overrides = m.get("overrides")
+    if not isinstance(overrides, dict):
+        overrides = _parse_name(d.name)
+    error = m.get("error")
+    return Run(d.name, str(m.get("status") or "unknown"), None if error is None else str(error), overrides, m)
+
+
+def load_runs(sweep_dir: str | Path) -> list[Run]:
+    """Every run under sweep_dir (a run dir itself counts as a one-run sweep); raises NoRunsError
+    when nothing there has a metrics.json."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise NoRunsError(f"{sweep_dir}: no such directory")
+    if (sweep_dir / METRICS_FILE).is_file():
+        return [load_run(sweep_dir)]
+    # Hidden dirs hold launcher state (.submitit, .packs); a run dir has Hydra's .hydra or metrics.
+    dirs = [
+        d
+        for d in sorted(sweep_dir.iterdir())
+        if d.is_dir() and not d.name.startswith(".") and ((d / METRICS_FILE).exists() or (d / ".hydra").is_dir())
+    ]
+    if not any((d / METRICS_FILE).is_file() for d in dirs):
+        raise NoRunsError(f"{sweep_dir}: not a sweep directory (no run subdirectory with {METRICS_FILE})")
+    return [load_run(d) for d in dirs]
+
+
+def exclusion_reason(run: Run, metric: str) -> str | None:
+    """Why a run stays out of the table, or None if it belongs in it."""
+    if run.status != "finished":
+        return run.error or f"status {run.status}"
+    if not math.isfinite(run.value(metric)):
+        return f"finished but final {metric} is missing or not finite"
+    return None
+
+
+# ---------------------------------------------------------------- configurations
+
+
+@dataclass
+class Config:
+    """The runs sharing one set of overrides apart from seed."""
+
+    key: tuple[tuple[str, object], ...]
+    runs: list[Run] = field(default_factory=list)  # the ones in the table
+    excluded: list[Run] = field(default_factory=list)
+
+    def get(self, key: str, default=None):
+        return dict(self.key).get(key, default)
+
+    @property
+    def activation(self) -> str | None:
+        everyone = self.runs + self.excluded
+        return self.get("activation", everyone[0].activation if everyone else None)
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([r.value(metric) for r in self.runs], dtype=float)
+
+    def by_seed(self, metric: str) -> dict:
+        """Metric per seed; a seed run twice contributes its mean so pairing stays one-to-one."""
+        seeds: dict = {}
+        for r in self.runs:
+            seeds.setdefault(r.seed, []).append(r.value(metric))
+        return {s: float(np.mean(v)) for s, v in seeds.items() if s is not None}
+
+
+def group_runs(runs: list[Run], metric: str = "test_acc") -> list[Config]:
+    """Group runs by their overrides minus seed, keeping the key order of the overrides."""
+    # Keys come from readable metrics.json only: a dir-name parse may spell keys differently.
+    source = [r for r in runs if r.metrics] or runs
+    keys = list(dict.fromkeys(k for r in source for k in r.overrides if k != "seed"))
+    groups: dict[str, Config] = {}
+    for r in runs:
+        values = tuple(r.overrides.get(k) for k in keys)
+        ident = json.dumps(values, sort_keys=True, default=str)
+        config = groups.setdefault(ident, Config(tuple(zip(keys, values))))
+        (config.excluded if exclusion_reason(r, metric) else config.runs).append(r)
+    return list(groups.values())
+
+
+def varying_keys(configs: list[Config]) -> list[str]:
+    """The configuration keys whose value is not the same everywhere (the table's columns)."""
+    keys = [k for k, _ in configs[0].key] if configs else []
+    return [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs}) > 1]
+
+
+# ---------------------------------------------------------------- probes
+
+
+@functools.cache
+def _names():
+    # actbench.probes imports torch and Lightning (seconds); the readers need only its names,
+    # and load it the first time they look at a probe.
+    from actbench import probes
+
+    return probes
+
+
+def probe_values(m: dict, tag: str) -> list | None:
+    """metrics.json's probe series `tag` (one value per entry of probe_epochs), or None."""
+    probes = m.get("probes")
+    if not isinstance(probes, dict):
+        return None
+    for name in (tag, *PROBE_ALIASES.get(tag, ())):
+        values = probes.get(name)
+        if isinstance(values, list):
+            return values
+    return None
+
+
+def probe_epochs(m: dict) -> list:
+    """The epochs the probe series are aligned on (0 = at initialisation)."""
+    return probe_values(m, "epoch") or []
+
+
+def has_probes(m: dict) -> bool:
+    return bool(probe_epochs(m))
+
+
+def layer_tags(m: dict, stat: str) -> list[str]:
+    """The tags of a per-layer probe (actbench.probes.DEAD, ...) present in m, layer 1 first."""
+    tags = []
+    while probe_values(m, tag := _names().layer_tag(stat, len(tags) + 1)) is not None:
+        tags.append(tag)
+    return tags
+
+
+def grad_norm_tags(m: dict) -> list[str]:
+    """The per-weight-matrix gradient-norm tags present in m, the first layer's first."""
+    tags = []
+    while probe_values(m, tag := _names().grad_norm_tag(len(tags) + 1)) is not None:
+        tags.append(tag)
+    return tags
+
+
+def dead_final(m: dict) -> tuple[float, float]:
+    """Dead-unit fraction at the last probed epoch: mean and max over hidden layers."""
+    last = [as_float(v[-1]) for v in (probe_values(m, t) for t in layer_tags(m, _names().DEAD)) if v]
+    last = [v for v in last if not math.isnan(v)]
+    return (float(np.mean(last)), float(np.max(last))) if last else (math.nan, math.nan)
+
+
+def grad_ratio_gmean(m: dict) -> float:
+    """Geometric mean of grad_ratio over epochs 1..E (epoch 0 has no gradient)."""
+    return gmean_positive([as_float(v) for v in probe_values(m, _names().GRAD_RATIO) or []])

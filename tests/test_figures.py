@@ -1,0 +1,102 @@
+"""Tests for actbench.figures: every figure is written and linked from the report, skipped with a
+note when its data is absent, and styled consistently across figures."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+
+from actbench import figures, report, results
+from conftest import write_run, write_sweep
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def figure_sweep(tmp_path_factory):
+    """5 activations x 2 depths x 2 seeds with probes, rendered once for the figure tests."""
+    sweep = tmp_path_factory.mktemp("figs")
+    accs = {"relu": 0.885, "gelu": 0.888, "gelu_tanh": 0.887, "sigmoid": 0.86, "my_act": 0.87}
+    spread = {"relu": 0.002, "gelu": 0.003, "gelu_tanh": 0.0005, "sigmoid": 0.004, "my_act": 0.001}  # paired differences vary
+    for act, acc in accs.items():
+        for depth in (1, 3):
+            for seed in (0, 1):
+                write_run(sweep, {"activation": act, "model.depth": depth, "seed": seed}, acc - 0.004 * depth + spread[act] * seed)
+    return sweep, report.write_report(sweep).read_text()
+
+
+@pytest.mark.parametrize("name", ["loss_curves.png", "test_acc.png", "improvement.png", "activations.png", "probes.png"])
+def test_figure_written_and_linked(figure_sweep, name):
+    sweep, text = figure_sweep
+    data = (sweep / name).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    assert f"]({name})" in text
+
+
+def test_unshipped_activation_noted(figure_sweep):
+    _, text = figure_sweep
+    assert "not shipped" in text and "my_act" in text.split("## Figures")[1]
+
+
+def test_probe_figure_skipped_without_probes(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.88, 0.881], "gelu": [0.885, 0.886]}, probes=False)
+    text = report.write_report(tmp_path).read_text()
+    assert not (tmp_path / "probes.png").exists()
+    assert "Probes: skipped: no run recorded probes" in text
+    assert (tmp_path / "loss_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_figure_colours_follow_activation():
+    from actbench.figures import Series, styles
+
+    series = [Series("relu, d=1", "relu", {"d": 1}), Series("relu, d=4", "relu", {"d": 4}),
+              Series("gelu, d=1", "gelu", {"d": 1}), Series("mine", "mine", {"d": 1})]
+    s = styles(series)
+    assert s["relu, d=1"][0] == s["relu, d=4"][0] != s["gelu, d=1"][0]
+    assert s["relu, d=1"][1] != s["relu, d=4"][1] and s["relu, d=1"][1] == s["gelu, d=1"][1]
+    assert s["mine"][0] not in {s["relu, d=1"][0], s["gelu, d=1"][0]}
+
+
+def test_improvement_figure_grows_with_the_configurations(tmp_path):
+    from PIL import Image
+
+    def series(n):
+        return [figures.Series(f"act{i}, model.depth={2 ** i}", f"act{i}", {"model.depth": 2**i},
+                               p_improve=i / max(n - 1, 1), p_improve_ci=(max(0.0, i / n - 0.2), min(1.0, i / n + 0.2)))
+                for i in range(n)]
+
+    heights = {}
+    for n in (2, 20):
+        path, note = figures.improvement(series(n), tmp_path / f"improvement{n}.png")
+        assert (path, note) == (tmp_path / f"improvement{n}.png", "")
+        heights[n] = Image.open(path).size[1]
+    assert heights[20] > 3 * heights[2]
+
+
+def test_improvement_skipped_without_tests(tmp_path):
+    untested = [figures.Series("relu", "relu"), figures.Series("gelu", "gelu")]  # p_improve NaN: no test
+    path, note = figures.improvement(untested, tmp_path / "improvement.png", baseline="relu")
+    assert path is None and "relu" in note and "2 seeds" in note
+    assert not (tmp_path / "improvement.png").exists()
+
+
+def test_improvement_values_come_from_the_comparisons(figure_sweep, monkeypatch, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(figure_sweep[0], sweep)
+    drawn = {}
+
+    def spy(series, path, baseline="relu"):
+        drawn.update({s.label: (s.p_improve, s.p_improve_ci) for s in series})
+        return None, "spied"
+
+    monkeypatch.setattr(figures, "improvement", spy)
+    report.write_report(sweep)
+    configs = results.group_runs(results.load_runs(sweep))
+    comparisons, _ = report.compare(configs)
+    keys = results.varying_keys(configs)
+    for c in comparisons:
+        assert drawn[report.label(c.config, keys)] == (c.result.p_improve, c.result.p_improve_ci)
+    baselines = [label for label in drawn if label.startswith("relu")]
+    assert baselines and all(math.isnan(drawn[b][0]) for b in baselines)

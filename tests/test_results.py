@@ -1,0 +1,109 @@
+"""Tests for actbench.results, the one reader of what runs wrote: metrics.json read back, runs
+found under a sweep, grouped into configurations, and probe values found by the names the
+probes give them."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from actbench import probes, record, results
+from conftest import make_metrics, write_run, write_sweep
+
+
+def test_read_metrics_is_tolerant(tmp_path):
+    assert results.read_metrics(tmp_path) is None and results.read_metrics(tmp_path / "nowhere") is None
+    (tmp_path / results.METRICS_FILE).write_text('{"status": "fini')
+    assert results.read_metrics(tmp_path) is None
+    (tmp_path / results.METRICS_FILE).write_text("[1, 2]")
+    assert results.read_metrics(tmp_path) is None
+    (tmp_path / results.METRICS_FILE).write_text(json.dumps({"schema": results.SCHEMA, "status": "finished"}))
+    assert results.read_metrics(tmp_path) == {"schema": 1, "status": "finished"}
+
+
+def test_the_writer_uses_the_readers_schema():
+    assert record.read_metrics is results.read_metrics
+    assert (record.METRICS_FILE, record.SCHEMA) == (results.METRICS_FILE, results.SCHEMA)
+
+
+def test_run_values_and_identity(tmp_path):
+    d = write_run(tmp_path, {"activation": "gelu", "seed": 3}, 0.885, epoch_s=1.5)
+    run = results.load_run(d)
+    assert (run.name, run.status, run.error, run.seed, run.activation) == (d.name, "finished", None, 3, "gelu")
+    assert run.value("test_acc") == 0.885 and run.value("wall_s") == 60.0  # final, then timing
+    assert math.isnan(run.value("nothing")) and run.epoch_s() == 1.5
+
+
+def test_missing_and_corrupt_runs_keep_their_names(tmp_path):
+    (tmp_path / "activation=relu,seed=4" / ".hydra").mkdir(parents=True)
+    corrupt = tmp_path / "activation=relu,seed=3"
+    corrupt.mkdir()
+    (corrupt / "metrics.json").write_text("{")
+    write_run(tmp_path, {"activation": "relu", "seed": 0})
+    runs = {r.name: r for r in results.load_runs(tmp_path)}
+    assert runs["activation=relu,seed=4"].status == "missing"
+    assert runs["activation=relu,seed=4"].overrides == {"activation": "relu", "seed": 4}
+    assert runs["activation=relu,seed=3"].status == "corrupt"
+    assert "unreadable metrics.json" in runs["activation=relu,seed=3"].error
+
+
+def test_not_a_sweep(tmp_path):
+    with pytest.raises(results.NoRunsError, match="no such directory"):
+        results.load_runs(tmp_path / "nowhere")
+    write_run(tmp_path / ".submitit", {"activation": "relu", "seed": 0})  # launcher state, never a run
+    with pytest.raises(results.NoRunsError, match="not a sweep directory"):
+        results.load_runs(tmp_path)
+
+
+def test_exclusion_reasons(tmp_path):
+    ok = results.load_run(write_run(tmp_path, {"activation": "relu", "seed": 0}))
+    failed = results.load_run(write_run(tmp_path, {"activation": "relu", "seed": 1}, status="failed", error="OOM"))
+    nan = results.load_run(write_run(tmp_path, {"activation": "relu", "seed": 2}, float("nan")))
+    assert results.exclusion_reason(ok, "test_acc") is None
+    assert results.exclusion_reason(failed, "test_acc") == "OOM"
+    assert "not finite" in results.exclusion_reason(nan, "test_acc")
+
+
+def test_grouping_and_a_seed_run_twice(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.880, 0.884], "gelu": [0.886, 0.889]})
+    twice = tmp_path / "again"
+    write_run(twice, {"activation": "relu", "seed": 0}, 0.890)
+    runs = results.load_runs(tmp_path) + results.load_runs(twice)
+    configs = {c.activation: c for c in results.group_runs(runs)}
+    assert configs["relu"].by_seed("test_acc") == pytest.approx({0: (0.880 + 0.890) / 2, 1: 0.884})
+    assert list(configs["gelu"].values("test_acc")) == pytest.approx([0.886, 0.889])
+    assert results.varying_keys(list(configs.values())) == ["activation"]
+
+
+# ---------------------------------------------------------------- probes
+
+
+def test_probe_names_come_from_the_probes():
+    m = make_metrics({"activation": "relu", "model.depth": 3, "seed": 0}, 0.88)
+    assert results.layer_tags(m, probes.DEAD) == [probes.layer_tag(probes.DEAD, i) for i in (1, 2, 3)]
+    assert results.grad_norm_tags(m) == [probes.grad_norm_tag(j) for j in (1, 2, 3, 4)]
+    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["grad_ratio"]
+    assert results.probe_epochs(m) == [0, 1, 2, 3] and results.has_probes(m)
+    assert not results.has_probes(make_metrics({"activation": "relu", "seed": 0}, 0.88, probes=False))
+
+
+def test_an_old_tag_name_is_read_through_an_alias(monkeypatch):
+    m = make_metrics({"activation": "relu", "seed": 0}, 0.88)
+    m["probes"]["old_ratio"] = m["probes"].pop("grad_ratio")
+    assert results.probe_values(m, probes.GRAD_RATIO) is None
+    monkeypatch.setitem(results.PROBE_ALIASES, probes.GRAD_RATIO, ("old_ratio",))
+    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["old_ratio"]
+    assert results.grad_ratio_gmean(m) == pytest.approx(st.gmean(m["probes"]["old_ratio"][1:]))
+
+
+def test_dead_final_and_grad_ratio_by_hand():
+    m = make_metrics({"activation": "relu", "model.depth": 2, "seed": 0}, 0.88)
+    last = [m["probes"]["dead/layer1"][-1], m["probes"]["dead/layer2"][-1]]
+    assert results.dead_final(m) == pytest.approx((np.mean(last), np.max(last)))
+    m["probes"]["grad_ratio"] = [None, 0.5, 2.0, 0.0]  # epoch 0 has no gradient; a zero ratio has no logarithm
+    assert results.grad_ratio_gmean(m) == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in results.dead_final({"probes": {}}))
