@@ -47,6 +47,32 @@ def build(cfg) -> Callable[[Tensor], Tensor]:
     return fn
 
 
+class PerMember(nn.Module):
+    """Each packed member's own activation: z [K, ...] -> f_k(z[k]) for every member k, with
+    neighbouring members of the same activation applied in one call. Elementwise like each f_k,
+    so probes differentiate it as any activation."""
+
+    def __init__(self, fns: list[Callable[[Tensor], Tensor]]):
+        super().__init__()
+        self.spans: list[tuple[int, int, Callable]] = []
+        for k, fn in enumerate(fns):
+            if self.spans and self.spans[-1][2] is fn:
+                start, _, _ = self.spans[-1]
+                self.spans[-1] = (start, k + 1, fn)
+            else:
+                self.spans.append((k, k + 1, fn))
+        # registered, so that a module activation's buffers follow the net to its device
+        self.fns = nn.ModuleList(dict.fromkeys(f for _, _, f in self.spans if isinstance(f, nn.Module)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        if len(self.spans) == 1:
+            return self.spans[0][2](z)
+        # split, not slicing: its backward is one concatenation, where each slice's would be a
+        # zero-filled copy of the whole gradient, summed
+        parts = z.split([b - a for a, b, _ in self.spans])
+        return torch.cat([fn(part) for part, (_, _, fn) in zip(parts, self.spans)])
+
+
 def is_elementwise(fn: Callable[[Tensor], Tensor]) -> bool:
     """Whether f(x)[i] depends on x[i] alone: shuffling the input shuffles the output the same way."""
     gen = torch.Generator().manual_seed(0)

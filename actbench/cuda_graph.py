@@ -28,14 +28,16 @@ class GraphedStep:
     """Training steps for one batch shape: a few eager warm-up steps, then one capture, then replays.
 
     Every call is one real optimizer step on the batch given (warm-up steps included), so the
-    loss curve is the eager one up to floating-point reassociation. The step bypasses Lightning's
-    optimizer wrapper, so Lightning's backward and optimizer-step hooks do not fire on this path;
-    trainer.global_step still counts every step. If capture fails, eager steps take over."""
+    loss curve is the eager one up to floating-point reassociation. A batch of another shape (an
+    epoch's short last batch) runs eager, and so does every step if capture fails. The step
+    bypasses Lightning's optimizer wrapper, so Lightning's backward and optimizer-step hooks do
+    not fire on this path; trainer.global_step still counts every step."""
 
-    def __init__(self, net: nn.Module, objective: Callable):
-        """objective(logits, y) -> the scalar to differentiate, as model.training_objective."""
-        self.net, self.objective = net, objective
-        self.batch_size: int | None = None
+    def __init__(self, net: nn.Module, losses: Callable):
+        """losses(net, x, y) -> (the scalar to differentiate, logits, each member's loss), as
+        model.step_losses."""
+        self.net, self.losses = net, losses
+        self.shape: tuple | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
         self.failed: str | None = None  # why capture failed (an activation that syncs with the host, say)
@@ -45,9 +47,6 @@ class GraphedStep:
     def captured(self) -> bool:
         return self.graph is not None
 
-    def accepts(self, batch_size: int) -> bool:
-        return self.failed is None and self.batch_size in (None, batch_size)
-
     def own_grads(self) -> None:
         """Point every `.grad` back at the buffers the captured backward writes. Lightning sets them
         to None before each validation (`on_validation_model_zero_grad`), as can any callback;
@@ -56,50 +55,54 @@ class GraphedStep:
             if q.grad is not g:
                 q.grad = g
 
-    def _body(self, optimizer: torch.optim.Optimizer) -> Tensor:
-        logits = self.net(self.x)
-        self.objective(logits, self.y).backward()
+    def _body(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+        objective, logits, losses = self.losses(self.net, x, y)
+        objective.backward()
         optimizer.step()
-        return logits.detach()
+        return logits, losses
 
-    def step(self, x: Tensor, y: Tensor, lightning_optimizer) -> Tensor:
-        """One optimizer step on (x, y); returns the step's logits (a static buffer once captured)."""
-        if self.batch_size is None:
-            self.batch_size = x.shape[-2]
+    def step(self, x: Tensor, y: Tensor, lightning_optimizer) -> tuple[Tensor, Tensor]:
+        """One optimizer step on (x, y); returns the step's logits and losses (copies: a captured
+        graph's outputs are buffers that the next replay overwrites)."""
+        if self.shape is None:
+            self.shape = tuple(x.shape)
             self.x, self.y = x.clone(), y.clone()
-        self.x.copy_(x)
-        self.y.copy_(y)
         # the graph bypasses LightningOptimizer.step, so count the step for trainer.global_step here
         lightning_optimizer._on_before_step()
-        logits = self._advance(lightning_optimizer.optimizer)
+        logits, losses = self._advance(x, y, lightning_optimizer.optimizer)
         lightning_optimizer._on_after_step()
-        return logits
+        return logits.clone(), losses.clone()
 
-    def _advance(self, optimizer: torch.optim.Optimizer) -> Tensor:
-        if self.failed is not None:  # the rest of a chunk whose capture failed: eager, as later chunks
-            optimizer.zero_grad(set_to_none=True)
-            return self._body(optimizer)
+    def _advance(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
+        if self.captured:
+            self.own_grads()  # between chunks, validation or a callback may have dropped them
+        if self.failed is not None or tuple(x.shape) != self.shape:
+            # eager; once captured, into the graph's gradient buffers, not new ones
+            optimizer.zero_grad(set_to_none=not self.captured)
+            return self._body(x, y, optimizer)
+        self.x.copy_(x)
+        self.y.copy_(y)
         if self.graph is None and self.warm < WARMUP_STEPS:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 optimizer.zero_grad(set_to_none=True)
-                logits = self._body(optimizer)
+                out = self._body(self.x, self.y, optimizer)
             torch.cuda.current_stream().wait_stream(side)
             self.warm += 1
-            return logits
+            return out
         if self.graph is None:
             optimizer.zero_grad(set_to_none=True)  # gradients are then written, not accumulated, on replay
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    self.logits = self._body(optimizer)
+                    self.out = self._body(self.x, self.y, optimizer)
             except RuntimeError as e:  # capture records without running: nothing was applied yet
                 self.failed = str(e).splitlines()[0][:200]
                 print(f"cuda_graph: capture failed ({self.failed}); training with eager steps", flush=True)
                 optimizer.zero_grad(set_to_none=True)  # drop gradients the aborted capture allocated
-                return self._body(optimizer)
+                return self._body(x, y, optimizer)
             self.graph = graph
             self.grads = [(q, q.grad) for q in self.net.parameters()]
         self.graph.replay()
-        return self.logits
+        return self.out

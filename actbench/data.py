@@ -223,14 +223,12 @@ class Chunk:
         return self.idx.shape[2]
 
     def __getitem__(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step s's batch: x [K, B, 784], y [K, B]; with one seed x [B, 784], y [B], the shapes
-        of a plain MLP's step (every op saved counts in a ~600 us step)."""
+        """Step s's batch: x [K, B, 784], y [K, B]."""
         i = self.idx[s]
         if self.shard[1] > 1:
             i = i[:, self.shard[0] :: self.shard[1]]
-        if i.shape[0] == 1:
-            i = i[0]
-        return self.x[i], self.y[i]
+        flat = i.flatten()  # index_select on flat rows: half the time of x[i] for a pack's gather
+        return self.x.index_select(0, flat).view(*i.shape, -1), self.y.index_select(0, flat).view(i.shape)
 
 
 @dataclass
@@ -258,20 +256,9 @@ class TrainBatches:
         full, rest = divmod(self.train_idx.shape[1], self.batch_size)
         return -(-full // self.steps) + (1 if rest else 0)
 
-    def step_labels(self, epoch: int) -> torch.Tensor:
-        """Every step's labels in this epoch's order, [steps, K, rows], -1 past a short last batch
-        (rows: this device's share of a batch)."""
-        order = self.order(epoch)
-        k, n = order.shape
-        padded = torch.full((k, self.steps_per_epoch * self.batch_size), -1, dtype=self.y.dtype, device=self.y.device)
-        padded[:, :n] = self.y[order]
-        labels = padded.view(k, self.steps_per_epoch, self.batch_size).transpose(0, 1)
-        rank, world = self.shard
-        return labels[:, :, rank::world] if world > 1 else labels
-
     def order(self, epoch: int) -> torch.Tensor:
         """[K, n_train] sample indices in this epoch's order, each seed with its own permutation
-        (kept for the epoch: the batches and the epoch-end step labels both ask for it)."""
+        (kept for the epoch, so that asking again costs nothing)."""
         if not self.shuffle:
             return self.train_idx
         if self._order is None or self._order[0] != epoch:

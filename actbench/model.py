@@ -1,10 +1,10 @@
 """The MLP and the LightningModule that trains it.
 
-One module serves one seed and K packed seeds alike. A layer's weight is stored as [K*out, in]
-and its bias as [K*out]: seed k owns rows k*out..(k+1)*out, so `per_seed` views them as
-[K, out, ...] for batched matrix products, and with one seed they are exactly nn.Linear's
-tensors, used by plain linear layers with no reshaping on the hot path. Each seed's initial
-weights come from its own generator, so a seed's weights do not depend on its pack.
+One module serves one run and K packed members alike, each member with its own seed and
+activation. Every tensor is laid out [K, B, ...]; a layer's weight is stored as [K*out, in] and
+its bias as [K*out], member k owning rows k*out..(k+1)*out, so that with one member they are
+exactly nn.Linear's tensors. `linear` is the one place that takes the one-member fast path.
+Each member's initial weights come from its own generator, so they do not depend on its pack.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from actbench.data import N_CLASSES, derive_seed, generator
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
-# with them, the seeds of a pack train exactly as apart
+# with them, the members of a pack train exactly as apart
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
-
 
 def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
     """Initialise one seed's layer in place: w [out, in], b [out]."""
@@ -46,7 +45,7 @@ def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
 
 
 class PackedLinear(torch.autograd.Function):
-    """z = h @ W^T + b for K seeds at once: h [K, B, in], W [K, out, in], b [K, 1, out].
+    """z = h @ W^T + b for K members at once: h [K, B, in], W [K, out, in], b [K, 1, out].
 
     The same maths as baddbmm on W's transpose, but its backward computes the weight gradient
     directly in W's [K, out, in] layout; autograd's would be [K, in, out], and transposing it
@@ -64,8 +63,45 @@ class PackedLinear(torch.autograd.Function):
         return grad_h, torch.bmm(grad.transpose(1, 2), h), grad.sum(1, keepdim=True)
 
 
+def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """Each member's affine layer: h [K, B, in], w [K*out, in], b [K*out] -> [K, B, out]. A lone
+    member's training step passes h as [B, in] (see `step_losses`) and gets nn.Linear's kernel."""
+    if h.dim() == 2:
+        return F.linear(h, w, b)
+    k = h.shape[0]
+    return PackedLinear.apply(h, w.view(k, -1, w.shape[1]), b.view(k, 1, -1))
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Each member's mean cross-entropy, [K], from logits [K, B, C] and labels [K, B]. Their sum
+    gives every member exactly its own gradient."""
+    k = logits.shape[0]
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+
+
+def step_losses(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One training step's forward: (the scalar to differentiate, logits [K, B, C], each
+    member's loss [K]), the last two detached. The one place where a lone member takes a plain
+    MLP's path: its tensors stay [B, ...] through the loss, since in a step this small (~600 us on
+    a CPU) every extra autograd view of a tensor costs a measurable share."""
+    if x.shape[0] == 1:
+        logits = net(x[0])
+        loss = F.cross_entropy(logits, y[0])
+        return loss, logits.detach().unsqueeze(0), loss.detach().view(1)
+    logits = net(x)
+    losses = cross_entropy(logits, y)
+    return losses.sum(), logits.detach(), losses.detach()
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """The share of correct predictions over the batch dimension: logits [..., B, C], y [..., B] -> [...]."""
+    return (logits.argmax(-1) == y).float().mean(-1)
+
+
 class PackedMLP(nn.Module):
-    """K independent MLPs 784 -> width x depth -> 10, one per seed, as one module."""
+    """K independent MLPs 784 -> width x depth -> 10, one per packed member, as one module.
+    `activation` maps pre-activations [K, B, width] elementwise (one function, or each member's
+    own: actbench.activations.PerMember)."""
 
     def __init__(
         self,
@@ -103,7 +139,7 @@ class PackedMLP(nn.Module):
                 init_layer(self.per_seed(w)[k], self.per_seed(b)[k], self.init, gen)
 
     def start_epoch(self, epoch: int, shard: tuple[int, int] = (0, 1)) -> None:
-        """Re-derive each seed's dropout stream from (seed, epoch): a resumed run draws the same
+        """Re-derive each member's dropout stream from (seed, epoch): a resumed run draws the same
         masks. Under DDP each device, holding its own share of the batch, gets its own stream."""
         if self.dropout > 0:
             device = self.weights[0].device
@@ -113,11 +149,13 @@ class PackedMLP(nn.Module):
             ]
 
     def _drop(self, h: Tensor) -> Tensor:
+        """Dropout with each member's own masks, for h [K, B, width] (or a lone member's [B, width])."""
         keep = 1.0 - self.dropout
         if not self._dropout_gens:
             self.start_epoch(0)
-        mask = torch.stack([torch.empty(h.shape[1:], device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
-        return h * mask / keep
+        rows = h.shape[-2:]
+        mask = torch.stack([torch.empty(rows, device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
+        return h * mask.view(h.shape) / keep
 
     def _apply(self, fn, recurse=True):
         self._pairs = None  # parameters may be replaced (device moves keep them, but be safe)
@@ -131,69 +169,45 @@ class PackedMLP(nn.Module):
         return self._pairs
 
     def forward(self, x: Tensor, record: list | None = None) -> Tensor:
-        """x [K, B, in] -> logits [K, B, classes]; with one seed also x [B, in] -> [B, classes],
-        the training step's fast path. `record`, if given (3-D input only), receives (z, f(z))
-        per hidden layer."""
+        """x [K, B, in] -> logits [K, B, classes] (a lone member's [B, in] -> [B, classes], for
+        `step_losses`). `record`, if given, receives (z, f(z)) per hidden layer."""
         *hidden, (w_out, b_out) = self.layers()
-        act, drop = self.activation, self.dropout > 0 and self.training
-        if x.dim() == 2:  # one seed's training step: plain linear layers, nothing but the maths
-            h = x
-            for w, b in hidden:
-                h = act(F.linear(h, w, b))
-                if drop:
-                    h = self._drop(h.unsqueeze(0)).squeeze(0)
-            return F.linear(h, w_out, b_out)
-        k, h = self.n_seeds, x
+        h = x
         for w, b in hidden:
-            z = PackedLinear.apply(h, w.view(k, -1, w.shape[1]), b.view(k, 1, -1))
-            h = act(z.clone() if record is not None else z)  # an in-place activation must not overwrite what is recorded
+            z = linear(h, w, b)
+            h = self.activation(z.clone() if record is not None else z)  # an in-place activation must not overwrite what is recorded
             if record is not None:
                 record.append((z, h))
-            if drop:
+            if self.dropout > 0 and self.training:
                 h = self._drop(h)
-        return PackedLinear.apply(h, w_out.view(k, -1, w_out.shape[1]), b_out.view(k, 1, -1))
+        return linear(h, w_out, b_out)
 
 
 def n_params(depth: int, width: int, in_features: int = 784, n_classes: int = N_CLASSES) -> int:
-    """Weights and biases of one seed's MLP."""
+    """Weights and biases of one member's MLP."""
     sizes = [in_features] + [width] * depth + [n_classes]
     return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
 
 
 def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=N_CLASSES) -> int:
-    """What one more seed in a pack costs in memory, roughly: weights with their gradients and two
-    Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
+    """What one more member in a pack costs in memory, roughly: weights with their gradients and
+    two Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
     params = n_params(depth, width, in_features, n_classes)
     rows = max(batch_size, eval_rows, probe_size)
     activations = rows * (in_features + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
     return 4 * (4 * params + activations)
 
 
-def per_seed_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy of each seed: [K]. Summing these gives every seed exactly its own gradient."""
-    k = logits.shape[0]
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
-
-
-def training_objective(logits: Tensor, y: Tensor) -> Tensor:
-    """What a step differentiates: the sum of the seeds' mean losses, so each seed gets exactly its
-    own gradient; for one seed's [B, classes] logits, its plain mean cross-entropy."""
-    if logits.dim() == 2:
-        return F.cross_entropy(logits, y)
-    return per_seed_loss(logits, y).sum()
-
-
-def per_seed_correct(logits: Tensor, y: Tensor) -> Tensor:
-    return (logits.argmax(-1) == y).sum(1)
-
-
 class Classifier(LightningModule):
     """Trains a PackedMLP with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
-    is paid once per chunk: on_train_batch_* fire once per chunk, and so do the backward and
-    optimizer-step hooks on one device without a gradient scaler (otherwise every step goes
-    through Lightning; the CUDA-graph step bypasses them); trainer.global_step counts every
-    optimizer step. Each step's logits stay on the device until the epoch ends.
+    is paid once per chunk; trainer.global_step counts every optimizer step.
+
+    How a step runs is chosen once per fit (`_pick_step`): in a CUDA graph; straight through
+    torch inside a chunk with the chunk's last step through Lightning (one device, no gradient
+    scaler: Lightning's backward and optimizer-step hooks then fire once per chunk); or every
+    step through Lightning (DDP, gradient scaling). Each step's logits, labels and losses stay
+    on the device until the epoch ends.
 
     What an epoch produced is left in `epoch_log` ({tag: tensor [K]}) for the callbacks that
     record and probe; `train_epoch_steps` gives the per-step curves.
@@ -218,85 +232,69 @@ class Classifier(LightningModule):
     # ------------------------------------------------------------------ training
 
     def on_train_start(self) -> None:
+        self._step = self._pick_step()
+
+    def _pick_step(self) -> Callable:
         from lightning.pytorch.strategies import SingleDeviceStrategy
 
-        # Inside a chunk, steps may go straight through torch when Lightning would add nothing to
-        # the maths: one device and no gradient scaler. The chunk's last step goes through
-        # Lightning, so its backward and optimizer-step hooks fire once per chunk.
-        self._direct_ok = isinstance(self.trainer.strategy, SingleDeviceStrategy) and (
-            getattr(self.trainer.precision_plugin, "scaler", None) is None
-        )
+        if self.use_cuda_graph:
+            from actbench.cuda_graph import GraphedStep
+
+            self._graph = GraphedStep(self.net, step_losses)
+            return lambda x, y, opt, last: self._graph.step(x, y, opt)
+        direct = isinstance(self.trainer.strategy, SingleDeviceStrategy) and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        return self._direct_step if direct else self._lightning_step
+
+    def _lightning_step(self, x: Tensor, y: Tensor, opt, last: bool = True) -> tuple[Tensor, Tensor]:
+        """One optimizer step through Lightning's manual_backward and optimizer wrapper."""
+        objective, logits, losses = step_losses(self.net, x, y)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(objective)
+        opt.step()
+        return logits, losses
+
+    def _direct_step(self, x: Tensor, y: Tensor, opt, last: bool) -> tuple[Tensor, Tensor]:
+        """One optimizer step straight through torch, keeping Lightning's step counter; the
+        chunk's last step goes through Lightning, so its hooks fire once per chunk."""
+        if last:
+            return self._lightning_step(x, y, opt)
+        objective, logits, losses = step_losses(self.net, x, y)
+        opt.optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        opt._on_before_step()  # the counter behind trainer.global_step
+        opt.optimizer.step()
+        opt._on_after_step()
+        return logits, losses
 
     def on_train_epoch_start(self) -> None:
-        # Each step's logits are kept; losses and accuracies are computed from them for the whole
-        # epoch at once, which costs less than the small ops it would take at every step.
-        self._step_logits: list[Tensor] = []
+        # losses and accuracies per step come from these at the epoch's end: one batched
+        # computation instead of small ops and host reads at every step
+        self._kept: list[tuple[Tensor, Tensor, Tensor]] = []
         self.epoch_log = {}
         self.net.start_epoch(self.current_epoch, (self.global_rank, self.trainer.world_size))
 
-    def _step(self, x: Tensor, y: Tensor, opt, through_lightning: bool) -> Tensor:
-        """One optimizer step on one batch, through Lightning's manual_backward and optimizer
-        wrapper, or straight through torch with Lightning's step counter kept; returns the logits."""
-        logits = self.net(x)
-        objective = training_objective(logits, y)
-        if through_lightning:
-            # once a CUDA graph owns the gradient buffers, eager steps must reuse them, not replace them
-            opt.zero_grad(set_to_none=not self._captured())
-            self.manual_backward(objective)
-            opt.step()
-        else:
-            opt.optimizer.zero_grad(set_to_none=True)
-            objective.backward()
-            opt._on_before_step()  # the counter behind trainer.global_step
-            opt.optimizer.step()
-            opt._on_after_step()
-        return logits.detach()
-
     def training_step(self, chunk, batch_idx):
-        opt = self.optimizers()
-        graph = self._graph_for(chunk.batch_size, opt) if self.use_cuda_graph else None
-        captured = self._captured()
-        if captured:
-            self._graph.own_grads()  # between chunks, validation or a callback may have dropped them
-        direct = self._direct_ok and graph is None and not captured
-        kept, last = self._step_logits, len(chunk) - 1
+        opt, last = self.optimizers(), len(chunk) - 1
         for s in range(len(chunk)):
             x, y = chunk[s]
-            if graph is not None:
-                kept.append(graph.step(x, y, opt).clone())  # the graph's output buffer is reused
-            else:
-                kept.append(self._step(x, y, opt, through_lightning=s == last or not direct))
-
-    def _captured(self) -> bool:
-        return self._graph is not None and self._graph.captured
-
-    def _graph_for(self, batch_size: int, opt):
-        """The graphed step for this batch size; None (eager) for the epoch's short last batch."""
-        from actbench.cuda_graph import GraphedStep
-
-        if self._graph is None:
-            self._graph = GraphedStep(self.net, training_objective)
-        return self._graph if self._graph.accepts(batch_size) else None
+            logits, losses = self._step(x, y, opt, s == last)
+            self._kept.append((logits, y, losses))
 
     def train_epoch_steps(self) -> dict[str, Tensor]:
-        """This epoch's per-step training losses and accuracies [steps, K], from the kept logits;
-        also puts their means in `epoch_log`. Called by the recorder (callbacks' epoch-end hooks
-        run before the module's)."""
-        kept = [t if t.dim() == 3 else t.unsqueeze(0) for t in self._step_logits]  # one seed: [B, C]
-        n = len(kept)
-        batches = self.trainer.train_dataloader
-        labels = batches.step_labels(self.current_epoch)[:n]  # [n, K, B], -1 past a short last batch
-        short = labels.shape[-1] - kept[-1].shape[1] if kept else 0
-        if short:
-            kept = kept[:-1] + [F.pad(kept[-1], (0, 0, 0, short))]
-        logits = torch.stack(kept) if kept else torch.zeros(0, *labels.shape[1:], N_CLASSES, device=self.device)
-        valid = labels >= 0
-        ce = F.cross_entropy(logits.flatten(0, 2), labels.flatten().clamp(min=0), reduction="none").view(labels.shape)
-        count = valid.sum(-1)
-        steps = {
-            "loss": (ce * valid).sum(-1) / count,
-            "acc": ((logits.argmax(-1) == labels) & valid).sum(-1) / count,
-        }
+        """This epoch's per-step training losses and accuracies [steps, K]; also puts their means
+        in `epoch_log`. Called by the recorder (callbacks' epoch-end hooks run before the module's)."""
+        kept = self._kept
+        if not kept:
+            empty = torch.zeros(0, self.net.n_seeds, device=self.device)
+            steps = {"loss": empty, "acc": empty}
+        else:
+            # every step has one batch shape but an epoch's short last one: stack each part once
+            full = len(kept) - (kept[-1][1].shape != kept[0][1].shape)
+            parts = [kept[:full], kept[full:]]
+            steps = {
+                "loss": torch.stack([losses for _, _, losses in kept]),
+                "acc": torch.cat([accuracy(torch.stack([lg for lg, _, _ in p]), torch.stack([y for _, y, _ in p])) for p in parts if p]),
+            }
         self.epoch_log["train/loss"] = steps["loss"].mean(0)
         self.epoch_log["train/acc"] = steps["acc"].mean(0)
         return steps
@@ -310,9 +308,8 @@ class Classifier(LightningModule):
         x, y = batch
         logits = self.net(x)
         k = logits.shape[0]
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).sum(1)
-        self._eval_sums[0] += loss_sum
-        self._eval_sums[1] += per_seed_correct(logits, y)
+        self._eval_sums[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).sum(1)
+        self._eval_sums[1] += (logits.argmax(-1) == y).sum(1)
         self._eval_sums[2] += y.shape[1]
 
     def _eval_end(self, prefix: str) -> None:

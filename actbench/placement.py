@@ -19,6 +19,22 @@ def undo_nvml_check() -> None:
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
 
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse. A pack's per-step tensors (a layer's weight
+    gradient, a batch) are megabytes; by default glibc hands the freed top of its heap back to
+    the system and takes page faults to get it again at the next step (hundreds of faults a step
+    for 16 packed members, a tenth of its time). A no-op where the C library is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_trim_threshold, 1 << 30)
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's ceiling: larger blocks still come from mmap
+
+
 def side_by_side_jobs() -> int:
     """How many jobs of this sweep share this machine: under the local launcher, the sweeper's
     batch size, or one job per usable core when it has none."""

@@ -16,6 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -75,7 +76,7 @@ def process_started() -> float:
 
 @dataclass
 class Run:
-    """One seed's run directory and the metrics.json it accumulates."""
+    """One run's directory and the metrics.json it accumulates (a packed job has one per member)."""
 
     name: str
     dir: Path
@@ -86,6 +87,8 @@ class Run:
     metrics: dict = field(default_factory=dict)
     config_hash: str = ""  # what the run computes; a rerun skips it only for the same
     writes: bool = True  # False on every DDP process but the first
+    cfg: Any = None  # its composed config (DictConfig), which training reads
+    task_overrides: list = field(default_factory=list)  # as an unpacked job of it would have them
 
     def start(self, resume_epoch: int, device: str, started: float) -> None:
         """Begin (or resume at `resume_epoch`) the metrics; curves past the checkpoint are dropped."""
@@ -179,7 +182,7 @@ class Recorder(Callback):
     def label(self) -> str:
         if len(self.runs) == 1:
             return self.runs[0].name
-        return f"{self.runs[0].name} (+{len(self.runs) - 1} packed seeds)"
+        return f"{self.runs[0].name} (+{len(self.runs) - 1} packed)"
 
     # ---------------------------------------------------------------- fit
 

@@ -1,20 +1,21 @@
-"""A run's identity: its name and directory from its overrides, its flat hparams, a hash of what
-it computes, and for a pack of seeds one planned run per seed with the .hydra/ an unpacked run
-would have.
+"""A run's identity: its name and directory from its overrides, its flat hparams and a hash of
+what it computes; and for a packed job (`members=...` from the packing sweeper, or `seeds=[...]`)
+one planned run per member, composed by Hydra from the member's own overrides exactly as an
+unpacked job of it would be, with the .hydra/ such a job would have.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from actbench.packing import MEMBERS_KEY, SEEDS_KEY, override_key
 
 PACKS_DIR = ".packs"
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def identity_overrides(overrides, exclude) -> list[str]:
@@ -29,25 +30,20 @@ def excluded(key: str, exclude: set) -> bool:
     return any(".".join(parts[:i]) in exclude for i in range(1, len(parts) + 1))
 
 
-def without_seed(overrides: list[str]) -> list[str]:
-    """The overrides minus `seed` and `seeds`: a packed seed's own `seed` replaces them."""
-    return [o for o in overrides if override_key(o) not in ("seeds", "seed")]
-
-
-def run_name(overrides: list[str], seed: int | None = None) -> str:
-    """`key=value,...` sorted by key, as Hydra names a job's directory; a packed seed's `seed`
-    replaces `seeds=` (and any `seed=`, which a pack ignores)."""
-    items = list(overrides) if seed is None else [*without_seed(overrides), f"seed={seed}"]
-    items.sort(key=override_key)
-    return ",".join(items) or "default"
+def run_name(overrides: list[str]) -> str:
+    """`key=value,...` sorted by key, as Hydra names a job's directory."""
+    return ",".join(sorted(overrides, key=override_key)) or "default"
 
 
 def job_dirname(task_overrides, exclude) -> str:
-    """A job's directory, named by its identity overrides; a pack of seeds goes under .packs/,
-    since each of its seeds gets the directory an unpacked run of that seed would have."""
-    overrides = identity_overrides(list(task_overrides), list(exclude))
-    name = run_name(overrides)
-    return f"{PACKS_DIR}/{name}" if any(override_key(o) == "seeds" for o in overrides) else name
+    """A job's directory, named by its identity overrides; a packed job goes under .packs/,
+    since each of its members gets the directory an unpacked run of it would have."""
+    task = list(task_overrides)
+    packed = [o for o in task if override_key(o) in (MEMBERS_KEY, SEEDS_KEY)]
+    name = run_name(identity_overrides([o for o in task if o not in packed], list(exclude)))
+    if not packed:
+        return name
+    return f"{PACKS_DIR}/{name}+{hashlib.sha1('|'.join(packed).encode()).hexdigest()[:8]}"
 
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)
@@ -90,26 +86,76 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
     }
 
 
+def member_overrides(cfg: DictConfig, task: list[str]) -> list[list[str]] | None:
+    """Each packed member's whole override list, as an unpacked job of it would have; None for a
+    job that is one run."""
+    common = [o for o in task if override_key(o) not in (MEMBERS_KEY, SEEDS_KEY, "seed")]
+    if cfg.get(MEMBERS_KEY):
+        return [[*(o for o in common if o not in own), *own] for own in (list(m) for m in cfg[MEMBERS_KEY])]
+    if cfg.seeds is not None:
+        return [[*common, f"seed={s}"] for s in cfg.seeds]
+    return None
+
+
+class Composer:
+    """Member configs, composed by Hydra as the launcher composes an unpacked job's; members that
+    differ from the job only in their seed get the job's config with that seed."""
+
+    def __init__(self, cfg: DictConfig, hc):
+        self.cfg, self.hc = cfg, hc
+        self.job_rest = sorted(o for o in hc.overrides.task if override_key(o) not in (MEMBERS_KEY, SEEDS_KEY, "seed"))
+        self._composed: dict[tuple, tuple[DictConfig, dict]] = {}
+
+    def __call__(self, overrides: list[str]) -> tuple[DictConfig, dict]:
+        """(the member's config, its config-group choices)."""
+        rest = tuple(sorted(o for o in overrides if override_key(o) != "seed"))
+        seed = next((parse_overrides([o])["seed"] for o in overrides if override_key(o) == "seed"), None)
+        if list(rest) == self.job_rest:
+            base, choices = self.cfg, dict(self.hc.runtime.choices)
+        else:
+            if rest not in self._composed:
+                self._composed[rest] = self._compose(list(rest))
+            base, choices = self._composed[rest]
+        member = copy.deepcopy(base)  # a deep copy: interpolations resolve against the member's own root
+        with open_dict(member):
+            member.seeds, member[MEMBERS_KEY] = None, None
+            if seed is not None:
+                member.seed = seed
+        return member, choices
+
+    def _compose(self, overrides: list[str]) -> tuple[DictConfig, dict]:
+        from hydra.core.global_hydra import GlobalHydra
+
+        master = OmegaConf.create({"hydra": {"overrides": {"hydra": list(self.hc.overrides.hydra)}, "job": {"config_name": self.hc.job.config_name}}})
+        composed = GlobalHydra.instance().config_loader().load_sweep_config(master, overrides)
+        choices = OmegaConf.to_container(composed.hydra.runtime.choices)
+        with open_dict(composed):
+            del composed["hydra"]
+        return composed, choices
+
+
 def plan_runs(cfg: DictConfig):
-    """One `Run` per seed: its directory, name, overrides, hparams, resolved config and config hash."""
+    """One `Run` per member (one for a plain job): its directory, name, overrides, hparams,
+    composed config and config hash."""
     from actbench.record import Run
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    overrides = identity_overrides(hc.overrides.task, hc.job.config.override_dirname.exclude_keys)
-    packed = cfg.seeds is not None
-    seeds = list(cfg.seeds) if packed else [int(cfg.seed)]
+    exclude = list(hc.job.config.override_dirname.exclude_keys)
+    task = list(hc.overrides.task)
+    members = member_overrides(cfg, task)
+    packed = members is not None
     base = job_dir.parent.parent if job_dir.parent.name == PACKS_DIR else job_dir
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    common = parse_overrides(without_seed(overrides) if packed else overrides)
+    compose = Composer(cfg, hc) if packed else None
     runs = []
-    for seed in seeds:
-        name = run_name(overrides, seed if packed else None)
-        run_dir = base / name if packed else job_dir
-        ov = {**common, "seed": seed} if packed else common
-        config = {**resolved, "seed": seed, "seeds": None}
-        run = Run(name, run_dir, seed, ov, hparams(cfg, hc.runtime.choices, seed, overrides), config)
-        run.config_hash = config_hash(config, hc.job.config.override_dirname.exclude_keys)
+    for overrides in members or [task]:
+        member_cfg, choices = compose(overrides) if packed else (cfg, dict(hc.runtime.choices))
+        identity = identity_overrides(overrides, exclude)
+        name = run_name(identity)
+        config = OmegaConf.to_container(member_cfg, resolve=True)
+        run = Run(name, base / name if packed else job_dir, int(member_cfg.seed), parse_overrides(identity),
+                  hparams(member_cfg, choices, int(member_cfg.seed), identity), config, cfg=member_cfg, task_overrides=overrides)
+        run.config_hash = config_hash(config, exclude)
         runs.append(run)
     return runs
 
@@ -117,7 +163,6 @@ def plan_runs(cfg: DictConfig):
 def config_hash(config: dict, exclude) -> str:
     """What a run computes, as a short hash of its resolved config minus the keys that only say
     where or how fast it runs: a finished run is only skipped for the same computation."""
-    import hashlib
     import json
 
     exclude = set(exclude)
@@ -130,19 +175,15 @@ def config_hash(config: dict, exclude) -> str:
     return hashlib.sha1(json.dumps(strip(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def write_seed_hydra_dirs(runs, job_dir: Path, cfg: DictConfig) -> None:
-    """Give each packed seed's run directory the .hydra/ an unpacked run would have."""
+def write_member_hydra_dirs(runs, job_dir: Path) -> None:
+    """Give each packed member's run directory the .hydra/ an unpacked run of it would have."""
     import yaml
 
-    src = job_dir / ".hydra"
+    src = job_dir / ".hydra" / "hydra.yaml"
     for run in runs:
         dst = run.dir / ".hydra"
         dst.mkdir(parents=True, exist_ok=True)
-        seed_cfg = OmegaConf.merge(cfg, {"seed": run.seed, "seeds": None})
-        (dst / "config.yaml").write_text(OmegaConf.to_yaml(seed_cfg))
-        overrides = yaml.safe_load((src / "overrides.yaml").read_text()) if (src / "overrides.yaml").exists() else []
-        overrides = [*without_seed(overrides), f"seed={run.seed}"]
-        (dst / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        if (src / "hydra.yaml").exists():
-            (dst / "hydra.yaml").write_text((src / "hydra.yaml").read_text())
-
+        (dst / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg))
+        (dst / "overrides.yaml").write_text(yaml.safe_dump(list(run.task_overrides)))
+        if src.exists():
+            (dst / "hydra.yaml").write_text(src.read_text())

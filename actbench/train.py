@@ -6,8 +6,9 @@
 
 A run is idempotent: one whose metrics.json says finished (or diverged) is skipped, an
 unfinished one resumes from its checkpoint, and a directory holding a run of another
-configuration is refused. With `seeds=[...]` one process trains several seeds packed,
-each in its own run directory, exactly as if run apart.
+configuration is refused. A packed job (`members=...` from the packing sweeper, or
+`seeds=[...]`) trains its runs as one batched model, each in its own run directory, exactly as
+if run apart.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actbench.errors import UserError
-from actbench.placement import cpu_threads, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph
-from actbench.runs import plan_runs, write_seed_hydra_dirs  # (registers the run-name resolver)
+from actbench.placement import (
+    cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph,
+)
+from actbench.runs import plan_runs, write_member_hydra_dirs  # (registers the run-name resolver)
 
 
 def quiet() -> None:
@@ -39,44 +42,47 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*log_every_n_steps.*")
 
 
-def optimizer_factory(cfg: DictConfig, n_seeds: int):
-    """The configured optimizer, as a function of the parameters; a pack needs an elementwise one."""
-    from hydra.utils import instantiate
+def build_activation(runs):
+    """The pack's activation: each distinct activation config built once; several become a
+    `PerMember` that gives every member its own."""
+    from actbench import activations
+    from actbench.packing import activation_key
 
-    from actbench.model import ELEMENTWISE_OPTIMIZERS
+    built: dict[str, object] = {}
+    for run in runs:
+        key = activation_key(run.cfg)
+        if key not in built:
+            try:
+                built[key] = activations.build(run.cfg.activation)
+            except (ImportError, AttributeError, TypeError, ValueError) as e:
+                raise UserError(f"activation: {e}") from None
+    if len(built) == 1:
+        return next(iter(built.values()))
+    return activations.PerMember([built[activation_key(r.cfg)] for r in runs])
 
-    factory = instantiate(cfg.optimizer)
-    name = getattr(getattr(factory, "func", factory), "__name__", str(factory))
-    if n_seeds > 1 and name not in ELEMENTWISE_OPTIMIZERS:
-        raise UserError(
-            f"optimizer {name} mixes the values of a weight matrix, so packed seeds would not train as apart; "
-            f"pack only with {', '.join(ELEMENTWISE_OPTIMIZERS)}, or run the seeds apart: seed=0,1,2"
-        )
-    return factory
 
-
-def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
-    """Train and test one pack of seeds (often a pack of one) that start from the same point."""
+def fit_pack(runs, resume: tuple[int, int] | None) -> None:
+    """Train and test one pack of runs (often a pack of one) that start from the same point and
+    agree on everything but their seeds and activations."""
     import torch
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from actbench import activations
     from actbench.checkpoints import PerSeedCheckpointIO
     from actbench.model import Classifier
     from actbench.record import Recorder, process_started
 
+    cfg = runs[0].cfg
     undo_nvml_check()
     seeds = [r.seed for r in runs]
     torch.set_num_threads(cpu_threads(cfg, len(seeds)))
     torch.set_flush_denormal(bool(cfg.flush_denormal))
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
 
     data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution))
     data.prepare()  # bad or missing data fails here, before anything is written
-    try:
-        act = activations.build(cfg.activation)
-    except (ImportError, AttributeError, TypeError, ValueError) as e:
-        raise UserError(f"activation: {e}") from None
+    act = build_activation(runs)
 
     # max_queue: with TensorBoard's default of 10 every add_scalar waits on the writer thread (~75 us
     # per event instead of ~40); a packed run writes thousands per epoch. The recorder flushes each epoch.
@@ -111,7 +117,7 @@ def fit_pack(cfg: DictConfig, runs, resume: tuple[int, int] | None) -> None:
         data.steps = 1
     graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
     net = instantiate(cfg.model, seeds=seeds, activation=act)
-    module = Classifier(net, optimizer_factory(cfg, len(seeds)), cuda_graph=graph)
+    module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):
@@ -128,20 +134,13 @@ def first_job() -> bool:
     return _jobs_started <= 1
 
 
-def run(cfg: DictConfig):
-    from actbench.checks import validate
+def pending(runs, cfg) -> dict[tuple | None, list]:
+    """The runs still to train, by the point they start from (None: a fresh start); finished and
+    diverged runs are skipped with a line each."""
     from actbench.checkpoints import resume_point
     from actbench.results import read_metrics
 
-    global _jobs_started
-    _jobs_started += 1
-    validate(cfg)
-    quiet()
-    runs = plan_runs(cfg)
-    if cfg.seeds is not None:
-        write_seed_hydra_dirs(runs, Path(HydraConfig.get().runtime.output_dir), cfg)
-
-    groups: dict[tuple | None, list] = {}
+    todo: dict[tuple | None, list] = {}
     for r in runs:
         done = read_metrics(r.dir) if cfg.skip_finished else None
         if done and done.get("config_hash", r.config_hash) != r.config_hash and done.get("status") != "failed":
@@ -155,22 +154,42 @@ def run(cfg: DictConfig):
             print(f"{r.name}: already {done['status']} ({what}), skipped", flush=True)
             continue
         point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
-        groups.setdefault(point, []).append(r)
+        todo.setdefault(point, []).append(r)
+    return todo
 
-    limit = None
-    if cfg.seeds is not None and len(runs) > 1:
-        limit = min([n for n in (pack_limit(cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
+
+def run(cfg: DictConfig):
+    from actbench.checks import validate
+    from actbench.packing import split_packs
+    from actbench.results import read_metrics
+
+    global _jobs_started
+    _jobs_started += 1
+    validate(cfg)
+    quiet()
+    runs = plan_runs(cfg)
+    for r in runs:
+        if r.cfg is not cfg:
+            validate(r.cfg)
+    if len(runs) > 1 or cfg.seeds is not None:
+        write_member_hydra_dirs(runs, Path(HydraConfig.get().runtime.output_dir))
+
     failed = []
-    for point, group in groups.items():
-        packs = [group[i : i + limit] for i in range(0, len(group), limit)] if limit else [group]
-        if len(packs) > 1:
-            print(f"{len(group)} seeds do not fit in one pack on this device; training them in packs of {limit}", flush=True)
+    for point, group in pending(runs, cfg).items():
+        limit = None
+        if len(group) > 1:
+            limit = min([n for n in (pack_limit(group[0].cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
+        packs, why = split_packs(group, limit)
+        if why:
+            print(why, flush=True)
+        elif limit and len(group) > limit:
+            print(f"{len(group)} runs do not fit in one pack on this device; training them in packs of {limit}", flush=True)
         for pack in packs:
             if point is not None:
-                more = f" (+{len(pack) - 1} seeds)" if len(pack) > 1 else ""
+                more = f" (+{len(pack) - 1} packed)" if len(pack) > 1 else ""
                 print(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})", flush=True)
             try:
-                fit_pack(cfg, pack, point)
+                fit_pack(pack, point)
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001 - recorded as failed (traceback in metrics.json); the sweep goes on

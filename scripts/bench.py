@@ -4,6 +4,7 @@
     python scripts/bench.py                 # CPU
     python scripts/bench.py --device cuda   # GPU (CUDA-graph step on by default there)
     python scripts/bench.py --packed 5      # also: 5 seeds packed, and vs the same 5 seeds run one after another
+    python scripts/bench.py --sweep         # whole sweeps as users type them, packed (the default) vs pack=false
 
 The blog's configuration: MLP 784-128-10, ReLU, Adam(lr=1e-3), batch 32, Fashion-MNIST
 (synthetic data of the same shape when the real files are absent).
@@ -47,6 +48,10 @@ from actbench.model import PackedMLP  # noqa: E402
 
 REAL_DIRS = ["/usr/share/datasets/fashion-mnist"]
 CLI_EPOCHS = 5  # the packed-vs-sequential command lines run the blog's 5 epochs, start-up included
+SWEEPS = {  # as users type them; each is timed from the command to its report
+    "the design card's": ["-m", "activation=relu,gelu,sigmoid,leaky"],
+    "the blog's (make sweep)": ["-m", "experiment=blog"],
+}
 
 
 # ---------------------------------------------------------------- data
@@ -192,6 +197,17 @@ def startup_seconds(overrides: list[str], out_dir: Path) -> float:
     return metrics["timing"]["first_step_at"] - t
 
 
+def sweep_table(data_overrides: list[str], accel: str, tmp: Path, extra: list[str]) -> None:
+    """Each sweep of SWEEPS from the command line to its report, packed and with pack=false, back to back."""
+    print(f"\n{'sweep, from the command to its report':62s} {'packed':>9s} {'pack=false':>11s} {'ratio':>7s}")
+    for label, args in SWEEPS.items():
+        base = [sys.executable, "-m", "actbench.train", *args, *data_overrides, accel, *extra]
+        packed = timed([*base, f"out_dir={tmp / 'sweep-packed'}"])
+        apart = timed([*base, "pack=false", f"out_dir={tmp / 'sweep-apart'}"])
+        command = f"{label} {' '.join(args)}"
+        print(f"{command:62s} {packed:8.1f}s {apart:10.1f}s {packed / apart:6.2f}x", flush=True)
+
+
 def timed(cmd: list[str]) -> float:
     t = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -223,15 +239,17 @@ def main() -> int:
     ap.add_argument("--data-root", default="data", help="where to look for Fashion-MNIST first (then Debian's folder)")
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--skip-sequential", action="store_true", help="with --packed: skip the wall-clock comparison with sequential runs")
+    ap.add_argument("--sweep", action="store_true", help="only time whole sweeps from the command line, packed vs pack=false")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     torch.set_flush_denormal(True)
     torch.set_num_threads(args.threads)
-    from actbench.placement import undo_nvml_check
+    from actbench.placement import keep_freed_memory, undo_nvml_check
 
     undo_nvml_check()  # importing Lightning slowed every Adam step of the reference too
+    keep_freed_memory()  # as actbench does: the reference gets the same allocator
     with tempfile.TemporaryDirectory(prefix="actbench-bench-") as tmp:
         return measure(args, device, Path(tmp))
 
@@ -240,6 +258,10 @@ def measure(args, device, tmp: Path) -> int:
     """Every variant, timed, with its table printed; 0 if the reference and actbench agree."""
     data_overrides, arrays = bench_data(tmp, args.data_root)
     accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
+    if args.sweep:
+        print(f"actbench sweep benchmark: {arrays['kind']}; device {device}")
+        sweep_table(data_overrides, accel, tmp, args.override)
+        return 0
     common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none", f"threads={args.threads}", *args.override]
     print(f"actbench benchmark: MLP 784-128-10, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")

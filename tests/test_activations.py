@@ -102,3 +102,16 @@ def test_in_place_activations_get_their_derivative():
     z = torch.tensor([-1.0, 2.0])
     assert activations.derivative(fn, z).tolist() == pytest.approx([math.exp(-1), 1.0])
     assert z.tolist() == [-1.0, 2.0]
+
+
+def test_per_member_gives_each_member_its_own_activation_and_gradient():
+    relu, gelu = torch.nn.ReLU(), torch.nn.GELU()
+    per = activations.PerMember([relu, relu, gelu, activations.gelu_sigmoid])
+    assert [(a, b) for a, b, _ in per.spans] == [(0, 2), (2, 3), (3, 4)]  # neighbours of one activation share a call
+    z = torch.randn(4, 5, 7, dtype=torch.float64, requires_grad=True)
+    out = per(z)
+    expected = torch.cat([relu(z[:2]), gelu(z[2:3]), activations.gelu_sigmoid(z[3:])])
+    assert torch.equal(out, expected)
+    d = activations.derivative(per, z)
+    for k, fn in enumerate([relu, relu, gelu, activations.gelu_sigmoid]):
+        assert torch.allclose(d[k], activations.derivative(fn, z[k]))

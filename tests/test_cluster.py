@@ -53,7 +53,7 @@ def slurm_env() -> dict:
 def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     r = run_cli(
         "-m", *tiny_run, "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "hydra.sweeper.max_batch_size=2",
-        "activation=relu,sigmoid", "seed=0,1", "report=none", timeout=600,
+        "activation=relu,sigmoid", "seed=0,1", "report=none", "pack=false", timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     sweep = tmp_path / "runs" / "tiny"
@@ -64,6 +64,22 @@ def test_local_launcher_runs_jobs_in_parallel_processes(tiny_run, tmp_path):
     # (one after another, none would)
     spans = [(t["first_step_at"] - t["startup_s"], t["first_step_at"] + t["fit_s"]) for t in (m["timing"] for m in ms)]
     assert any(max(a[0], b[0]) < min(a[1], b[1]) for a, b in itertools.combinations(spans, 2)), spans
+
+
+def test_the_local_launcher_gets_one_job_per_pack(tiny_run, tmp_path):
+    r = run_cli(
+        "-m", *tiny_run, "hydra/launcher=local", "hydra.launcher.gpus_per_node=0", "activation=relu,sigmoid", "seed=0,1",
+        "optimizer.lr=0.001,0.01", "report=none", timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "runs" / "tiny"
+    runs = [p for p in sweep.iterdir() if (p / "metrics.json").exists()]
+    assert len(runs) == 8 and all(metrics(p)["status"] == "finished" for p in runs)
+    jobs = {}
+    for p in runs:  # one process per job: the members of a pack share one
+        jobs.setdefault(metrics(p)["host"]["pid"], set()).add(metrics(p)["hparams"]["lr"])
+    assert len(jobs) == 2 and all(len(rates) == 1 for rates in jobs.values())
+    assert len([d for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]) == 2  # one folder per job id
 
 
 @pytest.mark.slurm

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from actbench.cuda_graph import GraphedStep, capturable_optimizer
-from actbench.model import PackedMLP, per_seed_loss, training_objective
+from actbench.model import PackedMLP, cross_entropy, step_losses
 from conftest import compose_cfg as cfg
 from conftest import metrics, run_cli
 
@@ -49,17 +49,17 @@ def test_after_a_failed_capture_the_remaining_steps_are_eager_and_counted():
     torch.manual_seed(0)
     net = PackedMLP([0], nn.ReLU())
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    step, wrapped = GraphedStep(net, training_objective), Counting(opt)
+    step, wrapped = GraphedStep(net, step_losses), Counting(opt)
     step.failed = "an activation that syncs with the host"  # as a failed capture leaves it
     ref = PackedMLP([0], nn.ReLU())
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
     for _ in range(3):
-        x, y = torch.randn(32, 784), torch.randint(0, 10, (32,))
+        x, y = torch.randn(1, 32, 784), torch.randint(0, 10, (1, 32))
         step.step(x, y, wrapped)  # on the CPU: any capture attempt would fail on torch.cuda
         ref_opt.zero_grad()
-        training_objective(ref(x), y).backward()
+        cross_entropy(ref(x), y).sum().backward()
         ref_opt.step()
-    assert wrapped.steps == 3 and not step.captured and not step.accepts(32)
+    assert wrapped.steps == 3 and not step.captured
     for p, q in zip(net.parameters(), ref.parameters()):
         assert torch.equal(p, q)
 
@@ -74,16 +74,16 @@ def test_graphed_steps_match_eager_steps(activation):
     def train(graphed):
         net = PackedMLP([0, 1], activation).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
-        step, wrapped, losses = GraphedStep(net, training_objective), Counting(opt), []
+        step, wrapped, losses = GraphedStep(net, step_losses), Counting(opt), []
         for x, y in batches:
             if graphed:
-                logits = step.step(x, y, wrapped)
+                losses.append(step.step(x, y, wrapped)[1])
             else:
                 opt.zero_grad(set_to_none=True)
-                logits = net(x)
-                training_objective(logits, y).backward()
+                loss = cross_entropy(net(x), y)
+                loss.sum().backward()
                 opt.step()
-            losses.append(per_seed_loss(logits.detach(), y))
+                losses.append(loss.detach())
         assert not graphed or (wrapped.steps == len(batches) and step.graph is not None)
         return torch.stack(losses), [p.detach().clone() for p in net.parameters()]
 
@@ -103,13 +103,13 @@ def test_dropped_gradients_are_given_back_to_the_graph():
     torch.manual_seed(0)
     net = PackedMLP([0], nn.ReLU()).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
-    step, wrapped = GraphedStep(net, training_objective), Counting(opt)
+    step, wrapped = GraphedStep(net, step_losses), Counting(opt)
     for _ in range(WARMUP_STEPS + 2):
-        step.step(torch.randn(32, 784, device=dev), torch.randint(0, 10, (32,), device=dev), wrapped)
+        step.step(torch.randn(1, 32, 784, device=dev), torch.randint(0, 10, (1, 32), device=dev), wrapped)
     net.zero_grad(set_to_none=True)  # as Lightning does before every validation
-    x, y = torch.randn(32, 784, device=dev), torch.randint(0, 10, (32,), device=dev)
+    x, y = torch.randn(1, 32, 784, device=dev), torch.randint(0, 10, (1, 32), device=dev)
     ref = copy.deepcopy(net)
-    training_objective(ref(x), y).backward()
+    cross_entropy(ref(x), y).sum().backward()
     step.own_grads()
     step.step(x, y, wrapped)
     for p, q in zip(net.parameters(), ref.parameters()):

@@ -136,10 +136,10 @@ def make_batches(seeds, n=100, batch=8, steps=3, epoch=0):
 
 
 def stacked(batches):
-    """Every chunk's batches as x [S, K, B, 784], y [S, K, B] (one seed's come without the K axis)."""
+    """Every chunk's batches as x [S, K, B, 784], y [S, K, B]."""
     out = []
     for chunk in batches:
-        steps = [(x, y) if x.dim() == 3 else (x[None], y[None]) for x, y in (chunk[s] for s in range(len(chunk)))]
+        steps = [chunk[s] for s in range(len(chunk))]
         out.append((torch.stack([x for x, _ in steps]), torch.stack([y for _, y in steps])))
     return out
 
@@ -170,18 +170,9 @@ def test_labels_travel_with_their_images():
         assert torch.equal(y, x[..., 0].long() % 10)
 
 
-def test_one_seed_gets_plain_batches():
+def test_one_seed_batches_keep_the_member_dimension():
     x, y = next(iter(make_batches([5])))[0]
-    assert x.shape == (8, 784) and y.shape == (8,)
-
-
-def test_step_labels_are_the_epochs_labels_in_step_order():
-    b = make_batches([0, 3], epoch=2)
-    labels = b.step_labels(2)
-    assert labels.shape == (12, 2, 8)
-    flat = torch.cat([y.transpose(0, 1).reshape(2, -1) for _, y in stacked(b)], dim=1)
-    assert torch.equal(labels.transpose(0, 1).reshape(2, -1)[:, :90], flat)
-    assert (labels[-1, :, 2:] == -1).all()  # past the short last batch
+    assert x.shape == (1, 8, 784) and y.shape == (1, 8)
 
 
 def test_eval_batches_shared_and_per_seed():

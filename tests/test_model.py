@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from actbench.model import PackedMLP, bytes_per_seed, per_seed_correct, per_seed_loss
+from actbench.model import PackedMLP, accuracy, bytes_per_seed, cross_entropy
 
 
 def test_default_is_the_blogs_mlp():
@@ -22,10 +22,15 @@ def test_depth_and_width():
     assert net(torch.randn(2, 5, 784)).shape == (2, 5, 10)
 
 
-def test_one_seed_takes_plain_batches_too():
+def test_one_member_is_a_plain_mlp():
     net = PackedMLP([4], nn.GELU(), depth=2, width=16)
-    x = torch.randn(7, 784)
-    assert torch.allclose(net(x), net(x[None])[0], atol=1e-6)
+    x = torch.randn(1, 7, 784)
+    plain = nn.Sequential(nn.Linear(784, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 10))
+    with torch.no_grad():
+        for lin, w, b in zip(plain[::2], net.weights, net.biases):
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+    assert torch.allclose(net(x)[0], plain(x[0]), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -64,9 +69,9 @@ def test_packed_forward_equals_each_seed_alone():
 def test_summed_losses_give_each_seed_exactly_its_own_gradient():
     packed = PackedMLP([0, 1], nn.Sigmoid(), width=8)
     x, y = torch.randn(2, 6, 784), torch.randint(0, 10, (2, 6))
-    per_seed_loss(packed(x), y).sum().backward()
+    cross_entropy(packed(x), y).sum().backward()
     alone = PackedMLP([1], nn.Sigmoid(), width=8)
-    per_seed_loss(alone(x[1:]), y[1:]).sum().backward()
+    cross_entropy(alone(x[1:]), y[1:]).sum().backward()
     for p, a in zip(packed.parameters(), alone.parameters()):
         assert torch.allclose(packed.per_seed(p.grad)[1], a.grad, atol=1e-7)
 
@@ -74,8 +79,8 @@ def test_summed_losses_give_each_seed_exactly_its_own_gradient():
 def test_loss_and_correct_per_seed():
     logits = torch.tensor([[[5.0, 0, 0], [0, 5.0, 0]], [[5.0, 0, 0], [5.0, 0, 0]]])
     y = torch.tensor([[0, 1], [0, 1]])
-    assert per_seed_correct(logits, y).tolist() == [2, 1]
-    loss = per_seed_loss(logits, y)
+    assert accuracy(logits, y).tolist() == [1.0, 0.5]
+    loss = cross_entropy(logits, y)
     assert loss[0] < loss[1] and loss[0].item() == pytest.approx(-math.log(math.exp(5) / (math.exp(5) + 2)), rel=1e-5)
 
 
@@ -90,6 +95,32 @@ def test_dropout_masks_come_from_seed_and_epoch():
     assert not torch.equal(masks([3], 0), masks([3], 1))
     m = masks([3], 0)
     assert set(m.unique().tolist()) == {0.0, 2.0}  # kept units are scaled by 1/(1-p)
+    # a lone member's training step works on [B, width] (step_losses): the same masks, per row
+    lone = PackedMLP([3], nn.Identity(), width=64, dropout=0.5)
+    lone.start_epoch(0)
+    assert torch.equal(lone._drop(torch.ones(4, 64)), masks([3], 0)[0])
+
+
+def test_packed_training_steps_equal_each_member_alone_with_dropout():
+    from actbench.model import step_losses
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(2, 8, 784, generator=gen), torch.randint(0, 10, (2, 8), generator=gen)) for _ in range(4)]
+
+    def train(seeds, data):
+        net = PackedMLP(seeds, nn.ReLU(), width=32, dropout=0.3).train()
+        net.start_epoch(0)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for x, y in data:
+            opt.zero_grad()
+            step_losses(net, x, y)[0].backward()
+            opt.step()
+        return net
+
+    packed = train([0, 1], batches)
+    alone = train([1], [(x[1:], y[1:]) for x, y in batches])
+    for p, a in zip(packed.parameters(), alone.parameters()):
+        assert torch.allclose(packed.per_seed(p)[1], a, rtol=1e-5, atol=1e-6)
 
 
 def test_eval_mode_has_no_dropout():
@@ -123,7 +154,6 @@ def test_packed_linear_gradients_match_autograd():
     ids=["sgd-momentum", "adamw", "rmsprop"],
 )
 def test_packed_seeds_train_as_apart_with_elementwise_optimizers(make):
-    from actbench.model import training_objective
 
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(2, 16, 784, generator=gen), torch.randint(0, 10, (2, 16), generator=gen)) for _ in range(5)]
@@ -132,12 +162,12 @@ def test_packed_seeds_train_as_apart_with_elementwise_optimizers(make):
         opt = make(net.parameters())
         for x, y in data:
             opt.zero_grad()
-            training_objective(net(x), y).backward()
+            cross_entropy(net(x), y).sum().backward()
             opt.step()
         return net
 
     packed = train(PackedMLP([0, 1], nn.Tanh(), width=32), batches)
     for k, s in enumerate([0, 1]):
-        alone = train(PackedMLP([s], nn.Tanh(), width=32), [(x[k], y[k]) for x, y in batches])
+        alone = train(PackedMLP([s], nn.Tanh(), width=32), [(x[k : k + 1], y[k : k + 1]) for x, y in batches])
         for p, a in zip(packed.parameters(), alone.parameters()):
             assert torch.allclose(packed.per_seed(p)[k], a, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from actbench import activations
-from actbench.model import PackedMLP, per_seed_loss
+from actbench.model import PackedMLP, cross_entropy
 from actbench.probes import ActivationProbe, GradientProbe, grad_norms, grad_ratio, layer_stats, probe_forward, unit_stats
 from conftest import events, metrics, run_cli
 
@@ -100,7 +100,7 @@ def test_saturation_through_a_sigmoid_network():
 def loss_grad(net: PackedMLP, x: torch.Tensor) -> None:
     y = torch.arange(x.shape[1]).remainder(10).expand(x.shape[0], -1)
     net.zero_grad(set_to_none=True)
-    per_seed_loss(net(x), y).sum().backward()
+    cross_entropy(net(x), y).sum().backward()
 
 
 def test_grad_norms_are_per_seed_frobenius_norms():

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -62,7 +63,7 @@ def test_default_output_place_is_runs_under_the_working_directory_with_the_repor
     r = run_cli("-m", *args, "seed=0,1", "report.metric=val_loss", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     # the report's metric is a report setting, not part of what a run computes or its name
-    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir()) == ["seed=0", "seed=1"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir() if p.is_dir() and not p.name.startswith(".")) == ["seed=0", "seed=1"]
     assert "Metric: val_loss" in (tmp_path / "runs" / "tiny" / "report.md").read_text()
 
 
@@ -209,7 +210,7 @@ def test_diverging_run_is_marked_and_the_sweep_goes_on(tiny_run, tmp_path):
 
 def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
     packed = run_cli(*tiny_run, "name=p", "seeds=[0,1,2]", "max_pack=2", "model.dropout=0.2", "activation=gelu")
-    apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=none")
+    apart = run_cli("-m", *tiny_run, "name=a", "seed=0,1,2", "model.dropout=0.2", "activation=gelu", "report=none", "pack=false")
     assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
     assert "training them in packs of 2" in packed.stdout
     import torch
@@ -299,11 +300,96 @@ def test_activation_label_shows_changed_activation_keys():
     assert activation_label("relu", ["+activation._target_=torch.nn.Softsign"]) == "relu(_target_=torch.nn.Softsign)"
 
 
-def test_packing_refuses_optimizers_that_mix_a_weight_matrix():
-    from actbench import train
-    from actbench.errors import UserError
+# ---------------------------------------------------------------- automatic packing
 
-    cfg = compose_cfg("optimizer._target_=torch.optim.Adafactor", "~optimizer.betas", "~optimizer.fused")
-    train.optimizer_factory(cfg, 1)  # one seed: any optimizer
-    with pytest.raises(UserError, match="Adafactor"):
-        train.optimizer_factory(cfg, 3)
+
+def run_dirs(sweep: Path) -> list[str]:
+    return sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def assert_twins(packed_dir: Path, apart_dir: Path) -> None:
+    """A packed member and its pack=false twin: the same run, the same numbers."""
+    mp, ma = metrics(packed_dir), metrics(apart_dir)
+    assert mp["status"] == ma["status"] == "finished"
+    assert set(mp) == set(ma) and set(mp["curves"]) == set(ma["curves"]) and set(mp["probes"]) == set(ma["probes"])
+    assert (mp["overrides"], mp["hparams"], mp["config_hash"]) == (ma["overrides"], ma["hparams"], ma["config_hash"])
+    assert mp["curves"]["val_loss"] == pytest.approx(ma["curves"]["val_loss"], abs=1e-3)
+    assert mp["final"]["test_acc"] == pytest.approx(ma["final"]["test_acc"], abs=2e-3)
+
+
+def test_a_multirun_packs_activations_and_seeds_into_one_job(tiny_run, tmp_path):
+    sweep = ["activation=relu,sigmoid", "seed=0,1", "trainer.max_epochs=2", "model.dropout=0.1", "report=none"]
+    packed = run_cli("-m", *tiny_run, "name=p", *sweep)
+    apart = run_cli("-m", *tiny_run, "name=a", *sweep, "pack=false")
+    assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+    assert "Launching 1 jobs" in packed.stdout + packed.stderr and "Launching 4 jobs" in apart.stdout + apart.stderr
+    p, a = tmp_path / "runs" / "p", tmp_path / "runs" / "a"
+    names = [f"{n.replace(',seed', ',model.dropout=0.1,seed')},trainer.max_epochs=2" for n in NAMES_2x2]
+    assert run_dirs(p) == run_dirs(a) == names
+    assert len(list((p / ".packs").iterdir())) == 1
+    for name in names:
+        assert_twins(p / name, a / name)
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):  # a packed product only adds in another order
+            assert metrics(p / name)["curves"][key] == pytest.approx(metrics(a / name)["curves"][key], rel=1e-5)
+        writers = {f.name.split(".")[-2] for f in (p / name).glob("events.out.tfevents.*")}  # .<pid>.<n>
+        assert len(writers) == 1  # one process wrote this member's TensorBoard run
+        own, twin = (set(yaml.safe_load((d / name / ".hydra" / "overrides.yaml").read_text())) for d in (p, a))
+        assert own - {"name=p"} == twin - {"name=a", "pack=False"}  # the .hydra/ an unpacked job of it has
+    # a pack=false rerun finds the packed runs finished
+    again = run_cli("-m", *tiny_run, "name=p", *sweep, "pack=false")
+    assert again.returncode == 0 and again.stdout.count("already finished") == 4
+
+
+def test_a_sweep_over_the_learning_rate_makes_one_pack_per_rate(tiny_run, tmp_path):
+    r = run_cli("-m", *tiny_run, "activation=relu,sigmoid", "optimizer.lr=0.001,0.01", "report=none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweep = tmp_path / "runs" / "tiny"
+    assert "Launching 2 jobs" in r.stdout + r.stderr and len(list((sweep / ".packs").iterdir())) == 2
+    assert len(run_dirs(sweep)) == 4 and all(metrics(sweep / n)["status"] == "finished" for n in run_dirs(sweep))
+
+
+def test_a_users_own_activation_packs_with_relu(tiny_run, tmp_path):
+    (Path(tiny_run[1]) / "activation").mkdir()
+    (Path(tiny_run[1]) / "activation" / "mine.yaml").write_text("_target_: torch.nn.Softsign\n")
+    sweep = ["activation=relu,mine", "seed=3", "report=none"]
+    packed = run_cli("-m", *tiny_run, "name=p", *sweep)
+    apart = run_cli("-m", *tiny_run, "name=a", *sweep, "pack=false")
+    assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+    assert "(+1 packed)" in packed.stdout
+    for name in ("activation=mine,seed=3", "activation=relu,seed=3"):
+        assert_twins(tmp_path / "runs" / "p" / name, tmp_path / "runs" / "a" / name)
+    assert metrics(tmp_path / "runs" / "p" / "activation=mine,seed=3")["hparams"]["activation"] == "mine"
+
+
+def test_rerunning_a_half_finished_packed_sweep_skips_resumes_and_starts_the_right_members(tiny_run, tmp_path):
+    base = ["-m", *tiny_run, "activation=relu,sigmoid", "trainer.max_epochs=3", "report=none"]
+    assert run_cli(*base, "seed=0").returncode == 0  # two members finished
+    killed = run_cli(*base, "seed=0,1", "+callbacks.kill._target_=callbacks.KillAt", "+callbacks.kill.step=24",
+                     env={"PYTHONPATH": TESTS})
+    assert killed.returncode != 0 and killed.stdout.count("already finished") == 2  # SIGKILL in epoch 2 of seed 1's pack
+    rerun = run_cli(*base, "seed=0,1,2")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.stdout.count("already finished") == 2
+    assert rerun.stdout.count("resuming after epoch 1") == 1 and "(+1 packed): resuming" in rerun.stdout  # seed 1's two, together
+    whole = run_cli("-m", *[a if not a.startswith("out_dir=") else f"out_dir={tmp_path / 'whole'}" for a in tiny_run],
+                    "activation=relu,sigmoid", "trainer.max_epochs=3", "report=none", "seed=0,1,2")
+    assert whole.returncode == 0
+    for act in ("relu", "sigmoid"):
+        for seed in (0, 1, 2):
+            name = f"activation={act},seed={seed},trainer.max_epochs=3"
+            m, w = metrics(tmp_path / "runs" / "tiny" / name), metrics(tmp_path / "whole" / "tiny" / name)
+            assert m["status"] == "finished" and m["timing"]["resumed_at_epoch"] == (1 if seed == 1 else None)
+            assert m["curves"]["val_loss"] == pytest.approx(w["curves"]["val_loss"], rel=1e-6)
+            assert m["final"]["test_loss"] == pytest.approx(w["final"]["test_loss"], rel=1e-6)
+
+
+def test_packed_members_match_their_unpacked_twins_on_the_real_data(real_data_dir, tmp_path):
+    common = ["-m", f"data.root={tmp_path}", f"data.system_dirs=[{real_data_dir}]", f"data.cache_dir={tmp_path / 'cache'}",
+              f"out_dir={tmp_path / 'runs'}", "activation=relu,gelu,sigmoid", "seed=0", "trainer.max_epochs=1",
+              "probes.activations.histograms=false", "report=none"]
+    packed = run_cli(*common, "name=p", timeout=600)
+    apart = run_cli(*common, "name=a", "pack=false", timeout=600)
+    assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
+    for act in ("relu", "gelu", "sigmoid"):
+        name = f"activation={act},seed=0,trainer.max_epochs=1"
+        assert_twins(tmp_path / "runs" / "p" / name, tmp_path / "runs" / "a" / name)
