@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from actbench.logs import say
+
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graphs require
 
 
@@ -99,7 +101,7 @@ class GraphedStep:
                     self.out = self._body(self.x, self.y, optimizer)
             except RuntimeError as e:  # capture records without running: nothing was applied yet
                 self.failed = str(e).splitlines()[0][:200]
-                print(f"cuda_graph: capture failed ({self.failed}); training with eager steps", flush=True)
+                say(f"cuda_graph: capture failed ({self.failed}); training with eager steps")
                 optimizer.zero_grad(set_to_none=True)  # drop gradients the aborted capture allocated
                 return self._body(x, y, optimizer)
             self.graph = graph

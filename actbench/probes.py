@@ -33,21 +33,25 @@ SATURATION_TOL = 0.0475  # |f'(z)| below this: saturated (sigmoid outside [0.05,
 # ---------------------------------------------------------------- tag names
 
 # Every name a probe writes (a TensorBoard tag, a key of metrics.json's `probes`) is made here;
-# actbench.results and actbench.figures read the values back under these names.
+# actbench.results and actbench.figures read the values back under these names. All start with
+# PREFIX: TensorBoard groups tags by what comes before the first "/", in alphabetical order, and
+# opens only the first group, so the probes make one group below acc/ and loss/ (actbench.tags).
+# Older metrics.json files have the same names without it (actbench.results reads both).
+PREFIX = "probes/"
 DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
 PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
-GRAD_NORM, GRAD_RATIO = "grad_norm", "grad_ratio"  # per weight matrix (see grad_norm_tag), and first over last
-GRAD_NORM_STEP, GRAD_RATIO_STEP = "grad_norm_step", "grad_ratio_step"  # every sample, TensorBoard only
+GRAD_NORM, GRAD_NORM_STEP = "grad_norm", "grad_norm_step"  # per weight matrix, see grad_norm_tag; _step: every sample, TensorBoard only
+GRAD_RATIO, GRAD_RATIO_STEP = f"{PREFIX}grad_ratio", f"{PREFIX}grad_ratio_step"  # first over last
 
 
 def layer_tag(stat: str, i: int) -> str:
-    """`dead/layer{i}` and the like, for hidden layer i = 1..depth."""
-    return f"{stat}/layer{i}"
+    """`probes/dead/layer{i}` and the like, for hidden layer i = 1..depth."""
+    return f"{PREFIX}{stat}/layer{i}"
 
 
 def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
-    """`grad_norm/w{j}` (or `grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
-    return f"{kind}/w{j}"
+    """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
+    return f"{PREFIX}{kind}/w{j}"
 
 
 # ---------------------------------------------------------------- pure measurements
@@ -91,7 +95,7 @@ def layer_stats(
     saturation_tol: float = SATURATION_TOL,
 ) -> dict[str, Tensor]:
     """`unit_stats` of every hidden layer of a `probe_forward` record, under the TensorBoard
-    tags `dead/layer{i}`, `saturated/layer{i}`, `dact_mean/layer{i}` (i = 1..depth), each [K]."""
+    tags `probes/dead/layer{i}`, `probes/saturated/layer{i}`, `probes/dact_mean/layer{i}` (i = 1..depth), each [K]."""
     out = {}
     for i, (z, _) in enumerate(record, start=1):
         for name, value in unit_stats(fn, z, dead_tol, saturation_tol).items():
@@ -136,9 +140,9 @@ def _writers(trainer) -> list:
 class ActivationProbe(Callback):
     """At initialisation (epoch 0) and after every epoch, one forward pass of the probe set
     (`trainer.datamodule.probe_set()`, a fixed seeded subset of each seed's training data) in
-    eval mode, and per hidden layer i: `dead/layer{i}`, `saturated/layer{i}` and
-    `dact_mean/layer{i}` into `epoch_log` (so TensorBoard and metrics.json get them), and
-    histograms `preact/layer{i}` (z) and `act/layer{i}` (f(z)) to TensorBoard only.
+    eval mode, and per hidden layer i: `probes/dead/layer{i}`, `probes/saturated/layer{i}` and
+    `probes/dact_mean/layer{i}` into `epoch_log` (so TensorBoard and metrics.json get them), and
+    histograms `probes/preact/layer{i}` (z) and `probes/act/layer{i}` (f(z)) to TensorBoard only.
     The probe forward touches no random stream, so training is the same with or without it."""
 
     def __init__(self, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL, histograms: bool = True):
@@ -174,19 +178,20 @@ class ActivationProbe(Callback):
 
 
 class GradientProbe(Callback):
-    """Weight-gradient norms of every Linear layer, `grad_norm/w{j}` (j = 1..depth+1, the last
-    being the output layer), and their first-over-last ratio `grad_ratio`.
+    """Weight-gradient norms of every Linear layer, `probes/grad_norm/w{j}` (j = 1..depth+1, the
+    last being the output layer), and their first-over-last ratio `probes/grad_ratio`.
 
     Training runs chunks of optimizer steps, so gradients are sampled in `on_train_batch_end`,
     where `.grad` holds the gradient of the chunk's last optimizer step: a sample is taken when
     `trainer.global_step` has crossed a multiple of `every_n_steps` since the last sample (the
     first chunk of a fresh run counts as crossing step 0), and it is labelled with that
     global_step. Samples stay on the device during the epoch; at the epoch's end each seed's
-    TensorBoard gets every sample at its step, as `grad_norm_step/w{j}` and `grad_ratio_step`,
-    and `epoch_log` gets the epoch's mean norm per layer as `grad_norm/w{j}` and the ratio of
-    those means as `grad_ratio` (so grad_ratio == grad_norm/w1 / grad_norm/w{depth+1} in
-    metrics.json). An epoch without a sample, and epoch 0 (no gradient yet), record NaN, which
-    metrics.json writes as null, so every probe list stays aligned with `probes.epoch`."""
+    TensorBoard gets every sample at its step, as `probes/grad_norm_step/w{j}` and
+    `probes/grad_ratio_step`, and `epoch_log` gets the epoch's mean norm per layer as
+    `probes/grad_norm/w{j}` and the ratio of those means as `probes/grad_ratio` (so grad_ratio ==
+    grad_norm/w1 / grad_norm/w{depth+1} in metrics.json). An epoch without a sample, and epoch 0
+    (no gradient yet), record nothing: TensorBoard gets no point, and metrics.json a null, so
+    every probe list stays aligned with `probes.epoch`."""
 
     def __init__(self, every_n_steps: int = 64):
         if int(every_n_steps) < 1:
@@ -200,16 +205,9 @@ class GradientProbe(Callback):
     def _tags(n_layers: int) -> list[str]:
         return [grad_norm_tag(j) for j in range(1, n_layers + 1)]
 
-    def _nan_log(self, pl_module) -> dict[str, Tensor]:
-        net = pl_module.net
-        nan = torch.full((net.n_seeds,), math.nan, device=net.weights[0].device)
-        return {**{tag: nan for tag in self._tags(len(net.weights))}, GRAD_RATIO: nan}
-
     def on_train_start(self, trainer, pl_module) -> None:
         step = trainer.global_step
         self._last = step if step > 0 else -1
-        if trainer.current_epoch == 0:
-            pl_module.epoch_log.update(self._nan_log(pl_module))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._samples, self._steps = [], []
@@ -223,7 +221,6 @@ class GradientProbe(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not self._samples:
-            pl_module.epoch_log.update(self._nan_log(pl_module))
             return
         norms = torch.stack(self._samples)  # [S, L, K]
         means = norms.mean(0)  # [L, K]

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from actbench import hparams_tab
+from actbench.files import atomic_write
+from actbench.logs import say, warn
 from actbench.results import METRICS_FILE, SCHEMA, read_metrics
-
-DECLARED_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # what TensorBoard's HParams tab compares
-CURVE_PREFIXES = ("train/", "val/", "time/")
+from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
 
 def now() -> str:
@@ -43,8 +44,14 @@ def clean(x):
 
 
 def curve_name(tag: str) -> str:
-    """metrics.json's name for a TensorBoard tag: train/loss -> train_loss, time/epoch_s -> epoch_s."""
-    return tag.removeprefix("time/").replace("/", "_")
+    """metrics.json's name for a TensorBoard tag: loss/train -> train_loss, time/epoch_s -> epoch_s."""
+    return json_name(tag)
+
+
+def finite(values: dict) -> dict:
+    """The values TensorBoard gets: a NaN or infinity (a diverging seed, a layer without a
+    gradient) is a gap in the chart, not a point; metrics.json records it as null."""
+    return {k: v for k, v in values.items() if math.isfinite(v)}
 
 
 def versions() -> dict:
@@ -139,22 +146,14 @@ class Run:
         if not self.writes:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / METRICS_FILE
-        tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(clean(self.metrics), indent=1))
-        os.replace(tmp, path)  # readers never see half a file
+        # readers never see half a file, and a full disk leaves the last good one and no temporary file
+        atomic_write(self.dir / METRICS_FILE, json.dumps(clean(self.metrics), indent=1))
 
 
-def write_hparams(logger, hparams: dict) -> None:
-    """Declare the run's hparams and the metrics they are compared on, without placeholder values:
-    the HParams tab reads the metrics from the scalars of the same names."""
-    from torch.utils.tensorboard.summary import hparams as hparams_summary
-
-    flat = {k: ("none" if v is None else v) for k, v in hparams.items()}
-    exp, ssi, sei = hparams_summary(flat, {m: 0.0 for m in DECLARED_METRICS})
-    writer = logger.experiment.file_writer
-    for summary in (exp, ssi, sei):
-        writer.add_summary(summary)
+def write_hparams(logger, run: Run) -> None:
+    """The run's HParams session (the experiment is the sweep's, declared at its root by
+    actbench.hparams_tab); the tab reads the metrics from the scalars of the declared tags."""
+    hparams_tab.write_session_start(logger.experiment.file_writer, hparams_tab.session_hparams(run.hparams, run.overrides))
 
 
 class Recorder(Callback):
@@ -195,8 +194,10 @@ class Recorder(Callback):
             device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
         for run, logger in zip(self.runs, trainer.loggers):
             run.start(self.resume_epoch, device, self.t_job)
+            # Lightning writes them to hparams.yaml after this hook (once: a resumed run keeps its file)
+            logger.log_hyperparams({"hparams": run.hparams, "config": run.config})
             if not self.resume_epoch and self.speaks:
-                write_hparams(logger, run.hparams)
+                write_hparams(logger, run)
 
     def on_train_start(self, trainer, pl_module) -> None:
         # what probes measured at initialisation (epoch 0); nothing else is in the log yet
@@ -217,18 +218,20 @@ class Recorder(Callback):
         epoch_s = time.perf_counter() - self.t_epoch
         self.fit_s += epoch_s
         n_samples = trainer.datamodule.train_idx.shape[1]  # per seed
-        host["time/epoch_s"] = torch.full((len(self.runs),), epoch_s)
-        host["time/samples_per_s"] = torch.full((len(self.runs),), n_samples / epoch_s)
+        host[EPOCH_S] = torch.full((len(self.runs),), epoch_s)
+        host[SAMPLES_PER_S] = torch.full((len(self.runs),), n_samples / epoch_s)
         self._log_steps(trainer, {k: v.cpu() for k, v in steps.items()})
         self._flush(trainer, host, epoch=trainer.current_epoch + 1)
         # under DDP each process sees its own share of the batches: decide on the first and tell the
         # others, or some would stop and some would not
-        loss = trainer.strategy.broadcast(host["train/loss"], src=0)
+        loss = trainer.strategy.broadcast(host[metric_tag(LOSS, TRAIN)], src=0)
         for k, run in enumerate(self.runs):
             if not self.diverged[k] and not float(loss[k]) <= self.diverged_loss:  # NaN fails <= too
                 self.diverged[k] = True
                 run.end("diverged", f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
-                print(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); recorded as diverged", flush=True)
+                if self.speaks:
+                    hparams_tab.write_session_end(trainer.loggers[k].experiment.file_writer, hparams_tab.FAILURE)
+                say(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); recorded as diverged")
         if all(self.diverged):
             trainer.should_stop = True
         if self.speaks:
@@ -241,9 +244,9 @@ class Recorder(Callback):
         for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
             values = {name: column[k] for name, column in columns.items()}
             if not self.diverged[k]:
-                logger.log_metrics(values, step=step)
-            curves = {curve_name(n): v for n, v in values.items() if n.startswith(CURVE_PREFIXES)}
-            probes = {n: v for n, v in values.items() if not n.startswith(CURVE_PREFIXES)}
+                logger.log_metrics({**finite(values), EPOCH: epoch}, step=step)
+            curves = {curve_name(n): v for n, v in values.items() if n.startswith(CURVE_GROUPS)}
+            probes = {n: v for n, v in values.items() if not n.startswith(CURVE_GROUPS)}
             if curves:
                 run.append("curves", {"epoch": epoch, **curves})
             if probes:
@@ -261,25 +264,24 @@ class Recorder(Callback):
         starts = range(0, n, self.every)
         # [windows, K] per curve as plain lists: one conversion instead of windows x K tensor reads
         windows = {
-            f"train/{name}_step": torch.stack([v[s : s + self.every].mean(0) for s in starts]).tolist()
+            step_tag(name): torch.stack([v[s : s + self.every].mean(0) for s in starts]).tolist()
             for name, v in steps.items()
         }
         for k, logger in enumerate(trainer.loggers):
             if self.diverged[k]:
                 continue
             for w, start in enumerate(starts):
-                logger.log_metrics({tag: rows[w][k] for tag, rows in windows.items()}, step=first + min(start + self.every, n))
+                logger.log_metrics(finite({tag: rows[w][k] for tag, rows in windows.items()}), step=first + min(start + self.every, n))
 
     def _print_epoch(self, trainer, host: dict) -> None:
         def mean(key):
             return float(host[key].nanmean()) if key in host else float("nan")
 
-        print(
+        say(
             f"{self.label}  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-            f"  train loss {mean('train/loss'):.4f} acc {100 * mean('train/acc'):.2f}%"
-            f"  val loss {mean('val/loss'):.4f} acc {100 * mean('val/acc'):.2f}%"
-            f"  {mean('time/epoch_s'):.2f}s ({mean('time/samples_per_s') * len(self.runs) / 1000:.1f}k samples/s)",
-            flush=True,
+            f"  train loss {mean(metric_tag(LOSS, TRAIN)):.4f} acc {100 * mean(metric_tag(ACC, TRAIN)):.2f}%"
+            f"  val loss {mean(metric_tag(LOSS, VAL)):.4f} acc {100 * mean(metric_tag(ACC, VAL)):.2f}%"
+            f"  {mean(EPOCH_S):.2f}s ({mean(SAMPLES_PER_S) * len(self.runs) / 1000:.1f}k samples/s)"
         )
 
     # ---------------------------------------------------------------- test and the end
@@ -295,8 +297,10 @@ class Recorder(Callback):
         for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
             if self.diverged[k]:
                 continue
-            final = {name.replace("/", "_"): float(v[k]) for name, v in host.items()}
-            logger.log_metrics({name: float(v[k]) for name, v in host.items()}, step=trainer.global_step)
+            final = {curve_name(name): float(v[k]) for name, v in host.items()}
+            logger.log_metrics(finite({name: float(v[k]) for name, v in host.items()}), step=trainer.global_step)
+            if self.speaks:
+                hparams_tab.write_session_end(logger.experiment.file_writer, hparams_tab.SUCCESS)
             logger.experiment.flush()
             curves = run.metrics["curves"]
             final.update(
@@ -309,7 +313,7 @@ class Recorder(Callback):
             timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None)
             run.end("finished", **timing_k)
             if self.speaks:
-                print(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}", flush=True)
+                say(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}")
 
     def fail(self, error: BaseException) -> None:
         """Mark every unfinished run of the pack failed, keeping its curves and the traceback; or
@@ -318,12 +322,19 @@ class Recorder(Callback):
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         msg = f"{type(error).__name__}: {error}".strip().rstrip(":")
         for run in self.runs:
-            if not run.metrics:
-                run.start(self.resume_epoch, "unknown", self.t_job)  # keeps the curves up to the checkpoint
-            if run.metrics.get("status") != "running":
-                continue
-            if interrupted:
-                run.end("interrupted", f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
-            else:
-                run.metrics["traceback"] = "".join(traceback.format_exception(error))
-                run.end("failed", msg, fit_s=self.fit_s)
+            try:
+                if not run.metrics:
+                    run.start(self.resume_epoch, "unknown", self.t_job)  # keeps the curves up to the checkpoint
+                if run.metrics.get("status") != "running":
+                    continue
+                if interrupted:
+                    run.end("interrupted", f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
+                else:
+                    run.metrics["traceback"] = "".join(traceback.format_exception(error))
+                    run.end("failed", msg, fit_s=self.fit_s)
+            except OSError as e:
+                # the disk that failed the run may refuse this write too: the caller reports the first
+                # error, and the metrics.json left in place (a good one) says running, which reads as
+                # interrupted once this process is gone
+                warn(f"{run.name}: could not record it as {'interrupted' if interrupted else 'failed'} "
+                     f"({e.strerror or type(e).__name__})")

@@ -3,7 +3,9 @@ the reading side; actbench.record writes it), the runs under a sweep directory, 
 out of the tables, and runs grouped into configurations (overrides minus the seed).
 
 Probe values are looked up by `probe_values` alone, under the names actbench.probes gives them,
-so a renamed tag keeps its old files readable by one entry in PROBE_ALIASES.
+so a renamed tag keeps its old files readable by one entry in PROBE_ALIASES; and files written
+before the probes' tags had their common prefix (`dead/layer1` for `probes/dead/layer1`) are read
+under their old names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from actbench.errors import UserError
+from actbench.ownership import INTERRUPTED, live_status, owner
 from actbench.stats import gmean_positive, nanmedian
 
 SCHEMA = 1
@@ -97,7 +100,8 @@ def _parse_name(name: str) -> dict:
 
 
 def load_run(d: Path) -> Run:
-    """The run in directory d; a missing or unreadable metrics.json gives status missing/corrupt."""
+    """The run in directory d; a missing or unreadable metrics.json gives status missing/corrupt, and
+    one that says running while no process owns the run any more reads as interrupted."""
     path = d / METRICS_FILE
     if not path.is_file():
         return Run(d.name, "missing", f"no {METRICS_FILE}", _parse_name(d.name))
@@ -111,7 +115,16 @@ def load_run(d: Path) -> Run:
     if not isinstance(overrides, dict):
         overrides = _parse_name(d.name)
     error = m.get("error")
-    return Run(d.name, str(m.get("status") or "unknown"), None if error is None else str(error), overrides, m)
+    error = None if error is None else str(error)
+    status = str(m.get("status") or "unknown")
+    # "running" is what the file said when it was written; whether it still is, the owner says
+    live = live_status(d, status)
+    if live != status:
+        status, error = live, INTERRUPTED
+    elif status == "running":
+        who = owner(d)
+        error = f"trained by {who}" if who is not None else error
+    return Run(d.name, status, error, overrides, m)
 
 
 def load_runs(sweep_dir: str | Path) -> list[Run]:
@@ -207,13 +220,21 @@ def _names():
 def probe_values(m: dict, tag: str) -> list | None:
     """metrics.json's probe series `tag` (one value per entry of probe_epochs), or None."""
     probes = m.get("probes")
-    if not isinstance(probes, dict):
+    if not isinstance(probes, dict) or not probes:
         return None
-    for name in (tag, *PROBE_ALIASES.get(tag, ())):
+    values = probes.get(tag)
+    if isinstance(values, list):
+        return values
+    for name in _old_names(tag):
         values = probes.get(name)
         if isinstance(values, list):
             return values
     return None
+
+
+def _old_names(tag: str) -> tuple[str, ...]:
+    # only on a miss, so that reading a current file never imports the probes
+    return (*PROBE_ALIASES.get(tag, ()), tag.removeprefix(_names().PREFIX))
 
 
 def probe_epochs(m: dict) -> list:

@@ -86,6 +86,15 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
     }
 
 
+# The config key each entry of `hparams` comes from (`activation` also stands for the keys under it,
+# which activation_label folds in); a swept key not among them has no entry of its own.
+HPARAM_SOURCES = {
+    "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size",
+    "model.depth": "depth", "model.width": "width", "model.init": "init", "model.dropout": "dropout",
+    "optimizer": "optimizer", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
+}
+
+
 def member_overrides(cfg: DictConfig, task: list[str]) -> list[list[str]] | None:
     """Each packed member's whole override list, as an unpacked job of it would have; None for a
     job that is one run."""

@@ -131,6 +131,6 @@ def test_a_gpu_run_with_the_graph_matches_eager(tiny_run, tmp_path):
     assert g["final"]["test_loss"] == pytest.approx(e["final"]["test_loss"], rel=1e-4)
     assert g["final"]["steps"] == e["final"]["steps"]
     # gradient probes sample every epoch, also after validation dropped the gradients
-    ratio_g, ratio_e = g["probes"]["grad_ratio"][1:], e["probes"]["grad_ratio"][1:]
+    ratio_g, ratio_e = g["probes"]["probes/grad_ratio"][1:], e["probes"]["probes/grad_ratio"][1:]
     assert len(ratio_g) == 2 and None not in ratio_g
     assert ratio_g == pytest.approx(ratio_e, rel=1e-3)

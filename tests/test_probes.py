@@ -43,8 +43,8 @@ def test_dead_by_construction_is_one_and_healthy_is_zero():
     for bias, expected in ((-100.0, 1.0), (100.0, 0.0)):
         net = net_with_bias([bias], relu)
         stats = layer_stats(relu, probe_forward(net, inputs(1)))
-        assert stats["dead/layer1"].tolist() == [expected]
-        assert stats["dact_mean/layer1"].tolist() == [1.0 - expected]
+        assert stats["probes/dead/layer1"].tolist() == [expected]
+        assert stats["probes/dact_mean/layer1"].tolist() == [1.0 - expected]
 
 
 def test_a_unit_alive_for_one_example_is_not_dead():
@@ -58,8 +58,8 @@ def test_per_seed_independence_only_seed_one_dead():
     relu = torch.nn.ReLU()
     net = net_with_bias([100.0, -100.0], relu)
     stats = layer_stats(relu, probe_forward(net, inputs(2)))
-    assert stats["dead/layer1"].tolist() == [0.0, 1.0]
-    assert stats["saturated/layer1"].tolist() == [0.0, 1.0]
+    assert stats["probes/dead/layer1"].tolist() == [0.0, 1.0]
+    assert stats["probes/saturated/layer1"].tolist() == [0.0, 1.0]
 
 
 def test_dead_tolerance_counts_near_zero_derivatives():
@@ -89,7 +89,7 @@ def test_saturation_through_a_sigmoid_network():
     sigmoid = torch.nn.Sigmoid()
     net = net_with_bias([100.0, 0.0], sigmoid)
     stats = layer_stats(sigmoid, probe_forward(net, inputs(2)))
-    sat, mean = stats["saturated/layer1"].tolist(), stats["dact_mean/layer1"].tolist()
+    sat, mean = stats["probes/saturated/layer1"].tolist(), stats["probes/dact_mean/layer1"].tolist()
     assert sat[0] == 1.0 and sat[1] < 0.05
     assert mean[0] < 1e-6 and mean[1] > 0.15
 
@@ -145,12 +145,12 @@ def test_a_user_activation_given_by_target_gets_every_probe(target):
     net = PackedMLP([0, 1], fn, depth=2, width=16)
     record = probe_forward(net, inputs(2, n=64))
     stats = layer_stats(fn, record)
-    assert set(stats) == {f"{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
+    assert set(stats) == {f"probes/{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
     assert all(v.shape == (2,) and v.isfinite().all() for v in stats.values())
     # autograd's derivative, checked against a finite difference
     z = record[0][0]
     fd = (fn(z + 1e-3) - fn(z - 1e-3)) / 2e-3
-    assert stats["dact_mean/layer1"].tolist() == pytest.approx(fd.abs().mean((1, 2)).tolist(), rel=1e-2)
+    assert stats["probes/dact_mean/layer1"].tolist() == pytest.approx(fd.abs().mean((1, 2)).tolist(), rel=1e-2)
     loss_grad(net, inputs(2, n=64))
     assert grad_norms(net).shape == (3, 2) and grad_norms(net).gt(0).all()
 
@@ -191,25 +191,25 @@ def test_one_epoch_run_records_probes(tiny_run, tmp_path):
         run_dir = tmp_path / "runs" / "tiny" / f"activation._target_={SOFTSIGN},model.depth=2,seed={seed}"
         m = metrics(run_dir)
         probes = m["probes"]
-        layer_tags = {f"{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
-        grad_tags = {"grad_norm/w1", "grad_norm/w2", "grad_norm/w3", "grad_ratio"}
+        layer_tags = {f"probes/{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
+        grad_tags = {"probes/grad_norm/w1", "probes/grad_norm/w2", "probes/grad_norm/w3", "probes/grad_ratio"}
         assert set(probes) == {"epoch"} | layer_tags | grad_tags
         assert probes["epoch"] == [0, 1]
         assert all(len(v) == 2 for v in probes.values())
         assert all(probes[t][0] is None and probes[t][1] > 0 for t in grad_tags)  # no gradient at initialisation
         assert all(isinstance(v, float) for t in layer_tags for v in probes[t])
-        assert probes["grad_ratio"][1] == pytest.approx(probes["grad_norm/w1"][1] / probes["grad_norm/w3"][1], rel=1e-5)
-        assert not any(k.startswith(("preact", "act/", "grad_norm_step")) for k in m["curves"])
+        assert probes["probes/grad_ratio"][1] == pytest.approx(probes["probes/grad_norm/w1"][1] / probes["probes/grad_norm/w3"][1], rel=1e-5)
+        assert not any(k.startswith("probes/") for k in m["curves"])
 
         ea = events(run_dir)
         scalars, histograms = set(ea.Tags()["scalars"]), set(ea.Tags()["histograms"])
         assert layer_tags | grad_tags <= scalars
-        assert {"grad_norm_step/w1", "grad_norm_step/w3", "grad_ratio_step"} <= scalars
-        assert histograms == {"preact/layer1", "preact/layer2", "act/layer1", "act/layer2"}
-        assert [e.step for e in ea.Histograms("preact/layer1")] == [0, m["final"]["steps"]]
-        assert [e.step for e in ea.Scalars("dead/layer1")] == [0, m["final"]["steps"]]
-        assert ea.Scalars("dead/layer2")[-1].value == pytest.approx(probes["dead/layer2"][1])
-        assert all(math.isfinite(e.value) for e in ea.Scalars("grad_ratio_step"))
+        assert {"probes/grad_norm_step/w1", "probes/grad_norm_step/w3", "probes/grad_ratio_step"} <= scalars
+        assert histograms == {"probes/preact/layer1", "probes/preact/layer2", "probes/act/layer1", "probes/act/layer2"}
+        assert [e.step for e in ea.Histograms("probes/preact/layer1")] == [0, m["final"]["steps"]]
+        assert [e.step for e in ea.Scalars("probes/dead/layer1")] == [0, m["final"]["steps"]]
+        assert ea.Scalars("probes/dead/layer2")[-1].value == pytest.approx(probes["probes/dead/layer2"][1])
+        assert all(math.isfinite(e.value) for e in ea.Scalars("probes/grad_ratio_step"))
 
 
 @pytest.mark.slow

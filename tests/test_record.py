@@ -48,7 +48,8 @@ def test_resume_keeps_the_curves_up_to_the_checkpoint(tmp_path):
 
 def test_helpers(tmp_path):
     assert clean({"a": [1.0, math.nan], "b": (math.inf,)}) == {"a": [1.0, None], "b": [None]}
-    assert curve_name("train/loss") == "train_loss" and curve_name("time/epoch_s") == "epoch_s"
+    assert curve_name("loss/train") == "train_loss" and curve_name("time/epoch_s") == "epoch_s"
+    assert curve_name("acc/test") == "test_acc"
     (tmp_path / "metrics.json").write_text("{ half")
     assert read_metrics(tmp_path) is None and read_metrics(tmp_path / "nowhere") is None
 
@@ -67,3 +68,40 @@ def test_a_resume_that_fails_before_training_keeps_the_curves(tmp_path):
     m = read_metrics(run.dir)
     assert m["status"] == "failed" and "unreadable checkpoint" in m["error"]
     assert m["curves"]["epoch"] == [1, 2]
+
+
+def test_a_full_disk_keeps_the_last_good_metrics_and_no_temporary_file(tmpfs):
+    import errno
+
+    import pytest
+
+    disk = tmpfs("64k")
+    run = new_run(disk)
+    good = (run.dir / "metrics.json").read_bytes()
+    run.metrics["config"] = {"filler": "x" * 200_000}
+    with pytest.raises(OSError) as caught:
+        run.write()
+    assert caught.value.errno == errno.ENOSPC
+    assert (run.dir / "metrics.json").read_bytes() == good
+    assert sorted(p.name for p in run.dir.iterdir()) == ["metrics.json"]
+
+
+def test_recording_a_failure_the_disk_refuses_raises_no_second_error(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from actbench import record
+    from actbench.record import Recorder
+
+    run = new_run(tmp_path)
+    good = (run.dir / "metrics.json").read_bytes()
+
+    def full(path, content, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    lines = []
+    monkeypatch.setattr(record, "atomic_write", full)
+    monkeypatch.setattr(record, "warn", lines.append)
+    Recorder([run], tmp_path / "last.ckpt").fail(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))  # returns: the caller re-raises the first
+    assert (run.dir / "metrics.json").read_bytes() == good  # still "running", which reads interrupted once we are gone
+    assert lines == ["seed=0: could not record it as failed (No space left on device)"]

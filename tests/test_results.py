@@ -86,14 +86,14 @@ def test_probe_names_come_from_the_probes():
     m = make_metrics({"activation": "relu", "model.depth": 3, "seed": 0}, 0.88)
     assert results.layer_tags(m, probes.DEAD) == [probes.layer_tag(probes.DEAD, i) for i in (1, 2, 3)]
     assert results.grad_norm_tags(m) == [probes.grad_norm_tag(j) for j in (1, 2, 3, 4)]
-    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["grad_ratio"]
+    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["probes/grad_ratio"]
     assert results.probe_epochs(m) == [0, 1, 2, 3] and results.has_probes(m)
     assert not results.has_probes(make_metrics({"activation": "relu", "seed": 0}, 0.88, probes=False))
 
 
 def test_an_old_tag_name_is_read_through_an_alias(monkeypatch):
     m = make_metrics({"activation": "relu", "seed": 0}, 0.88)
-    m["probes"]["old_ratio"] = m["probes"].pop("grad_ratio")
+    m["probes"]["old_ratio"] = m["probes"].pop("probes/grad_ratio")
     assert results.probe_values(m, probes.GRAD_RATIO) is None
     monkeypatch.setitem(results.PROBE_ALIASES, probes.GRAD_RATIO, ("old_ratio",))
     assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["old_ratio"]
@@ -102,8 +102,8 @@ def test_an_old_tag_name_is_read_through_an_alias(monkeypatch):
 
 def test_dead_final_and_grad_ratio_by_hand():
     m = make_metrics({"activation": "relu", "model.depth": 2, "seed": 0}, 0.88)
-    last = [m["probes"]["dead/layer1"][-1], m["probes"]["dead/layer2"][-1]]
+    last = [m["probes"]["probes/dead/layer1"][-1], m["probes"]["probes/dead/layer2"][-1]]
     assert results.dead_final(m) == pytest.approx((np.mean(last), np.max(last)))
-    m["probes"]["grad_ratio"] = [None, 0.5, 2.0, 0.0]  # epoch 0 has no gradient; a zero ratio has no logarithm
+    m["probes"]["probes/grad_ratio"] = [None, 0.5, 2.0, 0.0]  # epoch 0 has no gradient; a zero ratio has no logarithm
     assert results.grad_ratio_gmean(m) == pytest.approx(1.0)
     assert all(math.isnan(v) for v in results.dead_final({"probes": {}}))
