@@ -8,12 +8,14 @@ is concatenating; a one-seed checkpoint is exactly what an unpacked run writes.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from actbench.files import atomic_write_all
 
 
 class CheckpointError(RuntimeError):
@@ -60,13 +62,26 @@ class PerSeedCheckpointIO(TorchCheckpointIO):
         return [d / "checkpoints" / name for d in self.run_dirs]
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        for k, (seed, target) in enumerate(zip(self.seeds, self.paths(path))):
-            part = split(checkpoint, k, len(self.seeds)) if len(self.seeds) > 1 else dict(checkpoint)
-            part["actbench_seed"] = seed
+        def writer(k: int, seed: int):
+            def write(f) -> None:
+                # split while writing, so that a big pack holds one member's copy at a time
+                part = split(checkpoint, k, len(self.seeds)) if len(self.seeds) > 1 else dict(checkpoint)
+                part["actbench_seed"] = seed
+                # serialised in memory first: torch's zip writer turns a full disk into "unexpected
+                # pos" errors, while a plain write says ENOSPC
+                buf = io.BytesIO()
+                torch.save(part, buf)
+                del part
+                f.write(buf.getbuffer())
+
+            return write
+
+        targets = self.paths(path)
+        for target in targets:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            torch.save(part, tmp)
-            os.replace(tmp, target)  # a kill mid-write leaves the previous checkpoint intact
+        # every member's file is written before any replaces its predecessor: a full disk midway
+        # leaves the whole pack at the previous epoch, so it still resumes as one pack
+        atomic_write_all({t: writer(k, seed) for k, (seed, t) in enumerate(zip(self.seeds, targets))})
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
         parts = []

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from actbench.errors import ConfigError
 from actbench.model import INITS
+from actbench.ownership import MODES
 
 
 def _int(v) -> bool:
@@ -40,6 +41,9 @@ RULES = {
     "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
     "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
     "threads": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
+    "ownership.mode": (lambda v: v in MODES, f"{', '.join(MODES[:-1])} or {MODES[-1]}"),
+    "ownership.lease_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
+    "ownership.renew_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
     # the report's settings, checked before training rather than after the sweep
     "report.effect": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
     "report.alpha": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
@@ -53,6 +57,10 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=absent)  # a probe switched off (null) leaves its keys absent
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
+    lease_s, renew_s = (OmegaConf.select(cfg, f"ownership.{k}") for k in ("lease_s", "renew_s"))
+    if lease_s is not None and renew_s is not None and not lease_s > 2 * renew_s:
+        # one late renewal (a slow server, a paused process) must not hand a live run to another
+        raise ConfigError(f"ownership.lease_s={lease_s!r}: must be more than twice ownership.renew_s={renew_s!r}")
     seeds = cfg.get("seeds")
     if seeds is not None:
         seeds = OmegaConf.to_object(seeds) if OmegaConf.is_config(seeds) else seeds

@@ -21,6 +21,7 @@ import torch
 from lightning import LightningDataModule
 
 from actbench.errors import DataError
+from actbench.files import atomic_write
 
 SPLITS = {"train": "train", "test": "t10k"}
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
@@ -160,9 +161,7 @@ def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verif
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
-            os.replace(tmp, cache)
+            atomic_write(cache, lambda f: np.savez(f, **arrays))  # a full disk leaves no half cache behind
         except OSError:
             pass  # caching is an optimisation; a read-only home must not stop a run
     return arrays

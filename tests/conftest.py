@@ -119,6 +119,28 @@ def events(run_dir: Path):
     return ea
 
 
+def hparams_api(logdir: Path):
+    """What TensorBoard's HParams tab gets from its backend for this log directory, as TensorBoard
+    itself computes it: (the experiment, the session groups with every column's values)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
+
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(logdir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(logdir), data_provider=data_provider.MultiplexerDataProvider(mux, str(logdir)),
+                               multiplexer=mux)
+    ctx, backend = context.RequestContext(), backend_context.Context(tb)
+    # the frontend's own request: up to 1000 hparams, metrics included
+    exp = get_experiment.Handler(ctx, backend, "", api_pb2.GetExperimentRequest(include_metrics=True, hparams_limit=1000)).run()
+    columns = [api_pb2.ColParams(hparam=h.name) for h in exp.hparam_infos] + [api_pb2.ColParams(metric=m.name) for m in exp.metric_infos]
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000, allowed_statuses=list(api_pb2.Status.values()),
+                                               include_metrics=True, col_params=columns)
+    return exp, list_session_groups.Handler(ctx, backend, "", request).run()
+
+
 def compose_cfg(*overrides: str):
     """conf/train.yaml composed with these overrides, as the CLI would (no Hydra run)."""
     from hydra import compose, initialize_config_dir
@@ -135,9 +157,10 @@ NAMES_2x2 = ["activation=relu,seed=0", "activation=relu,seed=1", "activation=sig
 
 
 def make_metrics(overrides: dict, test_acc: float, *, status="finished", error=None, epochs=3, probes=True,
-                 train_loss=None, epoch_s=2.0) -> dict:
+                 train_loss=None, epoch_s=2.0, old_probe_names=False) -> dict:
     """A metrics.json with the documented schema; curves and probes are plausible shapes, and
-    the numbers the tests check (final metrics, timing) are the ones passed in."""
+    the numbers the tests check (final metrics, timing) are the ones passed in. `old_probe_names`:
+    the probes as files written before their tags had the `probes/` prefix name them."""
     rng = np.random.default_rng(zlib.crc32(json.dumps(overrides, sort_keys=True).encode()))
     act, depth = overrides.get("activation", "relu"), int(overrides.get("model.depth", 1))
     e = np.arange(1, epochs + 1)
@@ -169,13 +192,13 @@ def make_metrics(overrides: dict, test_acc: float, *, status="finished", error=N
         dead_end = {"relu": 0.12, "leaky": 0.0}.get(act, 0.0)
         p = {"epoch": list(range(epochs + 1))}
         for layer in range(1, depth + 1):
-            p[f"dead/layer{layer}"] = [dead_end * layer * t / epochs / depth for t in range(epochs + 1)]
-            p[f"saturated/layer{layer}"] = [(0.3 if act in ("sigmoid", "tanh") else 0.01) * t / epochs for t in range(epochs + 1)]
-            p[f"dact_mean/layer{layer}"] = [0.5] * (epochs + 1)
+            p[f"probes/dead/layer{layer}"] = [dead_end * layer * t / epochs / depth for t in range(epochs + 1)]
+            p[f"probes/saturated/layer{layer}"] = [(0.3 if act in ("sigmoid", "tanh") else 0.01) * t / epochs for t in range(epochs + 1)]
+            p[f"probes/dact_mean/layer{layer}"] = [0.5] * (epochs + 1)
         for w in range(1, depth + 2):
-            p[f"grad_norm/w{w}"] = [None] + [float(decay ** (depth + 1 - w) * (1 + 0.1 * rng.random())) for _ in range(epochs)]
-        p["grad_ratio"] = [None] + [p["grad_norm/w1"][t] / p[f"grad_norm/w{depth + 1}"][t] for t in range(1, epochs + 1)]
-        m["probes"] = p
+            p[f"probes/grad_norm/w{w}"] = [None] + [float(decay ** (depth + 1 - w) * (1 + 0.1 * rng.random())) for _ in range(epochs)]
+        p["probes/grad_ratio"] = [None] + [p["probes/grad_norm/w1"][t] / p[f"probes/grad_norm/w{depth + 1}"][t] for t in range(1, epochs + 1)]
+        m["probes"] = {k.removeprefix("probes/"): v for k, v in p.items()} if old_probe_names else p
     return m
 
 
@@ -192,3 +215,37 @@ def write_sweep(sweep: Path, accs: dict[str, list[float]], seeds: dict[str, list
         for seed, acc in zip((seeds or {}).get(act, range(len(values))), values):
             write_run(sweep, {"activation": act, "seed": seed}, acc, **kw)
     return sweep
+
+
+# ---------------------------------------------------------------- small filesystems
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """`tmpfs("2m")` mounts a tmpfs of that size and returns it: a real filesystem that fills up
+    (or, remounted, turns read-only). Root only (CI runs as root); skipped with the reason elsewhere."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        mnt = tmp_path / f"tmpfs{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
+                           check=False, capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        if subprocess.run(["umount", str(mnt)], check=False, capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+def remount(mnt: Path, options: str) -> None:
+    """Change a mounted tmpfs's options: `remount(mnt, "size=8m")`, `remount(mnt, "ro")`."""
+    r = subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=False, capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot remount the tmpfs with {options}: {r.stderr.strip()}")

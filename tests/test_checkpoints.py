@@ -61,3 +61,21 @@ def test_io_refuses_mixed_up_or_damaged_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         PerSeedCheckpointIO(dirs, [0, 1]).load_checkpoint(tmp_path / "last.ckpt")
     assert resume_point(dirs[1] / "checkpoints" / "last.ckpt") is None
+
+
+def test_a_full_disk_leaves_every_members_checkpoint_as_it_was(tmpfs):
+    import errno
+
+    disk = tmpfs("256k")
+    dirs = [disk / f"seed={s}" for s in (0, 1, 2)]
+    io = PerSeedCheckpointIO(dirs, [0, 1, 2])
+    io.save_checkpoint(packed_checkpoint(), disk / "last.ckpt")
+    old = [(d / "checkpoints" / "last.ckpt").read_bytes() for d in dirs]
+    big = packed_checkpoint()
+    big["state_dict"]["net.weights.0"] = torch.randn(6, 20_000)  # 160 KB a member: the second does not fit
+    with pytest.raises(OSError) as caught:
+        io.save_checkpoint(big, disk / "last.ckpt")
+    assert caught.value.errno == errno.ENOSPC  # the disk's own error, not torch's "unexpected pos"
+    assert [(d / "checkpoints" / "last.ckpt").read_bytes() for d in dirs] == old
+    assert [p.name for p in disk.rglob("*") if p.is_file() and p.name != "last.ckpt"] == []
+    assert io.load_checkpoint(disk / "last.ckpt")["global_step"] == 40

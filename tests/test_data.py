@@ -191,3 +191,12 @@ def test_real_fashion_mnist_loads_and_verifies(real_data_dir, tmp_path):
     assert arrays["train_x"].shape == (60000, 28, 28) and arrays["test_x"].shape == (10000, 28, 28)
     assert np.bincount(arrays["train_y"]).tolist() == [6000] * 10
     assert np.bincount(arrays["test_y"]).tolist() == [1000] * 10
+
+
+def test_a_cache_on_a_full_disk_is_skipped_and_leaves_nothing_behind(tmp_path, tmpfs):
+    arrays = synthetic_arrays()  # 600 + 200 images: a 620 KB cache
+    write_idx_files(tmp_path / "d", arrays)
+    disk = tmpfs("256k")
+    got = load(tmp_path / "d", cache_dir=disk / "cache")
+    assert all(np.array_equal(got[k], arrays[k]) for k in arrays)
+    assert [p.name for p in (disk / "cache").iterdir()] == []  # no partial cache, no temporary file

@@ -67,11 +67,29 @@ def test_probe_summaries(tmp_path):
     runs = [r.metrics["probes"] for r in config.runs]
     row = report.summarize([config])[0]
     # Hand computation: final dead fraction mean over layers, then over seeds.
-    dead = [np.mean([p["dead/layer1"][-1], p["dead/layer2"][-1]]) for p in runs]
+    dead = [np.mean([p["probes/dead/layer1"][-1], p["probes/dead/layer2"][-1]]) for p in runs]
     assert row["dead_mean"] == pytest.approx(np.mean(dead))
-    assert row["dead_max"] == pytest.approx(np.mean([p["dead/layer2"][-1] for p in runs]))
-    ratios = [v for p in runs for v in p["grad_ratio"][1:]]  # equal epoch counts: pooled geo mean is the same
+    assert row["dead_max"] == pytest.approx(np.mean([p["probes/dead/layer2"][-1] for p in runs]))
+    ratios = [v for p in runs for v in p["probes/grad_ratio"][1:]]  # equal epoch counts: pooled geo mean is the same
     assert row["grad_ratio"] == pytest.approx(stats.gmean(ratios))
+
+
+def test_a_sweep_written_with_the_old_probe_names_still_reports(tmp_path):
+    accs = {"relu": [0.880, 0.884, 0.879], "leaky": [0.883, 0.886, 0.881]}
+    old, new = tmp_path / "old", tmp_path / "new"
+    for sweep, legacy in ((old, True), (new, False)):
+        for act, values in accs.items():
+            for seed, acc in enumerate(values):
+                write_run(sweep, {"activation": act, "model.depth": 2, "seed": seed}, acc, old_probe_names=legacy)
+    assert "dead/layer1" in results.load_runs(old)[0].metrics["probes"]  # the names files had before the prefix
+    assert "probes/dead/layer1" in results.load_runs(new)[0].metrics["probes"]
+    texts = [report.write_report(d).read_text() for d in (old, new)]
+    table = [t.split("## Results", 1)[1].split("## Statistics", 1)[0] for t in texts]
+    assert table[0] == table[1]
+    relu = next(line for line in table[0].splitlines() if line.startswith("| relu"))
+    assert "9.0% / 12.0%" in relu and relu.split("|")[-2].strip() not in ("", "—")  # dead units, grad ratio
+    # the figures read them too: the same probes panel from both
+    assert (old / "probes.png").read_bytes() == (new / "probes.png").read_bytes()
 
 
 # ---------------------------------------------------------------- statistics
@@ -347,7 +365,7 @@ def test_bad_runs_are_listed_and_excluded(tmp_path):
     assert len(by_act["relu"].runs) == 3 and len(by_act["gelu"].runs) == 2
     left = text.split("## Runs not in the table", 1)[1]
     for name, status, error in [("activation=gelu,seed=2", "failed", "CUDA out of memory"),
-                                ("activation=gelu,seed=3", "running", ""),
+                                ("activation=gelu,seed=3", "interrupted", "its process is gone"),  # nobody owns it
                                 ("activation=sigmoid,seed=0", "diverged", "loss is nan at step 12"),
                                 ("activation=relu,seed=3", "corrupt", "unreadable metrics.json"),
                                 ("activation=relu,seed=4", "missing", "no metrics.json")]:
@@ -355,11 +373,11 @@ def test_bad_runs_are_listed_and_excluded(tmp_path):
         assert f"| {status} |" in line and error in line
     assert "seed=9" not in text
     table = text.split("## Results", 1)[1].split("##", 1)[0]
-    assert "2 (+2 excluded)" in table  # gelu: two in, failed and running out
+    assert "2 (+2 excluded)" in table  # gelu: two in, failed and interrupted out
     assert "sigmoid" not in table  # its only run diverged
 
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert len(rows) == 10  # 5 finished + failed, running, diverged, corrupt, missing
+    assert len(rows) == 10  # 5 finished + failed, interrupted, diverged, corrupt, missing
     assert {r["name"]: r["status"] for r in rows}["activation=relu,seed=3"] == "corrupt"
     gelu0 = next(r for r in rows if r["name"] == "activation=gelu,seed=0")
     assert float(gelu0["test_acc"]) == pytest.approx(0.886) and gelu0["seed"] == "0"
@@ -450,3 +468,33 @@ def test_cli_effect_and_bad_settings(tmp_path, capsys, monkeypatch):
     assert "| seeds for 0.05 pp |" in capsys.readouterr().out
     assert report.main([str(tmp_path), "--power", "0.01"]) == 2
     assert "alpha < power" in capsys.readouterr().err
+
+
+def test_a_run_owned_by_a_live_process_is_running_and_a_stale_one_interrupted(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from actbench.ownership import INTERRUPTED
+
+    write_sweep(tmp_path, {"relu": [0.880, 0.884], "gelu": [0.886, 0.889]})
+    live = write_run(tmp_path, {"activation": "gelu", "seed": 2}, 0.5, status="running")
+    stale = write_run(tmp_path, {"activation": "gelu", "seed": 3}, 0.5, status="running")  # its process is gone
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from actbench.ownership import claim; claim(sys.argv[1]); print('owned', flush=True); "
+         "sys.stdin.read()", str(live)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "owned\n"
+        text = report.write_report(tmp_path, figures=False).read_text()
+        rows = {r["name"]: r for r in csv.DictReader((tmp_path / "results.csv").open())}
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    left = text.split("## Runs not in the table", 1)[1]
+    line = next(x for x in left.splitlines() if x.startswith(f"| {live.name} |"))
+    assert f"| running | trained by pid {holder.pid} on host {socket.gethostname()} since " in line
+    assert f"| {stale.name} | interrupted | {INTERRUPTED} |" in left
+    assert (rows[live.name]["status"], rows[stale.name]["status"]) == ("running", "interrupted")
+    assert "2 (+2 excluded)" in text.split("## Results", 1)[1].split("##", 1)[0]  # neither is averaged in
+    # once the owner has let go, its run reads as interrupted too
+    assert results.load_run(live).status == "interrupted"
