@@ -411,6 +411,46 @@ def _ratio_vs_depth(ax, series: list[Series], depth: str, style: dict) -> None:
     ax.set_xticks(depths, [f"{d:g}" for d in depths])
 
 
+@_drawing
+def isolation(arms: list[dict], path: Path, score_label: str = "val loss", edges: tuple[float, float] | None = None,
+              higher_is_better: bool = False) -> tuple[Path | None, str]:
+    """The study's isolation plot (the Tuning Playbook's): each activation's tune score against the
+    learning rate, mean over the tune seeds with their range as a band, the selected rate starred,
+    the configured grid's edges dashed. `arms` are study.json's rows."""
+    drawn = [a for a in arms if any(pt.get("score") is not None and math.isfinite(pt["score"]) for pt in a.get("points", []))]
+    if not drawn:
+        return None, "skipped: no tune point has a score yet"
+    style = styles([Series(a["arm"], a["arm"].split("(")[0].split(" [")[0]) for a in drawn])
+    fig = _new_figure(figsize=(8.5, 5.2))
+    ax = fig.subplots()
+    for a in drawn:
+        color, ls = style[a["arm"]]
+        pts = sorted((pt for pt in a["points"] if pt.get("score") is not None and math.isfinite(pt["score"])), key=lambda pt: pt["lr"])
+        lr = np.array([pt["lr"] for pt in pts])
+        mean = np.array([pt["score"] for pt in pts])
+        low = np.array([min(pt["per_seed"] or [pt["score"]]) for pt in pts])
+        high = np.array([max(pt["per_seed"] or [pt["score"]]) for pt in pts])
+        ax.plot(lr, mean, color=color, linestyle=ls, lw=1.8, marker="o", ms=4, label=a["arm"])
+        ax.fill_between(lr, low, high, color=color, alpha=0.15, lw=0)
+        failed = [pt["lr"] for pt in a["points"] if pt.get("bad")]
+        for x in failed:
+            ax.axvline(x, color=color, lw=0.8, linestyle=":", alpha=0.6)
+        if a.get("lr") is not None and a.get("score") is not None and math.isfinite(a["score"]):
+            ax.plot([a["lr"]], [a["score"]], marker="*", ms=15, color=color, mec="black", mew=0.8, zorder=4)
+    if edges:
+        for x in edges:
+            ax.axvline(x, color="0.4", lw=1.0, linestyle="--", zorder=1)
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=f"{score_label} (mean over tune seeds; band = their range)")
+    better = "higher" if higher_is_better else "lower"
+    ax.set_title(f"Isolation plot: each activation at every rate tried ({better} is better)\n"
+                 "star = its selected rate; dashed = the configured grid's edges; dotted = a rate whose tune runs failed",
+                 fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    fig.savefig(path, dpi=DPI)
+    return path, ""
+
+
 def make_all(
     out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)", baseline: str = "relu"
 ) -> list[tuple[str, Path | None, str]]:

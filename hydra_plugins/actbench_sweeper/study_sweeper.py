@@ -1,0 +1,144 @@
+"""The fair study's sweeper (`experiment=fair`): a packing sweeper that runs two stages.
+
+Tune: every activation of the sweep at every learning rate of `study.lrs` (or Optuna's trials
+over `study.nuisance`) with the tune seeds, scored on validation, the grid growing past an edge
+its best rate sits on (`study.max_extend` times at most). Confirm: each activation at its own
+selection with `study.seeds`. Runs land in `<sweep>/tune/` and `<sweep>/confirm/`, each an
+ordinary run directory; every stage's jobs are packs, launched by the configured launcher. The
+decisions are actbench.study's, recomputed from the runs on disk, so the same command resumes.
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from hydra_plugins.actbench_sweeper.packing_sweeper import PackingSweeper
+
+
+@dataclass
+class StudySweeperConf:
+    _target_: str = "hydra_plugins.actbench_sweeper.study_sweeper.StudySweeper"
+    max_batch_size: Optional[int] = None  # jobs (packs) launched at once
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="actbench")
+
+
+class StudySweeper(PackingSweeper):
+    def sweep(self, arguments: List[str]):
+        from actbench import study as st
+        from actbench.errors import UserError
+
+        try:
+            s = st.settings(self.config.get("study") or {})
+        except UserError as e:
+            print(f"actbench: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)
+        arms = st.arms(jobs)
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
+        self.job_idx, self.returns = 0, []
+        tune_dir = sweep_dir / "tune"
+        chosen, rows = (self._search if s.searched else self._grid)(arms, s, tune_dir)
+        st.write_selection(sweep_dir, s, rows)
+        if chosen is None:
+            print("study: some tune runs did not finish (another process owns them, or they failed to start); "
+                  "the same command continues the study", flush=True)
+            return self.returns
+        for arm in arms:
+            print(f"study: {arm.label}: {', '.join(chosen[arm].overrides())}", flush=True)
+        self._launch([job for arm in arms for job in chosen[arm].jobs(s.seeds, sweep_dir / "confirm")])
+        return self.returns
+
+    def _launch(self, jobs: List[List[str]]) -> None:
+        """One stage's jobs, as packs, in batches of max_batch_size."""
+        from actbench.packing import pack_jobs
+
+        packs = pack_jobs(jobs, pack=bool(self.config.get("pack", True)), max_pack=self.config.get("max_pack"))
+        size = self.max_batch_size or len(packs) or 1
+        for i in range(0, len(packs), size):
+            batch = packs[i : i + size]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=self.job_idx)
+            for r in results:
+                _ = r.return_value  # a job that failed to run (not a run that failed) stops the study
+            self.job_idx += len(batch)
+            self.returns.append(results)
+
+    def _grid(self, arms, s, tune_dir: Path):
+        """Every arm at every rate of the grid; then, while an arm's best rate is on an edge, the
+        next rate beyond it. Returns ({arm: chosen point} or None while runs are missing, rows)."""
+        from actbench import study as st
+
+        tried = {arm: list(s.lrs) for arm in arms}
+        launched: set = set()
+        while True:
+            todo = [p for arm in arms for lr in tried[arm] if (p := st.lr_point(arm, lr)) not in launched]
+            self._launch([job for p in todo for job in p.jobs(s.tune_seeds, tune_dir)])
+            launched |= set(todo)
+            scores = {p: st.score(p, s, tune_dir, self.exclude) for p in launched}
+            if any(sc.value is None for sc in scores.values()):
+                return None, self._rows(arms, tried, scores, None, s)
+            grew = False
+            for arm in arms:
+                nxt = st.extend(tried[arm], st.best([st.lr_point(arm, lr) for lr in tried[arm]], scores, s).lr, s)
+                if nxt is not None:
+                    tried[arm].append(nxt)
+                    grew = True
+            if not grew:
+                chosen = {arm: st.best([st.lr_point(arm, lr) for lr in tried[arm]], scores, s) for arm in arms}
+                return chosen, self._rows(arms, tried, scores, chosen, s)
+
+    def _search(self, arms, s, tune_dir: Path):
+        """`study.trials` rounds of Optuna's ask/tell per arm over the rate and study.nuisance."""
+        from optuna.trial import TrialState
+
+        from actbench import study as st
+
+        studies = {arm: st.searcher(arm, s) for arm in arms}
+        points: dict = {arm: [] for arm in arms}
+        scores: dict = {}
+        for _ in range(s.trials):
+            asked = {arm: st.ask(arm, studies[arm], s) for arm in arms}
+            self._launch([job for _, p in asked.values() for job in p.jobs(s.tune_seeds, tune_dir)])
+            for arm, (trial, p) in asked.items():
+                scores[p] = sc = st.score(p, s, tune_dir, self.exclude)
+                points[arm].append(p)
+                if sc.value is None:
+                    return None, self._rows(arms, None, scores, None, s, points)
+                if sc.bad:
+                    studies[arm].tell(trial, state=TrialState.FAIL)
+                else:
+                    studies[arm].tell(trial, sc.value)
+        chosen = {arm: st.best(points[arm], scores, s) for arm in arms}
+        return chosen, self._rows(arms, None, scores, chosen, s, points)
+
+    @staticmethod
+    def _rows(arms, tried, scores, chosen, s, points=None) -> list:
+        from actbench import study as st
+
+        rows = []
+        for arm in arms:
+            pts = points[arm] if points else [st.lr_point(arm, lr) for lr in sorted(tried[arm])]
+            row = {
+                "arm": arm.label, "cell": list(arm.cell), "activation": list(arm.activation),
+                "points": [{"overrides": p.overrides(), "lr": p.lr, "score": scores[p].value, "per_seed": scores[p].per_seed,
+                            "bad": scores[p].bad} for p in pts if p in scores],
+            }
+            if chosen is not None:
+                c = chosen[arm]
+                row.update(chosen=c.overrides(), lr=c.lr, score=scores[c].value,
+                           note=st.edge_note(sorted(tried[arm]), c.lr, s) if tried else "")
+            rows.append(row)
+        return rows
