@@ -18,6 +18,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from actbench.data import N_CLASSES, derive_seed, generator
+from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
@@ -295,8 +296,8 @@ class Classifier(LightningModule):
                 "loss": torch.stack([losses for _, _, losses in kept]),
                 "acc": torch.cat([accuracy(torch.stack([lg for lg, _, _ in p]), torch.stack([y for _, y, _ in p])) for p in parts if p]),
             }
-        self.epoch_log["train/loss"] = steps["loss"].mean(0)
-        self.epoch_log["train/acc"] = steps["acc"].mean(0)
+        self.epoch_log[metric_tag(LOSS, TRAIN)] = steps["loss"].mean(0)
+        self.epoch_log[metric_tag(ACC, TRAIN)] = steps["acc"].mean(0)
         return steps
 
     # ------------------------------------------------------------------ evaluation
@@ -312,10 +313,10 @@ class Classifier(LightningModule):
         self._eval_sums[1] += (logits.argmax(-1) == y).sum(1)
         self._eval_sums[2] += y.shape[1]
 
-    def _eval_end(self, prefix: str) -> None:
+    def _eval_end(self, split: str) -> None:
         loss_sum, correct, n = self._eval_sums
-        self.epoch_log[f"{prefix}/loss"] = loss_sum / n
-        self.epoch_log[f"{prefix}/acc"] = correct / n
+        self.epoch_log[metric_tag(LOSS, split)] = loss_sum / n
+        self.epoch_log[metric_tag(ACC, split)] = correct / n
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
@@ -324,7 +325,7 @@ class Classifier(LightningModule):
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
+        self._eval_end(VAL)
 
     def on_test_epoch_start(self) -> None:
         self.epoch_log = {}
@@ -334,4 +335,4 @@ class Classifier(LightningModule):
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
+        self._eval_end(TEST)

@@ -154,5 +154,32 @@ def use_cuda_graph(cfg: DictConfig, device) -> bool:
         else None
     )
     if reason and wanted is True:
-        print(f"cuda_graph=true: using eager steps ({reason})", flush=True)
+        from actbench.logs import say
+
+        say(f"cuda_graph=true: using eager steps ({reason})")
     return reason is None
+
+
+# what to change when sbatch refuses a job array: (a phrase of its message, the launcher keys to look at)
+SBATCH_HINTS = (
+    ("More processors requested than permitted", "cpus_per_task", "tasks_per_node"),
+    ("Requested node configuration is not available", "cpus_per_task", "mem_gb", "gpus_per_node", "constraint"),
+    ("Memory required by task is not available", "mem_gb"),
+    ("memory specification", "mem_gb"),
+    ("Invalid generic resource", "gpus_per_node"),
+    ("invalid partition", "partition"),
+    ("Invalid account", "account"),
+    ("Invalid qos", "qos"),
+    ("time limit", "timeout_min"),
+)
+
+
+def sbatch_refusal(message: str, launcher) -> str:
+    """One line for a job array that sbatch refused: its own message, and which launcher keys to
+    lower or set (with their values in this sweep)."""
+    said = " ".join(message.split()).removeprefix("sbatch: error: ")
+    for phrase, *keys in SBATCH_HINTS:
+        if phrase.lower() in said.lower():
+            values = ", ".join(f"hydra.launcher.{k}={launcher.get(k)}" for k in keys)
+            return f"SLURM refused the sweep's jobs ({said}): lower or change {values}"
+    return f"SLURM refused the sweep's jobs ({said}); see conf/hydra/launcher/slurm.yaml for the launcher's keys"

@@ -117,11 +117,14 @@ def summarize(configs: list[Config], metric: str = "test_acc") -> list[dict]:
     return sorted(rows, key=lambda row: sign * row["mean"])
 
 
-def find_baseline(config: Config, configs: list[Config], baseline: str) -> Config | None:
-    """The configuration with activation == baseline that matches config on every other key."""
-    others = [(k, v) for k, v in config.key if k != "activation"]
+def find_baseline(config: Config, configs: list[Config], baseline: str, tuned: tuple = ()) -> Config | None:
+    """The configuration with activation == baseline that matches config on every other key but
+    the `tuned` ones (a study's confirm stage: each activation at its own selected rate)."""
+    def rest(c: Config) -> list:
+        return [(k, v) for k, v in c.key if k != "activation" and k not in tuned]
+
     for c in configs:
-        if c.runs and c.activation == baseline and [(k, v) for k, v in c.key if k != "activation"] == others:
+        if c.runs and c.activation == baseline and rest(c) == rest(config):
             return c
     return None
 
@@ -147,7 +150,7 @@ def _compare_pair(c: Config, b: Config, metric: str, effect: float | None, alpha
 
 
 def compare(configs: list[Config], metric: str = "test_acc", baseline: str = "relu", effect: float | None = None,
-            alpha: float = stats.ALPHA, power: float = stats.POWER) -> tuple[list[Comparison], str | None]:
+            alpha: float = stats.ALPHA, power: float = stats.POWER, tuned: tuple = ()) -> tuple[list[Comparison], str | None]:
     """Every configuration (table order) against its baseline, Holm-corrected together; `effect`
     (the difference worth detecting, in the metric's own units) sets seeds_needed. The second
     value is a one-line note when there is nothing to compare against."""
@@ -157,7 +160,7 @@ def compare(configs: list[Config], metric: str = "test_acc", baseline: str = "re
         return [], f"No configuration with activation={baseline} in the table, so there is no baseline to compare against."
     comparisons = [
         _compare_pair(c, b, metric, effect, alpha, power)
-        if (b := find_baseline(c, in_table, baseline))
+        if (b := find_baseline(c, in_table, baseline, tuned))
         else Comparison(c, None, note="no baseline")
         for c in in_table
         if c.activation != baseline
@@ -384,10 +387,11 @@ def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric:
 
 
 def write_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "test_acc", figures: bool = True,
-                 effect: float | None = EFFECT, alpha: float = stats.ALPHA, power: float = stats.POWER) -> Path:
+                 effect: float | None = EFFECT, alpha: float = stats.ALPHA, power: float = stats.POWER, tuned: tuple = ()) -> Path:
     """Write report.md, results.csv, comparisons.csv and (unless figures=False) the figures into
     sweep_dir; returns the report's path. `effect` is the difference worth detecting in the units
-    the report shows (pp for accuracies), None for none. Raises UserError (ReportError,
+    the report shows (pp for accuracies), None for none; `tuned` keys (a study's selected
+    nuisance values) need not match between a configuration and its baseline. Raises UserError (ReportError,
     NoRunsError) when sweep_dir holds no runs, no run has the metric, or a setting is out of range."""
     sweep_dir = Path(sweep_dir)
     if not 0 < alpha < power < 1:
@@ -403,7 +407,7 @@ def write_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "t
     left_out = [(r, exclusion_reason(r, metric)) for r in runs if exclusion_reason(r, metric)]
     table = markdown_table(rows, keys, metric)
     raw_effect = effect / shown(metric)[0] if effect else None
-    comparisons, no_baseline = compare(configs, metric, baseline, raw_effect, alpha, power)
+    comparisons, no_baseline = compare(configs, metric, baseline, raw_effect, alpha, power, tuned)
 
     first = next((r for r in runs if r.metrics), Run("", ""))
     versions = ", ".join(f"{k} {v}" for k, v in first.section("versions").items())
@@ -453,8 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=stats.ALPHA, help=f"significance level (default {stats.ALPHA})")
     parser.add_argument("--power", type=float, default=stats.POWER, help=f"power of the detectable effect (default {stats.POWER})")
     args = parser.parse_args(argv)
+    from actbench import study
+
+    write, tuned = write_report, {}
+    if study.read_selection(args.sweep_dir) is not None:  # a study's root: its own report, the confirm stage's inside
+        from actbench.study_report import write_study_report as write
+    elif (selection := study.read_selection(args.sweep_dir.parent)) is not None and args.sweep_dir.name == "confirm":
+        tuned = {"tuned": study.tuned_keys(selection)}
     try:
-        path = write_report(args.sweep_dir, args.baseline, args.metric, effect=args.effect, alpha=args.alpha, power=args.power)
+        path = write(args.sweep_dir, args.baseline, args.metric, effect=args.effect, alpha=args.alpha, power=args.power, **tuned)
     except UserError as e:
         print(f"actbench.report: {e}", file=sys.stderr)
         return 2
@@ -477,7 +488,10 @@ class SweepReport(HydraCallback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            path = write_report(
+            write = write_report
+            if config.get("study"):  # experiment=fair: the study's report, its confirm stage's inside
+                from actbench.study_report import write_study_report as write
+            path = write(
                 sweep_dir,
                 baseline=settings.get("baseline", "relu"),
                 metric=settings.get("metric", "test_acc"),

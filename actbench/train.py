@@ -14,17 +14,24 @@ if run apart.
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
 import sys
+import time
 import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from actbench.errors import UserError
+from actbench.logs import error, say, warn
+from actbench.ownership import INTERRUPTED, Owned, busy_line, claim, claim_all, iso, owner
 from actbench.placement import (
     cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph,
 )
@@ -61,9 +68,10 @@ def build_activation(runs):
     return activations.PerMember([built[activation_key(r.cfg)] for r in runs])
 
 
-def fit_pack(runs, resume: tuple[int, int] | None) -> None:
+def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     """Train and test one pack of runs (often a pack of one) that start from the same point and
-    agree on everything but their seeds and activations."""
+    agree on everything but their seeds and activations; `claims` (the `ownership.Claims` that make
+    this process their owner) are checked at every epoch's end."""
     import torch
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -105,10 +113,12 @@ def fit_pack(runs, resume: tuple[int, int] | None) -> None:
     extra = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     placement = trainer_overrides(cfg)
     plugins = [PerSeedCheckpointIO([r.dir for r in runs], seeds), *placement.pop("plugins", [])]
+    owned = [still_owned(runs, claims)] if claims is not None else []
     trainer = instantiate(
         cfg.trainer,
         logger=loggers,
-        callbacks=[*probes, recorder, *extra],  # probes fill the epoch's log that the recorder writes
+        # probes fill the epoch's log that the recorder writes; ownership is checked before it writes
+        callbacks=[*owned, *probes, recorder, *extra],
         plugins=plugins,
         **placement,
     )
@@ -127,6 +137,24 @@ def fit_pack(runs, resume: tuple[int, int] | None) -> None:
         raise
 
 
+def still_owned(runs, claims):
+    """A callback that stops the pack at an epoch's end if this process lost a run to another (a
+    lease it failed to renew in time), before anything of that epoch is written over the new
+    owner's files."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StillOwned(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            lost = [r for r in runs if r.dir in claims.locks and not claims.locks[r.dir].held]
+            if lost:
+                for r in lost:
+                    r.writes = False  # metrics.json is the new owner's now
+                who = owner(lost[0].dir)
+                raise RuntimeError(f"{lost[0].name}: no longer owned by this process" + (f" but by {who}" if who else ""))
+
+    return StillOwned()
+
+
 _jobs_started = 0
 
 
@@ -134,9 +162,10 @@ def first_job() -> bool:
     return _jobs_started <= 1
 
 
-def pending(runs, cfg) -> dict[tuple | None, list]:
+def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
     """The runs still to train, by the point they start from (None: a fresh start); finished and
-    diverged runs are skipped with a line each."""
+    diverged runs are skipped with a line each. Read only once the runs are owned: what their files
+    say may change until then."""
     from actbench.checkpoints import resume_point
     from actbench.results import read_metrics
 
@@ -151,54 +180,167 @@ def pending(runs, cfg) -> dict[tuple | None, list]:
         if done and done.get("status") in ("finished", "diverged"):
             acc = done.get("final", {}).get("test_acc")
             what = f"test accuracy {100 * acc:.2f}%" if acc is not None else done["status"]
-            print(f"{r.name}: already {done['status']} ({what}), skipped", flush=True)
+            if speak:
+                say(f"{r.name}: already {done['status']} ({what}), skipped")
             continue
+        if done and done.get("status") == "running" and speak:
+            # this process owns the run now, so the one that wrote "running" is gone (killed, or its node lost)
+            host = done.get("host") or {}
+            who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
+            say(f"{r.name}: was running{who}, but {INTERRUPTED}")
         point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
         todo.setdefault(point, []).append(r)
     return todo
 
 
+LEADER_ENV = "ACTBENCH_DDP_PACK"  # what DDP rank 0 trains, for the processes Lightning's launcher starts from it
+REQUEUE_WAIT_S = 120.0  # how long a requeued SLURM job waits for its previous attempt to let go of a run
+FOLLOWER_WAIT_S = 600.0  # how long a DDP rank started beside rank 0 (a SLURM task) waits for its claims
+
+
+def ownership_settings(cfg) -> dict:
+    o = cfg.get("ownership") or {}
+    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", 300)), "renew_s": float(o.get("renew_s", 30))}
+
+
+@contextmanager
+def claimed(runs, cfg):
+    """Own the job's runs, member by member, until the block ends; a run owned by a live process
+    elsewhere gets its line (who, since when) and is left to it. Yields the `ownership.Claims`."""
+    settings = ownership_settings(cfg)
+    with ExitStack() as stack:
+        try:
+            claims = stack.enter_context(claim_all([r.dir for r in runs], **settings))
+        except OSError as e:  # the run directory is not writable (the sweep directory was checked)
+            raise UserError(f"{e.filename or runs[0].dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
+        for d, who in list(claims.owned.items()):
+            if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
+                try:
+                    claims.locks[d] = claim(d, wait_s=REQUEUE_WAIT_S, poll_s=2.0, **settings)
+                    claims.claimed.append(d)
+                    del claims.owned[d]
+                except Owned as e:
+                    claims.owned[d] = e.owner
+        for r in runs:
+            if r.dir in claims.owned:
+                say(busy_line(r.name, claims.owned[r.dir]))
+        yield claims
+
+
+def ddp_follower(cfg) -> bool:
+    """Whether this process is a DDP rank other than the first: it claims nothing and trains what
+    rank 0 owns. Ranks come from Lightning's launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK) or
+    SLURM's tasks (SLURM_PROCID), the last only for a trainer set to more than one process."""
+    env = os.environ
+    ranks = [env.get("RANK"), env.get("LOCAL_RANK"), env.get("NODE_RANK")]
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    distributed = (
+        any(k in str(t.get("strategy", "")) for k in ("ddp", "fsdp", "deepspeed"))
+        or int(t.get("num_nodes", 1) or 1) > 1
+        or (isinstance(devices, int) and devices > 1)
+        or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    )
+    if distributed:
+        ranks.append(env.get("SLURM_PROCID"))
+    return any(r.isdigit() and int(r) > 0 for r in ranks if r)
+
+
+def follow(runs, cfg) -> tuple[dict, bool]:
+    """What a DDP follower trains, and whether it is already one pack. Started by rank 0's launcher,
+    it has rank 0's decision in its environment. Started beside it (a SLURM job's tasks), it waits
+    until rank 0, a process of this job no older than this one, owns each run (or the run is
+    finished) and then reads the runs' files as rank 0 did: with the runs owned they do not change."""
+    from actbench.record import process_started
+    from actbench.results import read_metrics
+
+    plan = os.environ.get(LEADER_ENV)
+    if plan:
+        p = json.loads(plan)
+        pack = [r for r in runs if str(r.dir) in p["runs"]]
+        return ({tuple(p["resume"]) if p["resume"] else None: pack} if pack else {}), True
+    job, since = os.environ.get("SLURM_JOB_ID"), iso(process_started() - 60)
+    waiting, mine = list(runs), []
+    deadline = time.monotonic() + FOLLOWER_WAIT_S
+    while waiting and time.monotonic() < deadline:
+        for r in list(waiting):
+            who = owner(r.dir)
+            if who is not None and who.slurm_job_id == job and (who.since or "") >= since:
+                mine.append(r)
+                waiting.remove(r)
+            elif who is None and (read_metrics(r.dir) or {}).get("status") in ("finished", "diverged"):
+                waiting.remove(r)
+        if waiting:
+            time.sleep(1.0)
+    return pending([r for r in runs if r in mine], cfg, speak=False), False
+
+
+def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = True) -> list:
+    """Train what `pending` left, pack by pack; returns the runs that failed (each recorded as
+    failed, the sweep goes on)."""
+    from actbench.packing import split_packs
+
+    failed = []
+    for point, group in todo.items():
+        packs = [group]
+        if split:
+            limit = None
+            if len(group) > 1:
+                limit = min([n for n in (pack_limit(group[0].cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
+            packs, why = split_packs(group, limit)
+            if why and speak:
+                say(why)
+            elif limit and len(group) > limit and speak:
+                say(f"{len(group)} runs do not fit in one pack on this device; training them in packs of {limit}")
+        for pack in packs:
+            if point is not None and speak:
+                more = f" (+{len(pack) - 1} packed)" if len(pack) > 1 else ""
+                say(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})")
+            if claims is not None:
+                # the DDP processes Lightning's launcher starts from this one inherit the environment
+                os.environ[LEADER_ENV] = json.dumps({"runs": [str(r.dir) for r in pack], "resume": point})
+            try:
+                fit_pack(pack, point, claims)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded as failed (traceback in metrics.json); the sweep goes on
+                failed += pack
+                warn(f"{pack[0].name}: failed: {type(e).__name__}: {e} (details in its metrics.json)")
+            finally:
+                os.environ.pop(LEADER_ENV, None)
+                # a run's trainer, module and data reference each other; free their hundreds of MB
+                # now rather than whenever the collector next looks, or a long sweep keeps growing
+                gc.collect()
+    return failed
+
+
 def run(cfg: DictConfig):
     from actbench.checks import validate
-    from actbench.packing import split_packs
     from actbench.results import read_metrics
 
     global _jobs_started
     _jobs_started += 1
+    if cfg.get("study") and HydraConfig.get().mode != RunMode.MULTIRUN:
+        raise UserError("experiment=fair is a study of many runs (tune, then confirm): start it with -m, "
+                        "python -m actbench.train -m experiment=fair")
     validate(cfg)
     quiet()
     runs = plan_runs(cfg)
     for r in runs:
         if r.cfg is not cfg:
             validate(r.cfg)
-    if len(runs) > 1 or cfg.seeds is not None:
-        write_member_hydra_dirs(runs, Path(HydraConfig.get().runtime.output_dir))
 
-    failed = []
-    for point, group in pending(runs, cfg).items():
-        limit = None
-        if len(group) > 1:
-            limit = min([n for n in (pack_limit(group[0].cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
-        packs, why = split_packs(group, limit)
-        if why:
-            print(why, flush=True)
-        elif limit and len(group) > limit:
-            print(f"{len(group)} runs do not fit in one pack on this device; training them in packs of {limit}", flush=True)
-        for pack in packs:
-            if point is not None:
-                more = f" (+{len(pack) - 1} packed)" if len(pack) > 1 else ""
-                print(f"{pack[0].name}{more}: resuming after epoch {point[1]} (step {point[0]})", flush=True)
-            try:
-                fit_pack(pack, point)
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded as failed (traceback in metrics.json); the sweep goes on
-                failed += pack
-                print(f"{pack[0].name}: failed: {type(e).__name__}: {e} (details in its metrics.json)", file=sys.stderr, flush=True)
-            finally:
-                # a run's trainer, module and data reference each other; free their hundreds of MB
-                # now rather than whenever the collector next looks, or a long sweep keeps growing
-                gc.collect()
+    if ddp_follower(cfg):
+        todo, one_pack = follow(runs, cfg)
+        failed = train_packs(todo, cfg, speak=False, split=not one_pack)
+    else:
+        # claimed before anything of theirs is read: whether a run is finished, or where it resumes,
+        # is only settled for its owner
+        with claimed(runs, cfg) as claims:
+            mine = [r for r in runs if r.dir in claims.locks]
+            if mine and (len(runs) > 1 or cfg.seeds is not None):
+                write_member_hydra_dirs(mine, Path(HydraConfig.get().runtime.output_dir))
+            failed = train_packs(pending(mine, cfg), cfg, claims)
     if failed and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(1)  # in a sweep, the report lists the failed runs and the next rerun retries them
     finals = [read_metrics(r.dir) or {} for r in runs]
@@ -207,12 +349,34 @@ def run(cfg: DictConfig):
     return sum(accs) / len(accs) if accs else float("nan")  # for Hydra sweepers that optimise
 
 
+class WritableOutput(HydraCallback):
+    """Before any job: the run or sweep directory must take a file, else the command ends with one
+    line and exit code 2 instead of a traceback from the first job that writes (Hydra creates the
+    directory, then the job directories, before actbench's code runs)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(directory) -> None:
+        from actbench.files import check_writable
+
+        try:
+            check_writable(Path(str(directory)))
+        except UserError as e:
+            error(f"actbench: error: {e}")
+            raise SystemExit(2) from None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig):
     try:
         return run(cfg)
     except UserError as e:
-        print(f"actbench: error: {e}", file=sys.stderr, flush=True)
+        error(f"actbench: error: {e}")
         raise SystemExit(2) from None
 
 

@@ -39,3 +39,30 @@ class InterruptAt(AtStep):
 
     def act(self, trainer):
         os.kill(os.getpid(), signal.SIGINT)
+
+
+class KillInStage(Callback):
+    """SIGKILL the process as soon as a run of the given study stage (its directory's parent) starts."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_train_start(self, trainer, pl_module):
+        if any(f"/{self.stage}/" in str(logger.log_dir) + "/" for logger in trainer.loggers):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PauseAt(AtStep):
+    """Write `signal_file` and wait there, mid-run and owning it, until the test kills the process."""
+
+    def __init__(self, step: int, signal_file: str):
+        super().__init__(step)
+        self.signal_file = signal_file
+
+    def act(self, trainer):
+        import time
+        from pathlib import Path
+
+        Path(self.signal_file).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)

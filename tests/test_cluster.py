@@ -141,3 +141,25 @@ def test_a_signalled_slurm_job_is_requeued_by_submitit_and_resumes_from_its_chec
     plain = metrics(tmp_path / "runs" / "plain" / epochs)
     assert m["final"]["test_loss"] == plain["final"]["test_loss"]
     assert m["curves"]["val_loss"] == plain["curves"]["val_loss"]
+
+
+@pytest.mark.slurm
+def test_a_request_slurm_cannot_meet_gets_one_line_naming_the_key(tiny_run, tmp_path):
+    need_slurm()
+    r = run_cli("-m", *tiny_run, "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=512",
+                "activation=relu,sigmoid", timeout=300, env=slurm_env())
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("actbench: error: SLURM refused") and "More processors requested than permitted" in last
+    assert "hydra.launcher.cpus_per_task=512" in last
+    assert not list((tmp_path / "runs").rglob("metrics.json"))
+
+
+def test_sbatch_refusals_name_the_launcher_keys():
+    from actbench.placement import sbatch_refusal
+
+    launcher = {"cpus_per_task": 8, "mem_gb": 32, "gpus_per_node": 1, "partition": "gpu", "tasks_per_node": 1, "constraint": None}
+    line = sbatch_refusal("sbatch: error: Batch job submission failed: Invalid generic resource (gres) specification", launcher)
+    assert "Invalid generic resource" in line and "hydra.launcher.gpus_per_node=1" in line and "cpus_per_task" not in line
+    assert "hydra.launcher.partition=gpu" in sbatch_refusal("sbatch: error: invalid partition specified: gpu", launcher)
+    assert "conf/hydra/launcher/slurm.yaml" in sbatch_refusal("sbatch: error: something new", launcher)

@@ -1,6 +1,12 @@
 """actbench.train end to end through the CLI: runs, sweeps, outputs, reruns and bad input."""
 
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,16 +14,20 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from conftest import NAMES_2x2, compose_cfg, events, metrics, run_cli
+from conftest import NAMES_2x2, ROOT, compose_cfg, events, metrics, remount, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def hparams_of(ea: EventAccumulator):
+    """The HParams experiment an event directory declares."""
     content = ea.PluginTagToContent("hparams")
-    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    return exp, start
+    return plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+
+
+def session_of(ea: EventAccumulator):
+    content = ea.PluginTagToContent("hparams")
+    return plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
 
 
 def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
@@ -35,16 +45,18 @@ def test_one_run_writes_events_hparams_and_metrics(tiny_run, tmp_path):
 
     ea = events(run_dir)
     tags = set(ea.Tags()["scalars"])
-    assert {"train/loss_step", "train/acc_step", "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"} <= tags
-    assert {"time/epoch_s", "time/samples_per_s"} <= tags and "hp_metric" not in tags
-    windows = ea.Scalars("train/loss_step")  # 16 steps logged as means over windows of 5
+    assert {"loss/train_step", "acc/train_step", "loss/train", "acc/train", "loss/val", "acc/val", "loss/test", "acc/test"} <= tags
+    assert {"time/epoch", "time/epoch_s", "time/samples_per_s"} <= tags and "hp_metric" not in tags
+    windows = ea.Scalars("loss/train_step")  # 16 steps logged as means over windows of 5
     assert [w.step for w in windows] == [5, 10, 15, 16]
     assert sum(w.value * n for w, n in zip(windows, [5, 5, 5, 1])) / 16 == pytest.approx(m["curves"]["train_loss"][0], rel=1e-5)
-    assert ea.Scalars("test/acc")[-1].value == pytest.approx(m["final"]["test_acc"])
-    exp, start = hparams_of(ea)
-    assert {h.name for h in exp.hparam_infos} >= {"activation", "seed", "lr", "batch_size", "depth", "width", "init"}
-    assert {mi.name.tag for mi in exp.metric_infos} >= {"val/acc", "test/acc"}
-    assert start.hparams["activation"].string_value == "gelu" and start.hparams["seed"].number_value == 0
+    assert ea.Scalars("acc/test")[-1].value == pytest.approx(m["final"]["test_acc"])
+    # the experiment is the sweep directory's (a lone run: its activation, seed and what it was given), the session the run's
+    exp, start = hparams_of(events(run_dir.parent)), session_of(ea)
+    assert [h.name for h in exp.hparam_infos] == ["activation", "seed"]
+    assert set(start.hparams) >= {"activation", "seed", "lr", "batch_size", "depth", "width", "init"}
+    assert {mi.name.tag for mi in exp.metric_infos} >= {"acc/val", "acc/test"}
+    assert start.hparams["activation"].string_value == "gelu" and start.hparams["seed"].string_value == "0"
     assert "test accuracy" in r.stdout and str(run_dir) in r.stdout
 
 
@@ -56,6 +68,53 @@ def test_multirun_two_activations_two_seeds(tiny_run, tmp_path):
     assert names == NAMES_2x2
     assert all(metrics(sweep / n)["status"] == "finished" for n in names)
     assert (sweep / "multirun.yaml").exists()
+
+
+def test_a_sweeps_runs_log_named_finite_scalars_their_hparams_and_their_lines(tiny_run, tmp_path):
+    import math
+
+    r = run_cli("-m", *tiny_run, "activation=relu,sigmoid", "seed=0,1", "report=none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    sweep = tmp_path / "runs" / "tiny"
+    probes = {f"probes/{s}/layer1" for s in ("dead", "saturated", "dact_mean")}
+    probes |= {"probes/grad_norm/w1", "probes/grad_norm/w2", "probes/grad_ratio"}
+    probes |= {"probes/grad_norm_step/w1", "probes/grad_norm_step/w2", "probes/grad_ratio_step"}
+    curves = {f"{m}/{s}" for m in ("acc", "loss") for s in ("train", "train_step", "val", "test")}
+    for name in NAMES_2x2:
+        run_dir, m = sweep / name, metrics(sweep / name)
+        ea = events(run_dir)
+        tags = set(ea.Tags()["scalars"])
+        assert tags == curves | probes | {"time/epoch", "time/epoch_s", "time/samples_per_s"}
+        assert set(ea.Tags()["histograms"]) == {"probes/preact/layer1", "probes/act/layer1"}
+        # TensorBoard's groups, in the order it shows them: the first (open) one is accuracy, then loss
+        assert sorted({t.split("/")[0] for t in tags}) == ["acc", "loss", "probes", "time"]
+        bad = [(t, e.step, e.value) for t in tags for e in ea.Scalars(t) if not math.isfinite(e.value)]
+        assert not bad  # no NaN marker on any chart
+        steps = m["final"]["steps"]
+        assert [(e.step, e.value) for e in ea.Scalars("time/epoch")] == [(0, 0.0), (steps, 1.0)]
+        assert [e.step for e in ea.Scalars("probes/grad_ratio")] == [steps]  # no gradient at initialisation: no point
+        assert m["probes"]["probes/grad_ratio"][0] is None and m["probes"]["epoch"] == [0, 1]  # metrics.json stays aligned
+        assert yaml.safe_load((run_dir / "hparams.yaml").read_text()) == {"hparams": m["hparams"], "config": m["config"]}
+    # the job's train.log has every line it printed, as printed, after Hydra's time stamp
+    (log,) = (sweep / ".packs").glob("*/train.log")
+    lines = [line for line in r.stdout.splitlines() if line.startswith("activation=")]
+    assert len(lines) == 5 and "epoch 1/1" in lines[0] and all("test accuracy" in line for line in lines[1:])
+    logged = log.read_text().splitlines()
+    assert [line.split("] - ", 1)[1] for line in logged if "[actbench]" in line] == lines
+
+
+def test_a_diverging_run_logs_no_nan(tiny_run, tmp_path):
+    import math
+
+    r = run_cli(*tiny_run, "optimizer.lr=1e12", "trainer.max_epochs=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run_dir,) = (tmp_path / "runs" / "tiny").glob("optimizer.lr=*")
+    m = metrics(run_dir)
+    assert m["status"] == "diverged" and m["probes"]["probes/grad_ratio"] == [None, None]  # 0 / 0 in epoch 1
+    ea = events(run_dir)
+    assert all(math.isfinite(e.value) for t in ea.Tags()["scalars"] for e in ea.Scalars(t))
+    assert "probes/grad_ratio" not in ea.Tags()["scalars"]
+    assert "acc/val" in ea.Tags()["scalars"]  # what was finite in the diverging epoch is still there
 
 
 def test_default_output_place_is_runs_under_the_working_directory_with_the_report(tiny_run, tmp_path):
@@ -168,7 +227,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_run, tmp_path, seeds):
         assert a["curves"][key] == pytest.approx(b["curves"][key], rel=1e-6)
     assert a["final"]["test_loss"] == pytest.approx(b["final"]["test_loss"], rel=1e-6)
     # one TensorBoard run: the killed attempt's steps past the checkpoint are purged, not duplicated
-    steps = [e.step for e in events(run_dir).Scalars("train/loss")]
+    steps = [e.step for e in events(run_dir).Scalars("loss/train")]
     assert steps == sorted(set(steps)) and len(steps) == 3
 
 
@@ -223,7 +282,7 @@ def test_packed_seeds_equal_seeds_run_apart(tiny_run, tmp_path):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert mp["curves"][key] == pytest.approx(ma["curves"][key], rel=1e-5, abs=1e-6)
         assert mp["final"]["test_loss"] == pytest.approx(ma["final"]["test_loss"], rel=1e-5)
-        step_p, step_a = ([(e.step, e.value) for e in events(d).Scalars("train/loss_step")] for d in (p, a))
+        step_p, step_a = ([(e.step, e.value) for e in events(d).Scalars("loss/train_step")] for d in (p, a))
         assert [st for st, _ in step_p] == [st for st, _ in step_a]  # each seed's own per-step curve
         assert [v for _, v in step_p] == pytest.approx([v for _, v in step_a], rel=1e-5)
         wp = torch.load(p / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -393,3 +452,187 @@ def test_packed_members_match_their_unpacked_twins_on_the_real_data(real_data_di
     for act in ("relu", "gelu", "sigmoid"):
         name = f"activation={act},seed=0,trainer.max_epochs=1"
         assert_twins(tmp_path / "runs" / "p" / name, tmp_path / "runs" / "a" / name)
+
+
+# ---------------------------------------------------------------- one owner per run
+
+
+BUSY = re.compile(r"^(?P<name>\S+): trained by pid (?P<pid>\d+) on host (?P<host>\S+) since (?P<since>\S+); skipped$", re.M)
+
+
+def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`run_cli`, started in the background."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "actbench.train", *args], cwd=ROOT, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def writer_pids(run_dir: Path) -> set[int]:
+    """The processes that wrote a run's TensorBoard events (their files end in .<pid>.<n>)."""
+    return {int(f.name.split(".")[-2]) for f in run_dir.glob("events.out.tfevents.*")}
+
+
+@pytest.mark.parametrize("pack", ["pack=true", "pack=false"])
+def test_two_processes_on_one_sweep_train_each_run_once(tiny_run, tmp_path, pack):
+    # enough epochs that one process is still training a run when the other reaches it
+    sweep = ["-m", *tiny_run, "activation=relu,sigmoid", "seed=0,1", "trainer.max_epochs=40", "report=none", pack]
+    procs = [start_cli(*sweep), start_cli(*sweep)]  # the same command, at the same moment
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    pids = [p.pid for p in procs]
+    lone = run_cli(*sweep, "name=lone")
+    assert lone.returncode == 0, lone.stderr[-2000:]
+
+    names = [f"{n},trainer.max_epochs=40" for n in NAMES_2x2]
+    busy = [(k, m) for k, (out, _) in enumerate(outs) for m in BUSY.finditer(out)]
+    assert busy, "neither process found a run owned by the other: " + outs[0][0][-1000:] + outs[1][0][-1000:]
+    for k, m in busy:  # the loser names the winner: the other process, on this host
+        assert int(m["pid"]) == pids[1 - k] and m["host"] == socket.gethostname() and m["name"] in names
+        print(f"process {k + 1} printed: {m.group(0)}")
+    sweep_dir, lone_dir = tmp_path / "runs" / "tiny", tmp_path / "runs" / "lone"
+    for name in names:
+        m, alone = metrics(sweep_dir / name), metrics(lone_dir / name)
+        assert m["status"] == "finished" and m["timing"]["resumed_at_epoch"] is None
+        (writer,) = writer_pids(sweep_dir / name)  # one process wrote its TensorBoard run
+        assert writer in pids and m["host"]["pid"] == writer
+        assert sum(out.count(f"{name}: test accuracy") for out, _ in outs) == 1  # and trained it, once
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            assert m["curves"][key] == pytest.approx(alone["curves"][key], rel=1e-5, abs=1e-7)
+        assert m["final"]["test_loss"] == pytest.approx(alone["final"]["test_loss"], rel=1e-5)
+        assert not list((sweep_dir / name).glob(".*.tmp")) and not (sweep_dir / name / ".owner.json").exists()
+
+
+def test_a_killed_owner_is_taken_over_and_its_run_resumed(tiny_run, tmp_path):
+    from actbench.ownership import INTERRUPTED, owner
+    from actbench.results import load_run
+
+    base = [*tiny_run, "trainer.max_epochs=3"]
+    paused = tmp_path / "paused"
+    first = start_cli(*base, "+callbacks.pause._target_=callbacks.PauseAt", "+callbacks.pause.step=24",
+                      f"+callbacks.pause.signal_file={paused}", env={"PYTHONPATH": TESTS})
+    try:
+        deadline = time.monotonic() + 300
+        while not paused.exists():  # in epoch 2, its epoch-1 checkpoint written
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.2)
+        run_dir = tmp_path / "runs" / "tiny" / "trainer.max_epochs=3"
+        assert owner(run_dir).pid == first.pid
+        live = load_run(run_dir)
+        assert live.status == "running" and live.error.startswith(f"trained by pid {first.pid} on host ")
+
+        second = run_cli(*base)  # while the owner lives: leaves the run alone
+        assert second.returncode == 0, second.stderr[-2000:]
+        (m,) = BUSY.finditer(second.stdout)
+        assert (m["name"], int(m["pid"])) == ("trainer.max_epochs=3", first.pid)
+        print(f"second process printed: {m.group(0)}")
+        assert writer_pids(run_dir) == {first.pid} and metrics(run_dir)["curves"]["epoch"] == [1]
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the kernel drops the lock
+        first.communicate()
+    assert metrics(run_dir)["status"] == "running" and owner(run_dir) is None
+    stale = load_run(run_dir)
+    assert (stale.status, stale.error) == ("interrupted", INTERRUPTED)
+
+    third = run_cli(*base)
+    assert third.returncode == 0, third.stderr[-2000:]
+    line = f"trainer.max_epochs=3: was running (pid {first.pid} on host {socket.gethostname()}), but {INTERRUPTED}"
+    assert line in third.stdout.splitlines() and "resuming after epoch 1 (step 16)" in third.stdout
+    print(f"third process printed: {line}")
+    whole = run_cli(*base, "name=u")
+    assert whole.returncode == 0
+    a, b = metrics(run_dir), metrics(tmp_path / "runs" / "u" / "trainer.max_epochs=3")
+    assert a["status"] == "finished" and a["timing"]["resumed_at_epoch"] == 1 and a["host"]["pid"] != first.pid
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert a["curves"][key] == pytest.approx(b["curves"][key], rel=1e-6)
+    assert a["final"]["test_loss"] == pytest.approx(b["final"]["test_loss"], rel=1e-6)
+    ea = events(run_dir)
+    for tag in ea.Tags()["scalars"]:  # the killed attempt's epoch 2 purged, not doubled, in every curve
+        steps = [e.step for e in ea.Scalars(tag)]
+        assert steps == sorted(set(steps)), tag
+
+
+def test_a_full_disk_fails_the_run_keeps_its_checkpoint_and_the_rerun_resumes(tiny_run, tmp_path, tmpfs):
+    import torch
+
+    from actbench.checkpoints import resume_point
+
+    # room for one checkpoint (1.2 MB for the 784-128-10 model and Adam's moments) and the small
+    # files, not for a second one beside it: epoch 2's checkpoint fills the disk
+    disk = tmpfs("1800k")
+    args = [*(a for a in tiny_run if not a.startswith("out_dir=")), f"out_dir={disk}", "trainer.max_epochs=3"]
+    full = run_cli(*args)
+    assert full.returncode == 1
+    assert full.stderr.strip().splitlines() == [
+        "trainer.max_epochs=3: failed: OSError: [Errno 28] No space left on device (details in its metrics.json)"
+    ]
+    run_dir = disk / "tiny" / "trainer.max_epochs=3"
+    m = metrics(run_dir)
+    assert m["status"] == "failed" and m["error"] == "OSError: [Errno 28] No space left on device"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert resume_point(ckpt) == (16, 1)  # epoch 1's, whole
+    assert torch.load(ckpt, weights_only=False)["actbench_seed"] == 0
+    assert [p.name for p in disk.rglob("*") if "tmp" in p.name] == []  # no temporary file left behind
+
+    remount(disk, "size=8m")  # space freed: the same command resumes from the last good checkpoint
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "trainer.max_epochs=3: resuming after epoch 1 (step 16)" in again.stdout
+    whole = run_cli(*tiny_run, "name=whole", "trainer.max_epochs=3")
+    assert whole.returncode == 0
+    a, b = metrics(run_dir), metrics(tmp_path / "runs" / "whole" / "trainer.max_epochs=3")
+    assert a["status"] == "finished" and a["timing"]["resumed_at_epoch"] == 1 and a["curves"]["epoch"] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert a["curves"][key] == pytest.approx(b["curves"][key], rel=1e-6)
+    assert a["final"]["test_loss"] == pytest.approx(b["final"]["test_loss"], rel=1e-6)
+
+
+def test_a_read_only_sweep_directory_is_one_line_before_any_training(tiny_run, tmpfs):
+    disk = tmpfs("64k")
+    remount(disk, "ro")
+    args = [*(a for a in tiny_run if not a.startswith("out_dir=")), f"out_dir={disk}"]
+    sweep = run_cli("-m", *args, "seed=0,1")
+    assert sweep.returncode == 2
+    assert sweep.stderr.strip().splitlines() == [f"actbench: error: {disk}/tiny: cannot write here (Read-only file system)"]
+    assert "Launching" not in sweep.stdout + sweep.stderr  # before Hydra's first job
+    one = run_cli(*args, "seed=0")
+    assert one.returncode == 2
+    assert one.stderr.strip().splitlines() == [f"actbench: error: {disk}/tiny/seed=0: cannot write here (Read-only file system)"]
+
+
+def test_ddp_ranks_past_the_first_follow_rank_0(monkeypatch, tmp_path):
+    from actbench import train
+    from actbench.record import Run
+
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", train.LEADER_ENV):
+        monkeypatch.delenv(var, raising=False)
+    ddp, one = compose_cfg("trainer=ddp", "trainer.accelerator=cpu"), compose_cfg()
+    assert not train.ddp_follower(ddp)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # rank 0 itself, once Lightning's launcher has run
+    assert not train.ddp_follower(ddp)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert train.ddp_follower(ddp) and train.ddp_follower(one)  # Lightning's launcher set it: any trainer
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    assert train.ddp_follower(ddp) and not train.ddp_follower(one)  # a SLURM task is a rank only under DDP
+
+    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(3)]
+    monkeypatch.setenv(train.LEADER_ENV, json.dumps({"runs": [str(runs[2].dir), str(runs[0].dir)], "resume": [16, 1]}))
+    assert train.follow(runs, ddp) == ({(16, 1): [runs[0], runs[2]]}, True)
+
+
+def test_a_pack_whose_lease_was_taken_over_stops_before_writing(tmp_path):
+    from types import SimpleNamespace
+
+    from actbench import train
+    from actbench.ownership import Claims
+    from actbench.record import Run
+
+    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
+    claims = Claims(locks={runs[0].dir: SimpleNamespace(held=True), runs[1].dir: SimpleNamespace(held=True)})
+    check = train.still_owned(runs, claims)
+    check.on_train_epoch_end(None, None)  # still ours: nothing happens
+    claims.locks[runs[1].dir].held = False  # its lease was not renewed in time and another took it
+    with pytest.raises(RuntimeError, match="seed=1: no longer owned by this process"):
+        check.on_train_epoch_end(None, None)
+    assert [r.writes for r in runs] == [True, False]  # the lost run's files are the new owner's

@@ -6,6 +6,7 @@ and activation train as one packed model), so every launcher gets one job per pa
 `pack=false` launches one job per run.
 """
 
+import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -24,6 +25,24 @@ ConfigStore.instance().store(group="hydra/sweeper", name="packing", node=Packing
 
 
 class PackingSweeper(BasicSweeper):
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        launch = self.launcher.launch
+
+        def launch_or_explain(job_overrides, initial_job_idx):
+            """The launcher's launch; a job array that sbatch refuses ends the sweep with one line."""
+            try:
+                return launch(job_overrides, initial_job_idx=initial_job_idx)
+            except Exception as e:  # noqa: BLE001 - only sbatch's refusals are explained; the rest go on up
+                if "sbatch" not in str(e):
+                    raise
+                from actbench.placement import sbatch_refusal
+
+                print(f"actbench: error: {sbatch_refusal(str(e), config.hydra.launcher)}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+
+        self.launcher.launch = launch_or_explain
+
     def split_arguments(self, overrides, max_batch_size) -> List[List[List[str]]]:
         from actbench.packing import pack_jobs
 
