@@ -1,0 +1,119 @@
+"""A job's claims on its runs (actbench.ownership does the locking): every run is claimed before
+anything of it is read, a run owned by a live process elsewhere is left to it with one line, a
+requeued SLURM job waits for its earlier attempt, DDP ranks past the first train what rank 0
+owns, and a pack whose lease another process took over stops before it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack, contextmanager
+
+from actbench.errors import UserError
+from actbench.logs import say
+from actbench.ownership import Owned, busy_line, claim, claim_all, iso, owner
+
+
+LEADER_ENV = "ACTBENCH_DDP_PACK"  # what DDP rank 0 trains, for the processes Lightning's launcher starts from it
+REQUEUE_WAIT_S = 120.0  # how long a requeued SLURM job waits for its previous attempt to let go of a run
+FOLLOWER_WAIT_S = 600.0  # how long a DDP rank started beside rank 0 (a SLURM task) waits for its claims
+
+
+def ownership_settings(cfg) -> dict:
+    o = cfg.get("ownership") or {}
+    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", 300)), "renew_s": float(o.get("renew_s", 30))}
+
+
+@contextmanager
+def claimed(runs, cfg):
+    """Own the job's runs, member by member, until the block ends; a run owned by a live process
+    elsewhere gets its line (who, since when) and is left to it. Yields the `ownership.Claims`."""
+    settings = ownership_settings(cfg)
+    with ExitStack() as stack:
+        try:
+            claims = stack.enter_context(claim_all([r.dir for r in runs], **settings))
+        except OSError as e:  # the run directory is not writable (the sweep directory was checked)
+            raise UserError(f"{e.filename or runs[0].dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
+        for d, who in list(claims.owned.items()):
+            if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
+                try:
+                    claims.locks[d] = claim(d, wait_s=REQUEUE_WAIT_S, poll_s=2.0, **settings)
+                    claims.claimed.append(d)
+                    del claims.owned[d]
+                except Owned as e:
+                    claims.owned[d] = e.owner
+        for r in runs:
+            if r.dir in claims.owned:
+                say(busy_line(r.name, claims.owned[r.dir]))
+        yield claims
+
+
+def ddp_follower(cfg) -> bool:
+    """Whether this process is a DDP rank other than the first: it claims nothing and trains what
+    rank 0 owns. Ranks come from Lightning's launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK) or
+    SLURM's tasks (SLURM_PROCID), the last only for a trainer set to more than one process."""
+    env = os.environ
+    ranks = [env.get("RANK"), env.get("LOCAL_RANK"), env.get("NODE_RANK")]
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    distributed = (
+        any(k in str(t.get("strategy", "")) for k in ("ddp", "fsdp", "deepspeed"))
+        or int(t.get("num_nodes", 1) or 1) > 1
+        or (isinstance(devices, int) and devices > 1)
+        or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    )
+    if distributed:
+        ranks.append(env.get("SLURM_PROCID"))
+    return any(r.isdigit() and int(r) > 0 for r in ranks if r)
+
+
+def follow(runs, cfg) -> tuple[dict, bool]:
+    """What a DDP follower trains, and whether it is already one pack. Started by rank 0's launcher,
+    it has rank 0's decision in its environment. Started beside it (a SLURM job's tasks), it waits
+    until rank 0, a process of this job no older than this one, owns each run (or the run is
+    finished) and then reads the runs' files as rank 0 did: with the runs owned they do not change."""
+    from actbench.record import process_started
+    from actbench.results import read_metrics
+
+    plan = os.environ.get(LEADER_ENV)
+    if plan:
+        p = json.loads(plan)
+        pack = [r for r in runs if str(r.dir) in p["runs"]]
+        return ({tuple(p["resume"]) if p["resume"] else None: pack} if pack else {}), True
+    job, since = os.environ.get("SLURM_JOB_ID"), iso(process_started() - 60)
+    waiting, mine = list(runs), []
+    deadline = time.monotonic() + FOLLOWER_WAIT_S
+    while waiting and time.monotonic() < deadline:
+        for r in list(waiting):
+            who = owner(r.dir)
+            if who is not None and who.slurm_job_id == job and (who.since or "") >= since:
+                mine.append(r)
+                waiting.remove(r)
+            elif who is None and (read_metrics(r.dir) or {}).get("status") in ("finished", "diverged"):
+                waiting.remove(r)
+        if waiting:
+            time.sleep(1.0)
+    from actbench.train import pending
+
+    return pending([r for r in runs if r in mine], cfg, speak=False), False
+
+
+
+def still_owned(runs, claims):
+    """A callback that stops the pack at an epoch's end if this process lost a run to another (a
+    lease it failed to renew in time), before anything of that epoch is written over the new
+    owner's files."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StillOwned(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            lost = [r for r in runs if r.dir in claims.locks and not claims.locks[r.dir].held]
+            if lost:
+                for r in lost:
+                    r.writes = False  # metrics.json is the new owner's now
+                who = owner(lost[0].dir)
+                raise RuntimeError(f"{lost[0].name}: no longer owned by this process" + (f" but by {who}" if who else ""))
+
+    return StillOwned()
