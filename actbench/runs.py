@@ -68,17 +68,17 @@ def activation_label(choice: str, overrides: list[str]) -> str:
 
 
 def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
-    """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab."""
+    """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab: the
+    run's own, then the model's (which its class states)."""
+    from actbench.model import model_class
+
     lr = cfg.optimizer.get("lr")
     return {
         "activation": activation_label(choices.get("activation"), overrides),
         "seed": seed,
         "lr": float(lr) if lr is not None else "none",
         "batch_size": int(cfg.data.batch_size),
-        "depth": int(cfg.model.depth),
-        "width": int(cfg.model.width),
-        "init": str(cfg.model.init),
-        "dropout": float(cfg.model.dropout),
+        **model_class(cfg).hparams(cfg.model),
         "optimizer": choices.get("optimizer"),
         "max_epochs": int(cfg.trainer.max_epochs),
         "val_size": int(cfg.data.val_size),
