@@ -64,13 +64,15 @@ class PerMember(nn.Module):
         # registered, so that a module activation's buffers follow the net to its device
         self.fns = nn.ModuleList(dict.fromkeys(f for _, _, f in self.spans if isinstance(f, nn.Module)))
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, dim: int = 0, per_member: int = 1) -> Tensor:
+        """z with the members along `dim`, `per_member` entries each (dim 0 and 1 for [K, B, ...];
+        a ConvNet's [B, K*C, H, W] has dim 1 and C)."""
         if len(self.spans) == 1:
             return self.spans[0][2](z)
         # split, not slicing: its backward is one concatenation, where each slice's would be a
         # zero-filled copy of the whole gradient, summed
-        parts = z.split([b - a for a, b, _ in self.spans])
-        return torch.cat([fn(part) for part, (_, _, fn) in zip(parts, self.spans)])
+        parts = z.split([(b - a) * per_member for a, b, _ in self.spans], dim=dim)
+        return torch.cat([fn(part) for part, (_, _, fn) in zip(parts, self.spans)], dim=dim)
 
 
 def is_elementwise(fn: Callable[[Tensor], Tensor]) -> bool:

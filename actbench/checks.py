@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from actbench.errors import ConfigError
+from actbench.convnet import NORMS
 from actbench.model import INITS
 from actbench.ownership import MODES
 
@@ -24,9 +25,12 @@ RULES = {
     "model.width": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
     "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "model.channels": (lambda v: isinstance(v, list) and bool(v) and all(_int(c) and c >= 1 for c in v),
+                       "a non-empty list of integers >= 1, e.g. [16,32]"),
+    "model.norm": (lambda v: v in NORMS, f"one of {', '.join(NORMS)}"),
     "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
     "data.batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
     "data.val_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "data.probe_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "data.normalize": (lambda v: v in ("scale", "standardize"), "scale or standardize"),
@@ -55,6 +59,8 @@ def validate(cfg: DictConfig) -> None:
     absent = object()
     for key, (ok, what) in RULES.items():
         value = OmegaConf.select(cfg, key, default=absent)  # a probe switched off (null) leaves its keys absent
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
     lease_s, renew_s = (OmegaConf.select(cfg, f"ownership.{k}") for k in ("lease_s", "renew_s"))

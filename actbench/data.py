@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import sys
 import zlib
@@ -188,8 +189,8 @@ def _download(root: Path, dirs: list[Path]) -> dict[str, Path]:
 
 
 def to_float(x: np.ndarray, normalize: str) -> torch.Tensor:
-    """uint8 images -> float32 rows of 784, scaled once for the whole run."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).reshape(len(x), -1).float().div_(255.0)
+    """uint8 images [N, 28, 28] -> float32 [N, 1, 28, 28] (one channel), scaled once for the whole run."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).float().div_(255.0)
     if normalize == "standardize":
         # Fashion-MNIST's training-set mean and std of the [0, 1] pixels
         t.sub_(0.2860).div_(0.3530)
@@ -222,12 +223,12 @@ class Chunk:
         return self.idx.shape[2]
 
     def __getitem__(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step s's batch: x [K, B, 784], y [K, B]."""
+        """Step s's batch: x [K, B, 1, 28, 28], y [K, B]."""
         i = self.idx[s]
         if self.shard[1] > 1:
             i = i[:, self.shard[0] :: self.shard[1]]
         flat = i.flatten()  # index_select on flat rows: half the time of x[i] for a pack's gather
-        return self.x.index_select(0, flat).view(*i.shape, -1), self.y.index_select(0, flat).view(i.shape)
+        return self.x.index_select(0, flat).view(*i.shape, *self.x.shape[1:]), self.y.index_select(0, flat).view(i.shape)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class TrainBatches:
     item is a `Chunk` of `steps` optimizer steps. The last, partial batch of an epoch (kept, as
     Keras does) comes alone so that every chunk has one batch size."""
 
-    x: torch.Tensor  # [N, 784] on the training device
+    x: torch.Tensor  # [N, 1, 28, 28] on the training device
     y: torch.Tensor  # [N]
     train_idx: torch.Tensor  # [K, n_train] indices into x, per seed
     seeds: list[int]
@@ -279,7 +280,7 @@ class TrainBatches:
 
 @dataclass
 class EvalBatches:
-    """Evaluation batches for K seeds: x [K, B, 784], y [K, B]. `idx` is [K, n] (per-seed
+    """Evaluation batches for K seeds: x [K, B, 1, 28, 28], y [K, B]. `idx` is [K, n] (per-seed
     validation sets) or None (the shared test set, broadcast to every seed)."""
 
     x: torch.Tensor
@@ -297,14 +298,29 @@ class EvalBatches:
         for start in range(0, n, self.batch_size):
             if self.idx is None:
                 sl = slice(start, start + self.batch_size)
-                yield self.x[sl].expand(self.n_seeds, -1, -1), self.y[sl].expand(self.n_seeds, -1)
+                x = self.x[sl]
+                yield x.expand(self.n_seeds, *x.shape), self.y[sl].expand(self.n_seeds, -1)
             else:
                 idx = self.idx[:, start : start + self.batch_size]
                 yield self.x[idx], self.y[idx]
 
 
 class FashionMNIST(LightningDataModule):
-    """The whole data set as tensors on the training device, per-seed splits, slicing batches."""
+    """The whole data set as tensors on the training device, per-seed splits, slicing batches.
+    Its facts, which models and placement ask: `INPUT_SHAPE`, `N_CLASSES`, `bytes_on_device()`."""
+
+    INPUT_SHAPE = (1, 28, 28)
+    N_CLASSES = N_CLASSES
+
+    @classmethod
+    def bytes_on_device(cls) -> int:
+        """The whole set as float32 images, and a copy while it moves to the device."""
+        return 2 * 4 * sum(FULL_SIZE.values()) * math.prod(cls.INPUT_SHAPE)
+
+    @classmethod
+    def eval_rows(cls, cfg, eval_batch_size: int) -> int:
+        """The most examples one evaluation pass holds (a validation or test batch)."""
+        return min(eval_batch_size, max(int(cfg.val_size), FULL_SIZE["t10k"]))
 
     def __init__(
         self,
@@ -352,7 +368,7 @@ class FashionMNIST(LightningDataModule):
             setattr(self, name, getattr(self, name).to(device))
 
     def probe_set(self) -> torch.Tensor:
-        """A fixed, seeded subset of each seed's training data: [K, probe_size, 784]."""
+        """A fixed, seeded subset of each seed's training data: [K, probe_size, 1, 28, 28]."""
         n = min(self.probe_size, self.train_idx.shape[1])
         picks = torch.stack([torch.randperm(self.train_idx.shape[1], generator=generator(s, "probe"))[:n] for s in self.seeds])
         return self.train_x[torch.gather(self.train_idx, 1, picks.to(self.train_idx.device))]

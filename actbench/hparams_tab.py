@@ -29,7 +29,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback as HydraCallback
 
 from actbench.results import NoRunsError, load_runs
-from actbench.runs import HPARAM_SOURCES
+from actbench.runs import hparam_name
 from actbench.tags import DECLARED_METRICS
 
 ROOT_SUFFIX = ".hparams"  # names the root's experiment file, so that a rewrite replaces only its own
@@ -52,7 +52,7 @@ def shown(value):
 def column(key: str) -> str:
     """The column a config key shows in: its flat hparam's (optimizer.lr -> lr; the keys under
     activation are folded into activation's label), or its own name."""
-    return HPARAM_SOURCES.get(key) or ("activation" if key.split(".")[0] == "activation" else key)
+    return hparam_name(key) or key
 
 
 def session_hparams(hparams: dict, overrides: dict) -> dict:

@@ -1,10 +1,12 @@
-"""The MLP and the LightningModule that trains it.
+"""The packed models and the LightningModule that trains them.
 
-One module serves one run and K packed members alike, each member with its own seed and
-activation. Every tensor is laid out [K, B, ...]; a layer's weight is stored as [K*out, in] and
-its bias as [K*out], member k owning rows k*out..(k+1)*out, so that with one member they are
-exactly nn.Linear's tensors. `linear` is the one place that takes the one-member fast path.
-Each member's initial weights come from its own generator, so they do not depend on its pack.
+A packed model trains K members at once, member k with its own seed and activation; `PackedNet`
+writes down what every model must state and do, `PackedMLP` is the blog's MLP, and
+actbench/convnet.py holds the ConvNet. Every batch is laid out [K, B, ...]; every parameter and
+buffer stacks the members along its first dimension as K equal chunks, so that a lone member's
+tensors are exactly a plain model's (nn.Linear's, nn.Conv2d's) and a checkpoint splits by
+chunking. `step_losses` is the one place where a lone member takes a plain model's path. Each
+member's initial weights come from its own generator, so they do not depend on its pack.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
 # with them, the members of a pack train exactly as apart
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
+IMAGE_SHAPE = (1, 28, 28)  # Fashion-MNIST's, the default of every model
 
-def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
-    """Initialise one seed's layer in place: w [out, in], b [out]."""
-    fan_out, fan_in = w.shape
-    if scheme == "torch":  # torch.nn.Linear's default: U(+-1/sqrt(fan_in)) for weight and bias
+
+def init_layer(w: Tensor, b: Tensor | None, scheme: str, gen: torch.Generator) -> None:
+    """Initialise one member's layer in place: w [out, in] (dense) or [out, in, kh, kw] (a
+    convolution, whose fans count its receptive field, as torch's and Keras's do), b [out] or
+    None (a layer without bias)."""
+    fan_in, fan_out = w[0].numel(), w.shape[0] * w[0][0].numel()
+    if scheme == "torch":  # nn.Linear's and nn.Conv2d's default: U(+-1/sqrt(fan_in)) for weight and bias
         bound = 1.0 / math.sqrt(fan_in)
         w.uniform_(-bound, bound, generator=gen)
-        b.uniform_(-bound, bound, generator=gen)
+        if b is not None:
+            b.uniform_(-bound, bound, generator=gen)
         return
-    if scheme == "glorot":  # Keras Dense default: glorot-uniform weights, zero bias
+    if scheme == "glorot":  # Keras Dense and Conv2D default: glorot-uniform weights, zero bias
         bound = math.sqrt(6.0 / (fan_in + fan_out))
         w.uniform_(-bound, bound, generator=gen)
     elif scheme == "kaiming":  # He normal, fan_in, gain sqrt(2)
@@ -42,7 +49,8 @@ def init_layer(w: Tensor, b: Tensor, scheme: str, gen: torch.Generator) -> None:
         w.normal_(0.0, math.sqrt(1.0 / fan_in), generator=gen)
     else:
         raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {scheme!r}")
-    b.zero_()
+    if b is not None:
+        b.zero_()
 
 
 class PackedLinear(torch.autograd.Function):
@@ -53,24 +61,25 @@ class PackedLinear(torch.autograd.Function):
     back costs a copy of every weight gradient at every step (half a packed step on a CPU)."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         ctx.save_for_backward(h, w)
-        return torch.baddbmm(b, h, w.transpose(1, 2))
+        return torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b, h, w.transpose(1, 2))
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         h, w = ctx.saved_tensors
         grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
-        return grad_h, torch.bmm(grad.transpose(1, 2), h), grad.sum(1, keepdim=True)
+        grad_b = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        return grad_h, torch.bmm(grad.transpose(1, 2), h), grad_b
 
 
-def linear(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """Each member's affine layer: h [K, B, in], w [K*out, in], b [K*out] -> [K, B, out]. A lone
-    member's training step passes h as [B, in] (see `step_losses`) and gets nn.Linear's kernel."""
+def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """Each member's affine layer: h [K, B, in], w [K*out, in], b [K*out] or None -> [K, B, out].
+    A lone member's training step passes h as [B, in] (see `step_losses`) and gets nn.Linear's kernel."""
     if h.dim() == 2:
         return F.linear(h, w, b)
     k = h.shape[0]
-    return PackedLinear.apply(h, w.view(k, -1, w.shape[1]), b.view(k, 1, -1))
+    return PackedLinear.apply(h, w.view(k, -1, w.shape[1]), None if b is None else b.view(k, 1, -1))
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
@@ -99,10 +108,138 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(-1) == y).float().mean(-1)
 
 
-class PackedMLP(nn.Module):
-    """K independent MLPs 784 -> width x depth -> 10, one per packed member, as one module.
-    `activation` maps pre-activations [K, B, width] elementwise (one function, or each member's
-    own: actbench.activations.PerMember)."""
+class PackedNet(nn.Module):
+    """The protocol of a packed model: what train, placement, run identity and the probes ask of it.
+
+    Construction: `Model(seeds, activation, **cfg.model, input_shape=..., n_classes=...)`, where
+    `activation` maps pre-activations elementwise with the members on dim 0 (one function, or
+    actbench.activations.PerMember). A subclass provides:
+
+    - `forward(x, record=None)`: x [K, B, *input_shape] -> logits [K, B, classes]; a lone member's
+      x may come as [B, *input_shape] (`step_losses`) and gives [B, classes]. `record`, if given,
+      receives (z, f(z)) for every hidden activation, z as [K, n, units] or [K, n, C, H, W]: the
+      probes' dead units or channels, saturation and histograms come from these.
+    - `probe_weights()`: the weights whose gradient norms the probes follow, input side first,
+      the output layer last (their first-over-last ratio is the vanishing-gradient signature).
+    - `member(k)`: member k as torch's own layers (an nn.Sequential holding its weights), to
+      export a trained member and to check the packed maths against torch's.
+    - class methods on the model's config node: `hparams` (its flat hyperparameters for
+      logging), `n_params` and `bytes_per_member` (one more member's memory, for sizing packs),
+      `flops_per_sample` (a forward pass, for choosing threads), `draws_random` (whether a
+      training step draws random numbers, which a CUDA graph would freeze).
+
+    It inherits the members' bookkeeping: `seeds`, `n_seeds`, `per_seed`, and per-member dropout
+    streams re-derived from (seed, epoch) by `start_epoch`, drawn by `drop`.
+    """
+
+    def __init__(self, seeds: list[int], activation: Callable[[Tensor], Tensor], dropout: float = 0.0):
+        super().__init__()
+        self.seeds, self.activation, self.dropout = list(seeds), activation, float(dropout)
+        self._dropout_gens: list[torch.Generator] = []
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    def per_seed(self, t: Tensor) -> Tensor:
+        """A parameter, buffer or gradient, viewed as [K, ...]: member k's own tensor at [k]."""
+        return t.view(self.n_seeds, -1, *t.shape[1:])
+
+    def start_epoch(self, epoch: int, shard: tuple[int, int] = (0, 1)) -> None:
+        """Re-derive each member's dropout stream from (seed, epoch): a resumed run draws the same
+        masks. Under DDP each device, holding its own share of the batch, gets its own stream."""
+        if self.dropout > 0:
+            device = next(self.parameters()).device
+            extra = (shard[0],) if shard[1] > 1 else ()
+            self._dropout_gens = [
+                torch.Generator(device=device).manual_seed(derive_seed(s, "dropout", epoch, *extra)) for s in self.seeds
+            ]
+
+    def drop(self, h: Tensor) -> Tensor:
+        """Dropout with each member's own masks, for h [K, B, ...] (or a lone member's [B, ...])."""
+        if not (self.dropout > 0 and self.training):
+            return h
+        keep = 1.0 - self.dropout
+        if not self._dropout_gens:
+            self.start_epoch(0)
+        # a lone member's h may come with or without its member dimension: the same values either way
+        rows = h.shape[1:] if self.n_seeds > 1 else (h.numel(),)
+        mask = torch.stack([torch.empty(rows, device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
+        return h * mask.view(h.shape) / keep
+
+    EVAL_BATCH = 10_000  # data.eval_batch_size=auto: examples per evaluation batch that suit this model
+
+    def member_activation(self, k: int) -> nn.Module:
+        """Member k's own activation, as a module."""
+        from actbench.activations import PerMember
+
+        fn = self.activation
+        if isinstance(fn, PerMember):
+            fn = next(f for a, b, f in fn.spans if a <= k < b)
+        return fn if isinstance(fn, nn.Module) else Elementwise(fn)
+
+    @classmethod
+    def draws_random(cls, cfg) -> bool:
+        return bool(cfg.get("dropout", 0))
+
+    def probe_weights(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    @classmethod
+    def hparams(cls, cfg) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def n_params(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def flops_per_sample(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def bytes_per_member(cls, cfg, rows: int, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        """One more member's memory, roughly: weights with their gradients and two Adam moments,
+        and the activations of the largest pass over `rows` examples."""
+        raise NotImplementedError
+
+
+class Elementwise(nn.Module):
+    """A plain function of one tensor (an activation `_target_` that is not a module), as a module."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def copy_into(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """torch's layer with one member's weight and bias."""
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def model_class(cfg) -> type[PackedNet]:
+    """The class `cfg.model` names, which states the model's facts before one is built."""
+    from hydra.utils import get_class
+
+    return get_class(cfg.model._target_)
+
+
+def eval_batch_size(cfg) -> int:
+    """data.eval_batch_size, where `auto` is the model's own choice."""
+    value = cfg.data.eval_batch_size
+    return model_class(cfg).EVAL_BATCH if value == "auto" else int(value)
+
+
+class PackedMLP(PackedNet):
+    """K independent MLPs: input -> width x depth -> classes, one per packed member, as one
+    module; a dense layer's weight is [K*out, in], so a lone member's is nn.Linear's."""
 
     def __init__(
         self,
@@ -112,25 +249,16 @@ class PackedMLP(nn.Module):
         width: int = 128,
         init: str = "torch",
         dropout: float = 0.0,
-        in_features: int = 784,
+        input_shape=IMAGE_SHAPE,
         n_classes: int = N_CLASSES,
     ):
-        super().__init__()
-        self.seeds, self.activation, self.depth, self.init, self.dropout = list(seeds), activation, depth, init, dropout
+        super().__init__(seeds, activation, dropout)
+        self.depth, self.init, self.input_shape = depth, init, tuple(input_shape)
         k = len(self.seeds)
-        sizes = [in_features] + [width] * depth + [n_classes]
+        sizes = [math.prod(input_shape)] + [width] * depth + [n_classes]
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(k * o, i)) for i, o in zip(sizes, sizes[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(k * o)) for o in sizes[1:])
-        self._dropout_gens: list[torch.Generator] = []
         self.reset_parameters()
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.seeds)
-
-    def per_seed(self, t: Tensor) -> Tensor:
-        """A weight, bias or their gradient, viewed as [K, out, ...]."""
-        return t.view(self.n_seeds, -1, *t.shape[1:])
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -138,25 +266,6 @@ class PackedMLP(nn.Module):
             gen = generator(seed, "init")
             for w, b in zip(self.weights, self.biases):
                 init_layer(self.per_seed(w)[k], self.per_seed(b)[k], self.init, gen)
-
-    def start_epoch(self, epoch: int, shard: tuple[int, int] = (0, 1)) -> None:
-        """Re-derive each member's dropout stream from (seed, epoch): a resumed run draws the same
-        masks. Under DDP each device, holding its own share of the batch, gets its own stream."""
-        if self.dropout > 0:
-            device = self.weights[0].device
-            extra = (shard[0],) if shard[1] > 1 else ()
-            self._dropout_gens = [
-                torch.Generator(device=device).manual_seed(derive_seed(s, "dropout", epoch, *extra)) for s in self.seeds
-            ]
-
-    def _drop(self, h: Tensor) -> Tensor:
-        """Dropout with each member's own masks, for h [K, B, width] (or a lone member's [B, width])."""
-        keep = 1.0 - self.dropout
-        if not self._dropout_gens:
-            self.start_epoch(0)
-        rows = h.shape[-2:]
-        mask = torch.stack([torch.empty(rows, device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
-        return h * mask.view(h.shape) / keep
 
     def _apply(self, fn, recurse=True):
         self._pairs = None  # parameters may be replaced (device moves keep them, but be safe)
@@ -170,37 +279,58 @@ class PackedMLP(nn.Module):
         return self._pairs
 
     def forward(self, x: Tensor, record: list | None = None) -> Tensor:
-        """x [K, B, in] -> logits [K, B, classes] (a lone member's [B, in] -> [B, classes], for
-        `step_losses`). `record`, if given, receives (z, f(z)) per hidden layer."""
         *hidden, (w_out, b_out) = self.layers()
-        h = x
+        n = len(self.input_shape)
+        # images to rows (a view of an input that needs no gradient); rows stay rows
+        h = x.flatten(-n) if tuple(x.shape[-n:]) == self.input_shape else x
         for w, b in hidden:
             z = linear(h, w, b)
             h = self.activation(z.clone() if record is not None else z)  # an in-place activation must not overwrite what is recorded
             if record is not None:
                 record.append((z, h))
-            if self.dropout > 0 and self.training:
-                h = self._drop(h)
+            h = self.drop(h)
         return linear(h, w_out, b_out)
 
+    def probe_weights(self) -> list[Tensor]:
+        return list(self.weights)
 
-def n_params(depth: int, width: int, in_features: int = 784, n_classes: int = N_CLASSES) -> int:
-    """Weights and biases of one member's MLP."""
-    sizes = [in_features] + [width] * depth + [n_classes]
-    return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+    def member(self, k: int) -> nn.Sequential:
+        act, (*hidden, last) = self.member_activation(k), self.layers()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for w, b in hidden:
+            w_k = self.per_seed(w)[k]
+            layers += [copy_into(nn.Linear(w_k.shape[1], w_k.shape[0]), w_k, self.per_seed(b)[k]), act]
+            if self.dropout > 0:
+                layers.append(nn.Dropout(self.dropout))
+        w_k = self.per_seed(last[0])[k]
+        return nn.Sequential(*layers, copy_into(nn.Linear(w_k.shape[1], w_k.shape[0]), w_k, self.per_seed(last[1])[k]))
 
+    @classmethod
+    def hparams(cls, cfg) -> dict:
+        return {"model": "mlp", "depth": int(cfg.depth), "width": int(cfg.width), "init": str(cfg.init), "dropout": float(cfg.dropout)}
 
-def bytes_per_seed(depth: int, width: int, batch_size: int, eval_rows: int, probe_size: int, in_features=784, n_classes=N_CLASSES) -> int:
-    """What one more member in a pack costs in memory, roughly: weights with their gradients and
-    two Adam moments, and the activations of the largest pass (an evaluation batch, usually)."""
-    params = n_params(depth, width, in_features, n_classes)
-    rows = max(batch_size, eval_rows, probe_size)
-    activations = rows * (in_features + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
-    return 4 * (4 * params + activations)
+    @classmethod
+    def _sizes(cls, cfg, input_shape, n_classes) -> list[int]:
+        return [math.prod(input_shape)] + [int(cfg.width)] * int(cfg.depth) + [n_classes]
+
+    @classmethod
+    def n_params(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        sizes = cls._sizes(cfg, input_shape, n_classes)
+        return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
+
+    @classmethod
+    def flops_per_sample(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        return 2 * cls.n_params(cfg, input_shape, n_classes)
+
+    @classmethod
+    def bytes_per_member(cls, cfg, rows: int, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+        width, depth = int(cfg.width), int(cfg.depth)
+        activations = rows * (math.prod(input_shape) + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
+        return 4 * (4 * cls.n_params(cfg, input_shape, n_classes) + activations)
 
 
 class Classifier(LightningModule):
-    """Trains a PackedMLP with manual optimisation: each Lightning step runs the chunk of
+    """Trains a PackedNet with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
     is paid once per chunk; trainer.global_step counts every optimizer step.
 
@@ -214,7 +344,7 @@ class Classifier(LightningModule):
     record and probe; `train_epoch_steps` gives the per-step curves.
     """
 
-    def __init__(self, net: PackedMLP, optimizer: Callable, cuda_graph: bool = False):
+    def __init__(self, net: PackedNet, optimizer: Callable, cuda_graph: bool = False):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer

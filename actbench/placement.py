@@ -52,9 +52,13 @@ def cpu_threads(cfg: DictConfig, n_seeds: int) -> int:
     faster on one thread than on two), else the cores this job may use."""
     if cfg.threads != "auto":
         return int(cfg.threads)
-    from actbench.model import n_params
+    from hydra.utils import get_class
 
-    flops = 6 * cfg.data.batch_size * n_seeds * n_params(cfg.model.depth, cfg.model.width)
+    from actbench.model import model_class
+
+    data = get_class(cfg.data._target_)
+    # a training step is about three forward passes (forward, then the backward's two products)
+    flops = 3 * cfg.data.batch_size * n_seeds * model_class(cfg).flops_per_sample(cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
     cores = max(1, usable_cpus() // side_by_side_jobs())
     return 1 if flops < SMALL_STEP_FLOPS else cores
 
@@ -128,28 +132,31 @@ def training_device(cfg: DictConfig):
 
 def pack_limit(cfg: DictConfig, device) -> int | None:
     """How many seeds fit in one pack on this device, keeping half of its free memory spare."""
-    from actbench.data import FULL_SIZE
-    from actbench.model import bytes_per_seed
+    from hydra.utils import get_class
+
+    from actbench.model import eval_batch_size, model_class
 
     free = available_memory(device)
     if free is None:
         return None
-    shared = sum(FULL_SIZE.values()) * 784 * 4 * 2  # the data set as floats, and a copy while it moves
-    # a chunk gathers one batch per step, so a training step holds batch_size rows per seed
-    per_seed = bytes_per_seed(cfg.model.depth, cfg.model.width, cfg.data.batch_size,
-                              min(cfg.data.eval_batch_size, max(cfg.data.val_size, FULL_SIZE["t10k"])), cfg.data.probe_size)
-    return max(1, int((free // 2 - shared) // per_seed))
+    data = get_class(cfg.data._target_)
+    # a chunk gathers one batch per step, so a training step holds batch_size rows per member
+    rows = max(int(cfg.data.batch_size), data.eval_rows(cfg.data, eval_batch_size(cfg)), int(cfg.data.probe_size))
+    per_member = model_class(cfg).bytes_per_member(cfg.model, rows, data.INPUT_SHAPE, data.N_CLASSES)
+    return max(1, int((free // 2 - data.bytes_on_device()) // per_member))
 
 
 def use_cuda_graph(cfg: DictConfig, device) -> bool:
     """The CUDA-graph step where it applies: on CUDA, without dropout (its masks come from per-seed
     generators that a graph would freeze)."""
+    from actbench.model import model_class
+
     wanted = cfg.cuda_graph
     if wanted is False:
         return False
     reason = (
         "not training on CUDA" if device.type != "cuda"
-        else "dropout draws fresh masks each step" if cfg.model.dropout
+        else "the model draws random numbers each step (dropout)" if model_class(cfg).draws_random(cfg.model)
         else "a gradient scaler (16-bit mixed precision) rescales each step" if str(cfg.trainer.get("precision", "")).startswith("16")
         else None
     )

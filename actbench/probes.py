@@ -59,8 +59,9 @@ def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
 
 @torch.no_grad()
 def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """(z, f(z)) of every hidden layer for inputs x [K, n, in], in eval mode (no dropout); the
-    net's previous mode is restored. Each z and f(z) is [K, n, width]."""
+    """(z, f(z)) of every hidden activation for inputs x [K, n, ...], in eval mode (no dropout,
+    batch norm with its running statistics); the net's previous mode is restored. Each z and f(z)
+    is [K, n, units] for a dense layer, [K, n, channels, height, width] for a convolution."""
     was_training = net.training
     net.eval()
     try:
@@ -74,17 +75,21 @@ def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
 def unit_stats(
     fn: Callable[[Tensor], Tensor], z: Tensor, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL
 ) -> dict[str, Tensor]:
-    """One hidden layer's statistics from its pre-activations z [K, n, width]; each value is [K]:
+    """One hidden layer's statistics from its pre-activations z [K, n, units] or, for a
+    convolution, [K, n, channels, height, width]; each value is [K]:
 
-    - `dead`: fraction of units with |f'(z)| <= dead_tol for every one of the n examples;
-    - `saturated`: fraction of (unit, example) pairs with |f'(z)| < saturation_tol;
-    - `dact_mean`: mean |f'(z)| over units and examples.
+    - `dead`: fraction of units (channels) with |f'(z)| <= dead_tol for every one of the n
+      examples (and every position of a channel);
+    - `saturated`: fraction of (unit, example) pairs, or (channel, position, example), with
+      |f'(z)| < saturation_tol;
+    - `dact_mean`: mean |f'(z)| over all of them.
     """
     d = derivative(fn, z).abs()
+    d = d.reshape(*d.shape[:3], -1)  # [K, n, units or channels, positions (1 for a dense layer)]
     return {
-        DEAD: (d <= dead_tol).all(dim=1).float().mean(dim=1),
-        SATURATED: (d < saturation_tol).float().mean(dim=(1, 2)),
-        DACT_MEAN: d.mean(dim=(1, 2)),
+        DEAD: (d <= dead_tol).all(dim=3).all(dim=1).float().mean(dim=1),
+        SATURATED: (d < saturation_tol).float().mean(dim=(1, 2, 3)),
+        DACT_MEAN: d.mean(dim=(1, 2, 3)),
     }
 
 
@@ -104,14 +109,15 @@ def layer_stats(
 
 
 def grad_norms(net: nn.Module) -> Tensor:
-    """Frobenius norm of each Linear layer's weight gradient, per seed: [L, K] with L = depth + 1
-    (the output layer last). A layer without a gradient gives NaN. No host sync."""
+    """Frobenius norm of the gradient of each weight the net's `probe_weights` names (dense and
+    convolution kernels), per member: [L, K], the output layer last. A layer without a gradient
+    gives NaN. No host sync."""
     rows = []
-    for w in net.weights:
+    for w in net.probe_weights():
         if w.grad is None:
             rows.append(torch.full((net.n_seeds,), math.nan, device=w.device))
         else:
-            rows.append(torch.linalg.vector_norm(net.per_seed(w.grad.detach()), dim=(1, 2)))
+            rows.append(torch.linalg.vector_norm(net.per_seed(w.grad.detach()).flatten(1), dim=1))
     return torch.stack(rows)
 
 
@@ -122,6 +128,17 @@ def grad_ratio(norms: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- TensorBoard helpers
+
+
+HISTOGRAM_VALUES = 1 << 17  # per member and layer; a ConvNet layer has 12.5M on the probe set
+
+
+def histogram_sample(values: Tensor) -> Tensor:
+    """Each member's values [K, ...] as [K, <= HISTOGRAM_VALUES], an evenly spaced subsample when
+    there are more: TensorBoard's histogram of a ConvNet layer's 12.5M values costs 1.6 s a call."""
+    flat = values.detach().float().reshape(values.shape[0], -1)
+    step = -(-flat.shape[1] // HISTOGRAM_VALUES)
+    return flat[:, ::step] if step > 1 else flat
 
 
 def _finite(a: np.ndarray) -> np.ndarray:
@@ -163,7 +180,7 @@ class ActivationProbe(Callback):
             writers = _writers(trainer)
             for i, (z, h) in enumerate(record, start=1):
                 for tag, values in ((layer_tag(PREACT, i), z), (layer_tag(ACT, i), h)):
-                    host = values.detach().float().cpu().numpy()  # one copy for all seeds
+                    host = histogram_sample(values).cpu().numpy()  # one copy for all seeds
                     for k, writer in enumerate(writers):
                         finite = _finite(host[k])
                         if finite.size:
@@ -178,8 +195,9 @@ class ActivationProbe(Callback):
 
 
 class GradientProbe(Callback):
-    """Weight-gradient norms of every Linear layer, `probes/grad_norm/w{j}` (j = 1..depth+1, the
-    last being the output layer), and their first-over-last ratio `probes/grad_ratio`.
+    """Weight-gradient norms of every layer the net's `probe_weights` names (dense layers and
+    convolutions), `probes/grad_norm/w{j}` (j = 1..L, the last being the output layer), and their
+    first-over-last ratio `probes/grad_ratio`.
 
     Training runs chunks of optimizer steps, so gradients are sampled in `on_train_batch_end`,
     where `.grad` holds the gradient of the chunk's last optimizer step: a sample is taken when

@@ -68,17 +68,17 @@ def activation_label(choice: str, overrides: list[str]) -> str:
 
 
 def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
-    """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab."""
+    """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab: the
+    run's own, then the model's (which its class states)."""
+    from actbench.model import model_class
+
     lr = cfg.optimizer.get("lr")
     return {
         "activation": activation_label(choices.get("activation"), overrides),
         "seed": seed,
         "lr": float(lr) if lr is not None else "none",
         "batch_size": int(cfg.data.batch_size),
-        "depth": int(cfg.model.depth),
-        "width": int(cfg.model.width),
-        "init": str(cfg.model.init),
-        "dropout": float(cfg.model.dropout),
+        **model_class(cfg).hparams(cfg.model),
         "optimizer": choices.get("optimizer"),
         "max_epochs": int(cfg.trainer.max_epochs),
         "val_size": int(cfg.data.val_size),
@@ -87,12 +87,23 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
 
 
 # The config key each entry of `hparams` comes from (`activation` also stands for the keys under it,
-# which activation_label folds in); a swept key not among them has no entry of its own.
+# which activation_label folds in; `model` and `model.<key>` are the model's own entries, named as its
+# keys); a swept key not among them has no entry of its own.
 HPARAM_SOURCES = {
-    "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size",
-    "model.depth": "depth", "model.width": "width", "model.init": "init", "model.dropout": "dropout",
+    "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size", "model": "model",
     "optimizer": "optimizer", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
 }
+
+
+def hparam_name(key: str) -> str | None:
+    """The entry of `hparams` an override key shows up as, or None."""
+    if key in HPARAM_SOURCES:
+        return HPARAM_SOURCES[key]
+    if key.split(".")[0] == "activation":
+        return "activation"
+    if key.startswith("model."):
+        return key.split(".", 1)[1]
+    return None
 
 
 def member_overrides(cfg: DictConfig, task: list[str]) -> list[list[str]] | None:

@@ -75,7 +75,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from actbench.checkpoints import PerSeedCheckpointIO
-    from actbench.model import Classifier
+    from actbench.model import Classifier, eval_batch_size
     from actbench.record import Recorder, process_started
 
     cfg = runs[0].cfg
@@ -86,7 +86,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     if cfg.keep_freed_memory:
         keep_freed_memory()
 
-    data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution))
+    data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution), eval_batch_size=eval_batch_size(cfg))
     data.prepare()  # bad or missing data fails here, before anything is written
     act = build_activation(runs)
 
@@ -124,7 +124,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
         # DDP expects one backward per forward: one optimizer step per Lightning step, no graph
         data.steps = 1
     graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
-    net = instantiate(cfg.model, seeds=seeds, activation=act)
+    net = instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
     module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)

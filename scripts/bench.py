@@ -7,7 +7,8 @@
     python scripts/bench.py --sweep         # whole sweeps as users type them, packed (the default) vs pack=false
 
 The blog's configuration: MLP 784-128-10, ReLU, Adam(lr=1e-3), batch 32, Fashion-MNIST
-(synthetic data of the same shape when the real files are absent).
+(synthetic data of the same shape when the real files are absent); `--model cnn` the ConvNet
+(conf/model/cnn.yaml) in the same setting.
 
 Same work, so the ratio is honest: the reference trains the same model from the same initial
 weights, on the same 55,000 training images in the same per-epoch order (each seed's order from
@@ -44,7 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actbench import data as ab_data  # noqa: E402
+from actbench.convnet import PackedConvNet  # noqa: E402
 from actbench.model import PackedMLP  # noqa: E402
+
+MODELS = {"mlp": PackedMLP, "cnn": PackedConvNet}  # with their default settings, as conf/model/ has them
 
 REAL_DIRS = ["/usr/share/datasets/fashion-mnist"]
 CLI_EPOCHS = 5  # the packed-vs-sequential command lines run the blog's 5 epochs, start-up included
@@ -84,26 +88,20 @@ def bench_data(tmp: Path, root: str) -> tuple[list[str], dict]:
 # ---------------------------------------------------------------- the reference
 
 
-def reference_model(seed: int, device) -> nn.Module:
-    """nn.Linear layers holding exactly actbench's initial weights for this seed."""
-    packed = PackedMLP([seed], nn.ReLU())
-    layers = []
-    for i, (w, b) in enumerate(zip(packed.weights, packed.biases)):
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)  # one seed's weights are nn.Linear's tensors
-            lin.bias.copy_(b)
-        layers += [lin] if i == len(packed.weights) - 1 else [lin, nn.ReLU()]
-    return nn.Sequential(*layers).to(device)
+def reference_model(seed: int, device, model: str = "mlp") -> nn.Module:
+    """torch's own layers (nn.Linear, nn.Conv2d, ...) holding exactly actbench's initial weights for this seed."""
+    return MODELS[model]([seed], nn.ReLU()).member(0).to(device)
 
 
-def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000):
+def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000, model="mlp", channels_last=False):
     """The plain loop: per-epoch times and the first epoch's per-step losses."""
     x = ab_data.to_float(arrays["train_x"], "scale").to(device)
     y = torch.from_numpy(arrays["train_y"].astype(np.int64)).to(device)
     train_idx = ab_data.split_indices(len(x), val_size, seed)[0][None].to(device)
     batches = ab_data.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
-    net = reference_model(seed, device)
+    net = reference_model(seed, device, model)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=lr, fused=True)
     times, first_losses = [], []
     for epoch in range(epochs):
@@ -231,7 +229,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first of each run is a warm-up")
     ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads for the reference and actbench (threads=)")
+    ap.add_argument("--model", default="mlp", choices=list(MODELS), help="the blog's MLP or the ConvNet (model=cnn)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the reference and actbench (threads=); default: what threads=auto picks (1 for the MLP)")
     ap.add_argument("--packed", type=int, default=0, help="also compare K packed seeds with K sequential runs")
     ap.add_argument("--override", action="append", default=[],
                     help="an extra actbench override for every actbench run (repeatable); only one that keeps the "
@@ -245,6 +245,10 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     torch.set_flush_denormal(True)
+    if args.threads is None:  # as threads=auto decides: one for the MLP's small steps, the cores for the ConvNet's
+        from actbench.placement import usable_cpus
+
+        args.threads = 1 if args.model == "mlp" else usable_cpus()
     torch.set_num_threads(args.threads)
     from actbench.placement import keep_freed_memory, undo_nvml_check
 
@@ -262,8 +266,10 @@ def measure(args, device, tmp: Path) -> int:
         print(f"actbench sweep benchmark: {arrays['kind']}; device {device}")
         sweep_table(data_overrides, accel, tmp, args.override)
         return 0
-    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none", f"threads={args.threads}", *args.override]
-    print(f"actbench benchmark: MLP 784-128-10, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
+    common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none",
+              f"threads={args.threads}", f"model={args.model}", *args.override]
+    what = "MLP 784-128-10" if args.model == "mlp" else "ConvNet (conv 16, conv 32, dense 128; channels-last)"
+    print(f"actbench benchmark: {what}, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 
     variants = [("actbench, probes off", ["probes=none"]), ("actbench, default logging + probes", [])]
@@ -274,7 +280,7 @@ def measure(args, device, tmp: Path) -> int:
     memory: dict[str, str] = {}
     first_losses = ref_losses = None
     for r in range(args.rounds):
-        ref_t, losses = reference_run(arrays, 0, args.epochs, device)
+        ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
         ref_losses = losses if ref_losses is None else ref_losses
         times["plain PyTorch loop (reference)"] += ref_t[1:]
         memory["plain PyTorch loop (reference)"] = peak_memory(device)
@@ -307,8 +313,9 @@ def measure(args, device, tmp: Path) -> int:
         seeds = ",".join(map(str, range(k)))
         c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", "name=packed", "threads=auto"], tmp / "packed")
         s = median(c.times[1:])
+        lone = median(times["actbench, probes off"])
         print(f"\n{k} seeds packed, probes off, threads=auto ({torch.get_num_threads()}): {s:.3f} s/epoch, "
-              f"{s / k:.4f} s/epoch/seed ({s / k / ref:.3f}x the reference's one seed)")
+              f"{s / k:.4f} s/epoch/seed ({s / k / lone:.3f}x actbench's lone run, {s / k / ref:.3f}x the reference's one seed)")
         if not args.skip_sequential:
             base = [*data_overrides, accel, "probes=none", "report=none", f"trainer.max_epochs={CLI_EPOCHS}", *args.override]
             packed = timed([sys.executable, "-m", "actbench.train", *base, f"seeds=[{seeds}]", f"out_dir={tmp / 'packed-cli'}"])

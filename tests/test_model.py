@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from actbench.model import PackedMLP, accuracy, bytes_per_seed, cross_entropy
+from actbench.model import PackedMLP, accuracy, cross_entropy
 
 
 def test_default_is_the_blogs_mlp():
@@ -89,7 +89,7 @@ def test_dropout_masks_come_from_seed_and_epoch():
         net = PackedMLP(seeds, nn.Identity(), width=64, dropout=0.5)
         net.train()
         net.start_epoch(epoch)
-        return net._drop(torch.ones(len(seeds), 4, 64))
+        return net.drop(torch.ones(len(seeds), 4, 64))
 
     assert torch.equal(masks([3], 0)[0], masks([1, 3], 0)[1])
     assert not torch.equal(masks([3], 0), masks([3], 1))
@@ -98,7 +98,7 @@ def test_dropout_masks_come_from_seed_and_epoch():
     # a lone member's training step works on [B, width] (step_losses): the same masks, per row
     lone = PackedMLP([3], nn.Identity(), width=64, dropout=0.5)
     lone.start_epoch(0)
-    assert torch.equal(lone._drop(torch.ones(4, 64)), masks([3], 0)[0])
+    assert torch.equal(lone.drop(torch.ones(4, 64)), masks([3], 0)[0])
 
 
 def test_packed_training_steps_equal_each_member_alone_with_dropout():
@@ -129,9 +129,21 @@ def test_eval_mode_has_no_dropout():
     assert torch.equal(net(x), net(x))
 
 
-def test_memory_per_seed_grows_with_the_model():
-    small = bytes_per_seed(1, 128, 32, 5000, 1000)
-    assert bytes_per_seed(8, 128, 32, 5000, 1000) > small and small > 4 * 4 * 101_770
+def test_memory_per_member_grows_with_the_model():
+    from omegaconf import OmegaConf
+
+    def mlp(depth):
+        return OmegaConf.create({"depth": depth, "width": 128, "init": "torch", "dropout": 0.0})
+
+    small = PackedMLP.bytes_per_member(mlp(1), rows=5000)
+    assert PackedMLP.bytes_per_member(mlp(8), rows=5000) > small and small > 4 * 4 * 101_770
+    assert PackedMLP.n_params(mlp(1)) == sum(p.numel() for p in PackedMLP([0], nn.ReLU()).parameters()) == 101_770
+
+
+def test_images_come_in_as_images_and_rows_as_rows():
+    net = PackedMLP([0, 1], nn.ReLU(), width=16)
+    images = torch.randn(2, 3, 1, 28, 28)
+    assert torch.equal(net(images), net(images.flatten(-3)))
 
 
 def test_packed_linear_gradients_match_autograd():
