@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from actbench.conf import CONF_DIR
 
 
 def gelu_sigmoid(x: Tensor) -> Tensor:

@@ -362,7 +362,7 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
             with _quiet():
                 ax["grad_norm"].semilogy(layers, gmean_positive(norms, axis=0), **line)
     for kind in fractions:
-        ax[kind].set(title=f"{kind} units (mean over layers, seeds)", xlabel="epoch (0 = at initialisation)",
+        ax[kind].set(title=f"{kind} units or channels (mean over layers, seeds)", xlabel="epoch (0 = at initialisation)",
                      ylabel=f"{kind} fraction")
         ax[kind].yaxis.set_major_formatter(PercentFormatter(1.0))
         ax[kind].xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -310,7 +310,8 @@ class Recorder(Callback):
             )
             run.metrics["final"] = final
             epoch_s = sorted(curves.get("epoch_s", []))
-            timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None)
+            # a pack's epoch is its members' together: `members` says how many shared it
+            timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None, members=len(self.runs))
             run.end("finished", **timing_k)
             if self.speaks:
                 say(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}")

@@ -424,7 +424,7 @@ def write_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "t
     md += ["", "## Results", "", table, ""]
     md.append(
         f"Mean and std (ddof=1) over seeds; 95% CI from the t-distribution with n-1 df; best first by mean {metric}. "
-        "s/epoch: median over runs of each run's median epoch time."
+        "s/epoch: median over runs of each run's median epoch time (a packed run's share of its pack's epoch)."
     )
     if "grad ratio" in table:
         md.append(

@@ -79,10 +79,12 @@ class Run:
         return as_float(final[metric] if metric in final else timing.get(metric))
 
     def epoch_s(self) -> float:
+        """Seconds per epoch of this run: the median epoch of its job, shared by a pack's members."""
         value = self.value("epoch_s_median")
         if math.isnan(value):
             value = nanmedian([as_float(v) for v in self.section("curves").get("epoch_s") or []])
-        return value
+        members = self.section("timing").get("members")
+        return value / members if isinstance(members, int) and members > 1 else value
 
 
 def _parse_value(text: str):

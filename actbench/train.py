@@ -269,7 +269,7 @@ class WritableOutput(HydraCallback):
             raise SystemExit(2) from None
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")  # actbench/conf, inside the package
 def main(cfg: DictConfig):
     try:
         return run(cfg)

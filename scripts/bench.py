@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actbench import data as ab_data  # noqa: E402
+from actbench.conf import CONF_DIR  # noqa: E402
 from actbench.convnet import PackedConvNet  # noqa: E402
 from actbench.model import PackedMLP  # noqa: E402
 
@@ -172,7 +173,7 @@ def actbench_run(overrides: list[str], out_dir: Path) -> EpochClock:
 
     from actbench import train
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"out_dir={out_dir}", f"+callbacks.clock._target_={__name__}.clock"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(out_dir / "run")

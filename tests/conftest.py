@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from actbench.conf import CONF_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA_DIRS = [Path("/usr/share/datasets/fashion-mnist")]  # Debian's dataset-fashion-mnist
 
@@ -145,7 +147,7 @@ def compose_cfg(*overrides: str):
     """conf/train.yaml composed with these overrides, as the CLI would (no Hydra run)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))
 
 

@@ -1,14 +1,14 @@
 """actbench.checks: every knob users type is checked before anything is built."""
 
 import pytest
-
-from actbench.checks import validate
-from actbench.errors import ConfigError
-from conftest import ROOT
 from conftest import compose_cfg as cfg
 
+from actbench.checks import validate
+from actbench.conf import CONF_DIR
+from actbench.errors import ConfigError
+
 # every file of these groups, as shipped (a new one is checked too)
-SHIPPED = {group: sorted(f.stem for f in (ROOT / "conf" / group).glob("*.yaml"))
+SHIPPED = {group: sorted(f.stem for f in (CONF_DIR / group).glob("*.yaml"))
            for group in ("experiment", "optimizer", "trainer", "probes", "report")}
 
 

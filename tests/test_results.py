@@ -107,3 +107,12 @@ def test_dead_final_and_grad_ratio_by_hand():
     m["probes"]["probes/grad_ratio"] = [None, 0.5, 2.0, 0.0]  # epoch 0 has no gradient; a zero ratio has no logarithm
     assert results.grad_ratio_gmean(m) == pytest.approx(1.0)
     assert all(math.isnan(v) for v in results.dead_final({"probes": {}}))
+
+
+def test_a_packed_runs_epoch_is_its_share_of_the_packs(tmp_path):
+    alone = results.load_run(write_run(tmp_path / "a", {"activation": "relu", "seed": 0}, epoch_s=1.5))
+    packed_dir = write_run(tmp_path / "p", {"activation": "relu", "seed": 0}, epoch_s=6.0)
+    m = json.loads((packed_dir / "metrics.json").read_text())
+    m["timing"]["members"] = 4  # one of four members of a pack whose epochs took 6 s
+    (packed_dir / "metrics.json").write_text(json.dumps(m))
+    assert alone.epoch_s() == 1.5 and results.load_run(packed_dir).epoch_s() == 1.5

@@ -11,21 +11,19 @@ decisions are actbench.study's, recomputed from the runs on disk, so the same co
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from hydra_plugins.actbench_sweeper.packing_sweeper import PackingSweeper
+from hydra_plugins.actbench_sweeper.packing_sweeper import PackingSweeper, PackingSweeperConf
 
 
 @dataclass
-class StudySweeperConf:
+class StudySweeperConf(PackingSweeperConf):
     _target_: str = "hydra_plugins.actbench_sweeper.study_sweeper.StudySweeper"
-    max_batch_size: Optional[int] = None  # jobs (packs) launched at once
-    params: Optional[Dict[str, str]] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="study", node=StudySweeperConf, provider="actbench")
