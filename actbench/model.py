@@ -126,7 +126,9 @@ class PackedNet(nn.Module):
     - class methods on the model's config node: `hparams` (its flat hyperparameters for
       logging), `n_params` and `bytes_per_member` (one more member's memory, for sizing packs),
       `flops_per_sample` (a forward pass, for choosing threads), `draws_random` (whether a
-      training step draws random numbers, which a CUDA graph would freeze).
+      training step draws random numbers, which a CUDA graph would freeze), and the attributes
+      `EVAL_BATCH` (its evaluation batch for data.eval_batch_size=auto) and `MIXES_ACTIVATIONS`
+      (whether members of different activations gain by sharing a pack).
 
     It inherits the members' bookkeeping: `seeds`, `n_seeds`, `per_seed`, and per-member dropout
     streams re-derived from (seed, epoch) by `start_epoch`, drawn by `drop`.
@@ -168,6 +170,7 @@ class PackedNet(nn.Module):
         return h * mask.view(h.shape) / keep
 
     EVAL_BATCH = 10_000  # data.eval_batch_size=auto: examples per evaluation batch that suit this model
+    MIXES_ACTIVATIONS = True  # whether members of different activations share a pack (it must pay)
 
     def member_activation(self, k: int) -> nn.Module:
         """Member k's own activation, as a module."""

@@ -117,15 +117,19 @@ def optimizer_name(cfg) -> str:
 
 def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
     """A job's runs (that start from the same point) as the packs they train in: members that
-    disagree on anything but seed and activation go to separate packs, members of one activation
-    sit side by side (one activation call for all of them), and no pack holds more than `limit`.
+    disagree on anything but seed and activation go to separate packs (and so do activations,
+    for a model that does not gain by mixing them), members of one activation sit side by side
+    (one activation call for all of them), and no pack holds more than `limit`.
     With an optimizer that mixes the values of a weight matrix, every run trains alone; the
     second value then says why, in one line."""
     from actbench.model import ELEMENTWISE_OPTIMIZERS
 
+    from actbench.model import model_class
+
     groups: dict[str, list] = {}
     for run in runs:
-        groups.setdefault(shared_part(run.cfg), []).append(run)
+        mixes = model_class(run.cfg).MIXES_ACTIVATIONS
+        groups.setdefault(shared_part(run.cfg) + ("" if mixes else activation_key(run.cfg)), []).append(run)
     why = None
     packs = []
     for group in groups.values():

@@ -102,7 +102,7 @@ def test_a_convnet_run_and_a_packed_multirun_write_the_usual_outputs(tiny_run, t
     packed = run_cli(*sweep, "name=p")
     apart = run_cli(*sweep, "name=a", "pack=false")
     assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
-    assert "(+3 packed)" in packed.stdout
+    assert packed.stdout.count("(+1 packed)") >= 2  # one job; a pack per activation (the ConvNet does not mix them)
     for d in (tmp_path / "runs" / "p").glob("activation=*"):
         mp, ma = metrics(d), metrics(tmp_path / "runs" / "a" / d.name)
         assert mp["final"]["test_acc"] == pytest.approx(ma["final"]["test_acc"], abs=2e-3)
