@@ -48,6 +48,7 @@ from actbench import data as ab_data  # noqa: E402
 from actbench.conf import CONF_DIR  # noqa: E402
 from actbench.convnet import PackedConvNet  # noqa: E402
 from actbench.model import PackedMLP  # noqa: E402
+from actbench.results import load_runs  # noqa: E402
 
 MODELS = {"mlp": PackedMLP, "cnn": PackedConvNet}  # with their default settings, as conf/model/ has them
 
@@ -199,12 +200,26 @@ def startup_seconds(overrides: list[str], out_dir: Path) -> float:
 def sweep_table(data_overrides: list[str], accel: str, tmp: Path, extra: list[str]) -> None:
     """Each sweep of SWEEPS from the command line to its report, packed and with pack=false, back to back."""
     print(f"\n{'sweep, from the command to its report':62s} {'packed':>9s} {'pack=false':>11s} {'ratio':>7s}")
-    for label, args in SWEEPS.items():
-        base = [sys.executable, "-m", "actbench.train", *args, *data_overrides, accel, *extra]
+    for i, (label, args) in enumerate(SWEEPS.items()):
+        name = f"sweep{i}"  # both commands write the same run names under it: each member meets its twin
+        base = [sys.executable, "-m", "actbench.train", *args, *data_overrides, accel, *extra, f"name={name}"]
         packed = timed([*base, f"out_dir={tmp / 'sweep-packed'}"])
         apart = timed([*base, "pack=false", f"out_dir={tmp / 'sweep-apart'}"])
         command = f"{label} {' '.join(args)}"
         print(f"{command:62s} {packed:8.1f}s {apart:10.1f}s {packed / apart:6.2f}x", flush=True)
+        same_science(tmp / "sweep-packed" / name, tmp / "sweep-apart" / name)
+
+
+def same_science(packed_dir: Path, apart_dir: Path) -> None:
+    """Packing changes how fast, not what: each packed member against its pack=false twin."""
+    twins = {r.name: r for r in load_runs(apart_dir)}
+    worst = {"test_acc": 0.0, "val_loss": 0.0}
+    for run in load_runs(packed_dir):
+        for metric in worst:
+            worst[metric] = max(worst[metric], abs(run.value(metric) - twins[run.name].value(metric)))
+    ok = worst["test_acc"] <= 2e-3 and worst["val_loss"] <= 1e-3
+    print(f"{'':4s}{len(twins)} runs vs their pack=false twins: max |test acc difference| {worst['test_acc']:.1e}, "
+          f"max |val loss difference| {worst['val_loss']:.1e} -> {'agree' if ok else 'DIFFER'}", flush=True)
 
 
 def timed(cmd: list[str]) -> float:

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, synthetic_arrays, write_idx_files
+from conftest import ROOT, synthetic_arrays, write_idx_files, write_sweep
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
@@ -37,3 +37,14 @@ def test_reference_model_starts_from_actbench_weights():
     assert len(linears) == len(ours.weights) == 2
     for lin, w, b in zip(linears, ours.weights, ours.biases):
         assert torch.equal(lin.weight, w) and torch.equal(lin.bias, b)
+
+
+def test_same_science_compares_each_member_with_its_twin(tmp_path, capsys):
+    accs = {"relu": [0.861, 0.872], "gelu": [0.869, 0.866]}
+    write_sweep(tmp_path / "packed", accs)
+    write_sweep(tmp_path / "apart", {**accs, "gelu": [0.869, 0.8663]})  # within 2e-3 (and its val loss within 1e-3)
+    write_sweep(tmp_path / "off", {**accs, "gelu": [0.869, 0.876]})  # one run 1e-2 away
+    bench.same_science(tmp_path / "packed", tmp_path / "apart")
+    assert "4 runs" in (out := capsys.readouterr().out) and "3.0e-04" in out and "-> agree" in out
+    bench.same_science(tmp_path / "packed", tmp_path / "off")
+    assert "1.0e-02" in (out := capsys.readouterr().out) and "-> DIFFER" in out
