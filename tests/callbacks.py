@@ -38,6 +38,9 @@ class InterruptAt(AtStep):
     """Send the run's own process SIGINT, as Ctrl-C would."""
 
     def act(self, trainer):
+        # a process started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and Python then installs no KeyboardInterrupt handler: give it the one a terminal's has
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
 
 
