@@ -332,6 +332,26 @@ class PackedMLP(PackedNet):
         return 4 * (4 * cls.n_params(cfg, input_shape, n_classes) + activations)
 
 
+# Fused CPU Adam updates a tensor's SIMD-vector body and its scalar tail with slightly different
+# rounding, so an element's update depends on where it sits in its tensor: a member whose share
+# of a tensor is not a whole number of vectors (a classifier bias of 10) sits elsewhere in a pack
+# than alone, and trained a little differently packed (ReLU and Leaky ReLU runs then part ways).
+SIMD_ELEMENTS = 64  # a multiple of every CPU's float32 vector width (AVX-512: 16)
+
+
+def param_groups(params, members: int = 1, fused: bool = False) -> list:
+    """The parameters as an optimizer's groups. With a fused optimizer, those whose per-member size
+    is not a whole number of SIMD_ELEMENTS (biases, batch norm's scales: a few hundred numbers) get
+    the same maths tensor by tensor (fused=False, foreach=False), which rounds every element
+    alike: a packed member's update is then its lone run's, bit for bit."""
+    params = list(params)
+    if not fused:
+        return params
+    aligned = [p for p in params if (p.numel() // members) % SIMD_ELEMENTS == 0]
+    rest = [p for p in params if (p.numel() // members) % SIMD_ELEMENTS]
+    return [{"params": aligned}] + ([{"params": rest, "fused": False, "foreach": False}] if rest else [])
+
+
 class Classifier(LightningModule):
     """Trains a PackedNet with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
@@ -361,7 +381,8 @@ class Classifier(LightningModule):
             from actbench.cuda_graph import capturable_optimizer
 
             return capturable_optimizer(self.optimizer_factory, self.net.parameters())
-        return self.optimizer_factory(self.net.parameters())
+        fused = bool(getattr(self.optimizer_factory, "keywords", {}).get("fused"))
+        return self.optimizer_factory(param_groups(self.net.parameters(), self.net.n_seeds, fused))
 
     # ------------------------------------------------------------------ training
 
