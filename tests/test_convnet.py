@@ -43,9 +43,10 @@ def float64():
     # Adam's first steps move each weight by about lr * sign(grad): in float32 a convolution's summation
     # order (which differs between CPUs) flips the sign of near-zero gradients. In float64 rounding is
     # 1e-15, so any difference left is a packing bug, not arithmetic.
+    before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
-    torch.set_default_dtype(torch.float32)
+    torch.set_default_dtype(before)
 
 
 def test_packed_training_equals_each_member_alone_with_dropout_and_batch_norm(float64):
