@@ -24,6 +24,7 @@ import numpy as np
 
 from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
 from actbench.stats import GAMMA, gmean_positive, mean_ci
+from actbench.tags import DEAD, SATURATED
 
 # Fixed per shipped activation, so a colour means the same activation in every report.
 COLORS = {
@@ -336,8 +337,6 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
     if not with_probes:
         return None, "skipped: no run recorded probes"
     from matplotlib.ticker import MaxNLocator, PercentFormatter
-
-    from actbench.probes import DEAD, SATURATED
 
     style = styles(series)
     depth = _depth_key(with_probes)

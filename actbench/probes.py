@@ -25,33 +25,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from actbench.activations import derivative
+from actbench.tags import ACT, DACT_MEAN, DEAD, GRAD_NORM_STEP, GRAD_RATIO, GRAD_RATIO_STEP, PREACT, SATURATED, grad_norm_tag, layer_tag
 
 DEAD_TOL = 1e-6  # |f'(z)| at or below this on every probe example: the unit is dead
 SATURATION_TOL = 0.0475  # |f'(z)| below this: saturated (sigmoid outside [0.05, 0.95], i.e. |z| > 2.944)
-
-
-# ---------------------------------------------------------------- tag names
-
-# Every name a probe writes (a TensorBoard tag, a key of metrics.json's `probes`) is made here;
-# actbench.results and actbench.figures read the values back under these names. All start with
-# PREFIX: TensorBoard groups tags by what comes before the first "/", in alphabetical order, and
-# opens only the first group, so the probes make one group below acc/ and loss/ (actbench.tags).
-# Older metrics.json files have the same names without it (actbench.results reads both).
-PREFIX = "probes/"
-DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
-PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
-GRAD_NORM, GRAD_NORM_STEP = "grad_norm", "grad_norm_step"  # per weight matrix, see grad_norm_tag; _step: every sample, TensorBoard only
-GRAD_RATIO, GRAD_RATIO_STEP = f"{PREFIX}grad_ratio", f"{PREFIX}grad_ratio_step"  # first over last
-
-
-def layer_tag(stat: str, i: int) -> str:
-    """`probes/dead/layer{i}` and the like, for hidden layer i = 1..depth."""
-    return f"{PREFIX}{stat}/layer{i}"
-
-
-def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
-    """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
-    return f"{PREFIX}{kind}/w{j}"
 
 
 # ---------------------------------------------------------------- pure measurements

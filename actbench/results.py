@@ -21,6 +21,7 @@ import numpy as np
 from actbench.errors import UserError
 from actbench.ownership import INTERRUPTED, live_status, owner
 from actbench.stats import gmean_positive, nanmedian
+from actbench.tags import DEAD, GRAD_RATIO, PREFIX, grad_norm_tag, layer_tag
 
 SCHEMA = 1
 METRICS_FILE = "metrics.json"
@@ -210,15 +211,6 @@ def varying_keys(configs: list[Config]) -> list[str]:
 # ---------------------------------------------------------------- probes
 
 
-@functools.cache
-def _names():
-    # actbench.probes imports torch and Lightning (seconds); the readers need only its names,
-    # and load it the first time they look at a probe.
-    from actbench import probes
-
-    return probes
-
-
 def probe_values(m: dict, tag: str) -> list | None:
     """metrics.json's probe series `tag` (one value per entry of probe_epochs), or None."""
     probes = m.get("probes")
@@ -235,8 +227,7 @@ def probe_values(m: dict, tag: str) -> list | None:
 
 
 def _old_names(tag: str) -> tuple[str, ...]:
-    # only on a miss, so that reading a current file never imports the probes
-    return (*PROBE_ALIASES.get(tag, ()), tag.removeprefix(_names().PREFIX))
+    return (*PROBE_ALIASES.get(tag, ()), tag.removeprefix(PREFIX))
 
 
 def probe_epochs(m: dict) -> list:
@@ -249,9 +240,9 @@ def has_probes(m: dict) -> bool:
 
 
 def layer_tags(m: dict, stat: str) -> list[str]:
-    """The tags of a per-layer probe (actbench.probes.DEAD, ...) present in m, layer 1 first."""
+    """The tags of a per-layer probe (actbench.tags.DEAD, ...) present in m, layer 1 first."""
     tags = []
-    while probe_values(m, tag := _names().layer_tag(stat, len(tags) + 1)) is not None:
+    while probe_values(m, tag := layer_tag(stat, len(tags) + 1)) is not None:
         tags.append(tag)
     return tags
 
@@ -259,18 +250,18 @@ def layer_tags(m: dict, stat: str) -> list[str]:
 def grad_norm_tags(m: dict) -> list[str]:
     """The per-weight-matrix gradient-norm tags present in m, the first layer's first."""
     tags = []
-    while probe_values(m, tag := _names().grad_norm_tag(len(tags) + 1)) is not None:
+    while probe_values(m, tag := grad_norm_tag(len(tags) + 1)) is not None:
         tags.append(tag)
     return tags
 
 
 def dead_final(m: dict) -> tuple[float, float]:
     """Dead-unit fraction at the last probed epoch: mean and max over hidden layers."""
-    last = [as_float(v[-1]) for v in (probe_values(m, t) for t in layer_tags(m, _names().DEAD)) if v]
+    last = [as_float(v[-1]) for v in (probe_values(m, t) for t in layer_tags(m, DEAD)) if v]
     last = [v for v in last if not math.isnan(v)]
     return (float(np.mean(last)), float(np.max(last))) if last else (math.nan, math.nan)
 
 
 def grad_ratio_gmean(m: dict) -> float:
     """Geometric mean of grad_ratio over epochs 1..E (epoch 0 has no gradient)."""
-    return gmean_positive([as_float(v) for v in probe_values(m, _names().GRAD_RATIO) or []])
+    return gmean_positive([as_float(v) for v in probe_values(m, GRAD_RATIO) or []])

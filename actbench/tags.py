@@ -1,5 +1,6 @@
-"""The TensorBoard tags of everything a run logs but the probes (actbench.probes names those, all
-under `probes/`), and the names metrics.json gives them.
+"""The TensorBoard tags of everything a run logs, the probes' included, and the names metrics.json
+gives them. Writers (actbench.record, actbench.probes) and readers (actbench.results, the report's
+figures) take every name from here, and readers need no torch or Lightning to know them.
 
 TensorBoard groups tags by what comes before the first `/`, sorts the groups and opens the first:
 so the metric comes first and the split second, `acc/train`, `acc/val`, `acc/test`, then `loss/...`,
@@ -38,3 +39,24 @@ def json_name(tag: str) -> str:
     if group == TIME:
         return rest
     return f"{rest}_{group}" if rest else group
+
+
+# ---------------------------------------------------------------- the probes' tags (actbench.probes)
+
+# All start with PREFIX, so the probes make one group below acc/ and loss/. metrics.json's `probes`
+# section uses the same names; older files have them without the prefix (actbench.results reads both).
+PREFIX = "probes/"
+DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
+PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
+GRAD_NORM, GRAD_NORM_STEP = "grad_norm", "grad_norm_step"  # per weight matrix, see grad_norm_tag; _step: every sample, TensorBoard only
+GRAD_RATIO, GRAD_RATIO_STEP = f"{PREFIX}grad_ratio", f"{PREFIX}grad_ratio_step"  # first over last
+
+
+def layer_tag(stat: str, i: int) -> str:
+    """`probes/dead/layer{i}` and the like, for hidden layer i = 1..depth."""
+    return f"{PREFIX}{stat}/layer{i}"
+
+
+def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
+    """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
+    return f"{PREFIX}{kind}/w{j}"

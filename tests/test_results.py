@@ -1,17 +1,19 @@
 """Tests for actbench.results, the one reader of what runs wrote: metrics.json read back, runs
 found under a sweep, grouped into configurations, and probe values found by the names the
-probes give them."""
+probes give them (actbench.tags)."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from scipy import stats as st
 
-from actbench import probes, record, results
+from actbench import record, results, tags
 from conftest import make_metrics, write_run, write_sweep
 
 
@@ -82,21 +84,36 @@ def test_grouping_and_a_seed_run_twice(tmp_path):
 # ---------------------------------------------------------------- probes
 
 
-def test_probe_names_come_from_the_probes():
+def test_probe_names_come_from_tags():
     m = make_metrics({"activation": "relu", "model.depth": 3, "seed": 0}, 0.88)
-    assert results.layer_tags(m, probes.DEAD) == [probes.layer_tag(probes.DEAD, i) for i in (1, 2, 3)]
-    assert results.grad_norm_tags(m) == [probes.grad_norm_tag(j) for j in (1, 2, 3, 4)]
-    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["probes/grad_ratio"]
+    assert results.layer_tags(m, tags.DEAD) == [tags.layer_tag(tags.DEAD, i) for i in (1, 2, 3)]
+    assert results.grad_norm_tags(m) == [tags.grad_norm_tag(j) for j in (1, 2, 3, 4)]
+    assert results.probe_values(m, tags.GRAD_RATIO) == m["probes"]["probes/grad_ratio"]
     assert results.probe_epochs(m) == [0, 1, 2, 3] and results.has_probes(m)
     assert not results.has_probes(make_metrics({"activation": "relu", "seed": 0}, 0.88, probes=False))
+
+
+def test_reading_probes_imports_neither_torch_nor_lightning(tmp_path):
+    # `python -m actbench.report` reads a sweep; importing Lightning would add seconds to every report
+    sweep = tmp_path / "sweep"
+    write_sweep(sweep, {"relu": [0.80, 0.81], "gelu": [0.82, 0.83]})
+    code = (
+        "import sys; from actbench import results, tags; "
+        f"runs = results.load_runs({str(sweep)!r}); "
+        "assert all(results.layer_tags(r.metrics, tags.DEAD) for r in runs) and all(results.has_probes(r.metrics) for r in runs); "
+        "[results.dead_final(r.metrics) for r in runs]; [results.grad_ratio_gmean(r.metrics) for r in runs]; "
+        "print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_an_old_tag_name_is_read_through_an_alias(monkeypatch):
     m = make_metrics({"activation": "relu", "seed": 0}, 0.88)
     m["probes"]["old_ratio"] = m["probes"].pop("probes/grad_ratio")
-    assert results.probe_values(m, probes.GRAD_RATIO) is None
-    monkeypatch.setitem(results.PROBE_ALIASES, probes.GRAD_RATIO, ("old_ratio",))
-    assert results.probe_values(m, probes.GRAD_RATIO) == m["probes"]["old_ratio"]
+    assert results.probe_values(m, tags.GRAD_RATIO) is None
+    monkeypatch.setitem(results.PROBE_ALIASES, tags.GRAD_RATIO, ("old_ratio",))
+    assert results.probe_values(m, tags.GRAD_RATIO) == m["probes"]["old_ratio"]
     assert results.grad_ratio_gmean(m) == pytest.approx(st.gmean(m["probes"]["old_ratio"][1:]))
 
 
