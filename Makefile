@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# pytest-xdist processes for `make test` (the cluster tests share one)
+TEST_WORKERS ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: sweep setup data test test-fast bench report tensorboard slurm-up slurm-down clean
@@ -28,8 +30,8 @@ data: setup                       ## find Fashion-MNIST; on Debian/Ubuntu instal
 	  fi; \
 	  $(PY) -m actbench.data; }
 
-test: setup                       ## the test suite (offline, CPU, a few minutes)
-	$(PY) -m pytest -q
+test: setup                       ## the test suite (offline, CPU, about 10 minutes on 2 cores)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup                  ## the tests not marked slow (no training on real data, no services): seconds
 	$(PY) -m pytest -q -m "not slow"

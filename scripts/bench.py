@@ -4,7 +4,7 @@
     python scripts/bench.py                 # CPU
     python scripts/bench.py --device cuda   # GPU (CUDA-graph step on by default there)
     python scripts/bench.py --packed 5      # also: 5 seeds packed, and vs the same 5 seeds run one after another
-    python scripts/bench.py --sweep         # whole sweeps as users type them, packed (the default) vs pack=false
+    python scripts/bench.py --sweep         # whole sweeps as users type them, packed (the default) vs pack=false, 3 times each
 
 The blog's configuration: MLP 784-128-10, ReLU, Adam(lr=1e-3), batch 32, Fashion-MNIST
 (synthetic data of the same shape when the real files are absent); `--model cnn` the ConvNet
@@ -197,17 +197,27 @@ def startup_seconds(overrides: list[str], out_dir: Path) -> float:
     return metrics["timing"]["first_step_at"] - t
 
 
-def sweep_table(data_overrides: list[str], accel: str, tmp: Path, extra: list[str]) -> None:
-    """Each sweep of SWEEPS from the command line to its report, packed and with pack=false, back to back."""
+def sweep_table(data_overrides: list[str], accel: str, tmp: Path, extra: list[str], repeats: int = 1) -> None:
+    """Each sweep of SWEEPS from the command line to its report, packed and with pack=false, back to
+    back, `repeats` times in alternating order (packed first, then pack=false first, ...), so that a
+    slow spell of a shared machine falls on both; the ratio is of the medians."""
     print(f"\n{'sweep, from the command to its report':62s} {'packed':>9s} {'pack=false':>11s} {'ratio':>7s}")
     for i, (label, args) in enumerate(SWEEPS.items()):
         name = f"sweep{i}"  # both commands write the same run names under it: each member meets its twin
         base = [sys.executable, "-m", "actbench.train", *args, *data_overrides, accel, *extra, f"name={name}"]
-        packed = timed([*base, f"out_dir={tmp / 'sweep-packed'}"])
-        apart = timed([*base, "pack=false", f"out_dir={tmp / 'sweep-apart'}"])
+        times: dict[str, list[float]] = {"packed": [], "apart": []}
+        for r in range(repeats):
+            order = ["packed", "apart"] if r % 2 == 0 else ["apart", "packed"]
+            for kind in order:
+                out = tmp / f"sweep-{kind}-{r}"
+                times[kind].append(timed([*base, *(["pack=false"] if kind == "apart" else []), f"out_dir={out}"]))
+        packed, apart = median(times["packed"]), median(times["apart"])
         command = f"{label} {' '.join(args)}"
         print(f"{command:62s} {packed:8.1f}s {apart:10.1f}s {packed / apart:6.2f}x", flush=True)
-        same_science(tmp / "sweep-packed" / name, tmp / "sweep-apart" / name)
+        if repeats > 1:
+            print(f"{'':4s}each time: packed {' '.join(f'{t:.1f}' for t in times['packed'])} s; "
+                  f"pack=false {' '.join(f'{t:.1f}' for t in times['apart'])} s (medians above)", flush=True)
+        same_science(tmp / "sweep-packed-0" / name, tmp / "sweep-apart-0" / name)
 
 
 def same_science(packed_dir: Path, apart_dir: Path) -> None:
@@ -256,6 +266,7 @@ def main() -> int:
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--skip-sequential", action="store_true", help="with --packed: skip the wall-clock comparison with sequential runs")
     ap.add_argument("--sweep", action="store_true", help="only time whole sweeps from the command line, packed vs pack=false")
+    ap.add_argument("--repeats", type=int, default=3, help="with --sweep: times each sweep is timed both ways, alternating")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -280,7 +291,7 @@ def measure(args, device, tmp: Path) -> int:
     accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
     if args.sweep:
         print(f"actbench sweep benchmark: {arrays['kind']}; device {device}")
-        sweep_table(data_overrides, accel, tmp, args.override)
+        sweep_table(data_overrides, accel, tmp, args.override, args.repeats)
         return 0
     common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none",
               f"threads={args.threads}", f"model={args.model}", *args.override]

@@ -13,7 +13,9 @@ import pytest
 
 from conftest import NAMES_2x2, ROOT, metrics, run_cli
 
-pytestmark = pytest.mark.slow
+# one worker runs these one after another under `make test` (pytest-xdist): two sweeps at once would
+# wait for each other on the one-node SLURM, and the parallel-launcher test wants the cores to itself
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 SLURM_TOOLS = Path(os.environ.get("SLURM_LOCAL_DIR", "/var/spool/slurm-local")) / "bin"  # sacct stand-in
 NAMES = NAMES_2x2
