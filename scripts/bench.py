@@ -18,7 +18,7 @@ checkpoints: what actbench costs on top of that is what the ratios show. The fir
 losses of both are compared, and the benchmark fails if they disagree.
 
 Epoch times are medians over the epochs after each run's warm-up epoch, over rounds that
-interleave the variants; actbench's are measured from one epoch end to the next, so they
+interleave the variants (the packed run of --packed too); actbench's are measured from one epoch end to the next, so they
 include validation, probes, logging and the checkpoint. Both use --threads CPU threads (one
 by default: this model's operations are too small to split between cores).
 """
@@ -306,6 +306,8 @@ def measure(args, device, tmp: Path) -> int:
     times: dict[str, list[float]] = {"plain PyTorch loop (reference)": []}
     memory: dict[str, str] = {}
     first_losses = ref_losses = None
+    packed_times: list[float] = []
+    packed_threads = args.threads
     for r in range(args.rounds):
         ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
         ref_losses = losses if ref_losses is None else ref_losses
@@ -318,6 +320,12 @@ def measure(args, device, tmp: Path) -> int:
             first_losses = c.first_losses if first_losses is None else first_losses
             times.setdefault(label, []).extend(c.times[1:])
             memory[label] = peak_memory(device)
+        if args.packed:  # in the same rounds, so that its ratio to the lone run compares the same spells
+            seeds = ",".join(map(str, range(args.packed)))
+            c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", f"name=packed{r}", "threads=auto"], tmp / f"packed{r}")
+            packed_times += c.times[1:]
+            packed_threads = torch.get_num_threads()
+            torch.set_num_threads(args.threads)  # the packed run chose its own; the reference must not inherit them
     rows = [(label, t, memory[label]) for label, t in times.items()]
 
     n = min(50, len(ref_losses), len(first_losses))
@@ -338,11 +346,11 @@ def measure(args, device, tmp: Path) -> int:
     if args.packed:
         k = args.packed
         seeds = ",".join(map(str, range(k)))
-        c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", "name=packed", "threads=auto"], tmp / "packed")
-        s = median(c.times[1:])
+        s = median(packed_times)
         lone = median(times["actbench, probes off"])
-        print(f"\n{k} seeds packed, probes off, threads=auto ({torch.get_num_threads()}): {s:.3f} s/epoch, "
-              f"{s / k:.4f} s/epoch/seed ({s / k / lone:.3f}x actbench's lone run, {s / k / ref:.3f}x the reference's one seed)")
+        print(f"\n{k} seeds packed, probes off, threads=auto ({packed_threads}): {s:.3f} s/epoch, "
+              f"{s / k:.4f} s/epoch/seed ({s / k / lone:.3f}x actbench's lone run, {s / k / ref:.3f}x the reference's one seed); "
+              f"epochs timed {' '.join(f'{x:.2f}' for x in packed_times)}")
         if not args.skip_sequential:
             base = [*data_overrides, accel, "probes=none", "report=none", f"trainer.max_epochs={CLI_EPOCHS}", *args.override]
             packed = timed([sys.executable, "-m", "actbench.train", *base, f"seeds=[{seeds}]", f"out_dir={tmp / 'packed-cli'}"])

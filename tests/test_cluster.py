@@ -28,10 +28,16 @@ def finished_runs(sweep: Path) -> list[str]:
 
 
 def slurm_up() -> str | None:
+    """None where the one-node SLURM answers and its node takes jobs, else why not.
+
+    A node busy with, or still cleaning up after, an earlier job ("allocated", "completing") is up:
+    a job submitted now waits in the queue for it. A trailing "*" means slurmd does not respond.
+    """
     if not shutil.which("sinfo"):
         return "SLURM is not installed (scripts/slurm-local.sh up)"
     r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
-    if r.returncode or "idle" not in r.stdout and "mixed" not in r.stdout:
+    states = r.stdout.split()
+    if r.returncode or not any(s in ("idle", "mixed", "allocated", "completing") for s in states):
         return f"SLURM is not running here (scripts/slurm-local.sh start): {r.stderr.strip() or r.stdout.strip()}"
     return None
 
