@@ -312,14 +312,15 @@ def measure(args, device, tmp: Path) -> int:
         ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
         ref_losses = losses if ref_losses is None else ref_losses
         times["plain PyTorch loop (reference)"] += ref_t[1:]
-        memory["plain PyTorch loop (reference)"] = peak_memory(device)
+        # the peak so far, read in the first round, before any packed run has raised it
+        memory.setdefault("plain PyTorch loop (reference)", peak_memory(device))
         for i, (label, extra) in enumerate(variants):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             c = actbench_run([*common, *extra, f"name=v{i}r{r}"], tmp / f"v{i}r{r}")
             first_losses = c.first_losses if first_losses is None else first_losses
             times.setdefault(label, []).extend(c.times[1:])
-            memory[label] = peak_memory(device)
+            memory.setdefault(label, peak_memory(device))
         if args.packed:  # in the same rounds, so that its ratio to the lone run compares the same spells
             seeds = ",".join(map(str, range(args.packed)))
             c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", f"name=packed{r}", "threads=auto"], tmp / f"packed{r}")
