@@ -18,8 +18,8 @@ checkpoints: what actbench costs on top of that is what the ratios show. The fir
 losses of both are compared, and the benchmark fails if they disagree.
 
 Epoch times are medians over the epochs after each run's warm-up epoch, over rounds that
-interleave the variants (the packed run of --packed too); actbench's are measured from one epoch end to the next, so they
-include validation, probes, logging and the checkpoint. Both use --threads CPU threads (one
+interleave the variants (--packed's run too); actbench's are measured from one epoch end to the
+next, so they include validation, probes, logging and the checkpoint. Both use --threads CPU threads (one
 by default: this model's operations are too small to split between cores).
 """
 
@@ -306,8 +306,9 @@ def measure(args, device, tmp: Path) -> int:
     times: dict[str, list[float]] = {"plain PyTorch loop (reference)": []}
     memory: dict[str, str] = {}
     first_losses = ref_losses = None
+    packed_seeds = ",".join(map(str, range(args.packed)))
     packed_times: list[float] = []
-    packed_threads = args.threads
+    packed_threads = None  # what threads=auto picked for the pack
     for r in range(args.rounds):
         ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
         ref_losses = losses if ref_losses is None else ref_losses
@@ -322,8 +323,7 @@ def measure(args, device, tmp: Path) -> int:
             times.setdefault(label, []).extend(c.times[1:])
             memory.setdefault(label, peak_memory(device))
         if args.packed:  # in the same rounds, so that its ratio to the lone run compares the same spells
-            seeds = ",".join(map(str, range(args.packed)))
-            c = actbench_run([*common, "probes=none", f"seeds=[{seeds}]", f"name=packed{r}", "threads=auto"], tmp / f"packed{r}")
+            c = actbench_run([*common, "probes=none", f"seeds=[{packed_seeds}]", f"name=packed{r}", "threads=auto"], tmp / f"packed{r}")
             packed_times += c.times[1:]
             packed_threads = torch.get_num_threads()
             torch.set_num_threads(args.threads)  # the packed run chose its own; the reference must not inherit them
@@ -345,8 +345,7 @@ def measure(args, device, tmp: Path) -> int:
         print(f"start-up, `python -m actbench.train` to its first training step: {s:.2f} s")
 
     if args.packed:
-        k = args.packed
-        seeds = ",".join(map(str, range(k)))
+        k, seeds = args.packed, packed_seeds
         s = median(packed_times)
         lone = median(times["actbench, probes off"])
         print(f"\n{k} seeds packed, probes off, threads=auto ({packed_threads}): {s:.3f} s/epoch, "

@@ -31,7 +31,8 @@ def slurm_up() -> str | None:
     """None where the one-node SLURM answers and its node takes jobs, else why not.
 
     A node busy with, or still cleaning up after, an earlier job ("allocated", "completing") is up:
-    a job submitted now waits in the queue for it. A trailing "*" means slurmd does not respond.
+    a job submitted now waits in the queue for it; these are the states scripts/slurm-local.sh
+    start waits for. A trailing "*" (slurmd does not answer) matches none of them.
     """
     if not shutil.which("sinfo"):
         return "SLURM is not installed (scripts/slurm-local.sh up)"
