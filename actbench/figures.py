@@ -19,12 +19,13 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
 from actbench.stats import GAMMA, gmean_positive, mean_ci
-from actbench.tags import DEAD, SATURATED
+from actbench.tags import DEAD, LOSS, PROBES, SATURATED, report_tag
 
 # Fixed per shipped activation, so a colour means the same activation in every report.
 COLORS = {
@@ -450,22 +451,32 @@ def isolation(arms: list[dict], path: Path, score_label: str = "val loss", edges
     return path, ""
 
 
+class Figure(NamedTuple):
+    """A drawn figure: its title, its PNG (None when skipped), a note, and its TensorBoard tag."""
+
+    title: str
+    path: Path | None
+    note: str
+    tag: str
+
+
 def make_all(
     out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)", baseline: str = "relu"
-) -> list[tuple[str, Path | None, str]]:
-    """Every figure into out_dir: (title, path or None when skipped, note)."""
+) -> list[Figure]:
+    """Every figure into out_dir, each with the tag it has in TensorBoard (the group of what it shows)."""
     out_dir = Path(out_dir)
     jobs = [
-        ("Loss curves", loss_curves, "loss_curves.png"),
-        (f"{metric} per configuration", lambda s, p: metric_points(s, p, metric_label), f"{metric}.png"),
-        (f"Probability of improvement over {baseline}", lambda s, p: improvement(s, p, baseline), "improvement.png"),
-        ("Activations and derivatives", activations, "activations.png"),
-        ("Probes", probes, "probes.png"),
+        ("Loss curves", loss_curves, "loss_curves.png", report_tag(LOSS)),
+        (f"{metric} per configuration", lambda s, p: metric_points(s, p, metric_label), f"{metric}.png", report_tag(metric)),
+        (f"Probability of improvement over {baseline}", lambda s, p: improvement(s, p, baseline), "improvement.png",
+         report_tag(metric, "p_better")),
+        ("Activations and derivatives", activations, "activations.png", report_tag(PROBES, "activations")),
+        ("Probes", probes, "probes.png", report_tag(PROBES)),
     ]
     out = []
-    for title, fn, name in jobs:
+    for title, fn, name, tag in jobs:
         try:
-            out.append((title, *fn(series, out_dir / name)))
+            out.append(Figure(title, *fn(series, out_dir / name), tag))
         except Exception as e:  # noqa: BLE001 - a broken figure must not cost the sweep its table
-            out.append((title, None, f"not drawn, {type(e).__name__}: {e}"))
+            out.append(Figure(title, None, f"not drawn, {type(e).__name__}: {e}", tag))
     return out

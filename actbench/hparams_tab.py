@@ -20,14 +20,13 @@ sessions themselves.
 from __future__ import annotations
 
 import math
-import os
-import socket
 import sys
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback as HydraCallback
 
+from actbench import root_events
 from actbench.results import NoRunsError, load_runs
 from actbench.runs import hparam_name
 from actbench.tags import DECLARED_METRICS
@@ -157,36 +156,13 @@ def recorded_sessions(root: Path) -> tuple[list[dict], set]:
 def write_experiment(root: Path | str) -> Path | None:
     """Declare the experiment of the runs under root in root's own events file, replacing the
     one written before; None when no run there has recorded hparams."""
-    from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
 
     root = Path(root)
     exp = experiment(*recorded_sessions(root))
     if exp is None:
         return None
-    now = time.time()
-    events = [
-        Event(wall_time=now, file_version="brain.Event:2"),
-        Event(wall_time=now, step=0, summary=_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=exp))),
-    ]
-    # nanoseconds, zero-padded: names sort as they were written, and TensorBoard reads a
-    # directory's files in name order
-    name = f"events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}{ROOT_SUFFIX}"
-    tmp = root / f".hparams.{os.getpid()}.tmp"  # without "tfevents": TensorBoard never reads it half-written
-    try:
-        with open(tmp, "wb") as f:
-            writer = RecordWriter(f)
-            for event in events:
-                writer.write(event.SerializeToString())
-        os.replace(tmp, root / name)
-    finally:
-        tmp.unlink(missing_ok=True)
-    # older ones only: of two processes that rewrite it at once, the later file stays
-    for old in root.glob(f"events.out.tfevents.*{ROOT_SUFFIX}"):
-        if old.name < name:
-            old.unlink(missing_ok=True)
-    return root / name
+    return root_events.write(root, [_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=exp))], ROOT_SUFFIX)
 
 
 def run_root(config) -> Path | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback as HydraCallback
 
-from actbench import stats
+from actbench import root_events, stats
 from actbench.errors import UserError
 from actbench.results import (
     FINAL_KEYS,
@@ -380,9 +380,14 @@ def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric:
         )
     md = []
     metric_label = metric.replace("_", " ") + (" (%)" if is_fraction(metric) else "")
-    for title, path, note in figs.make_all(sweep_dir, series, metric, metric_label, baseline):
+    drawn = figs.make_all(sweep_dir, series, metric, metric_label, baseline)
+    for title, path, note, _ in drawn:
         md += [f"![{title}]({path.name})", ""] if path else []
         md += [f"{title}: {note}", ""] if note else []
+    try:  # and in TensorBoard, as images of the sweep directory's own run, each leading its group
+        root_events.write_figures(sweep_dir, [(f.tag, f.path) for f in drawn if f.path])
+    except Exception as e:  # noqa: BLE001 - the report stands without them
+        md += [f"TensorBoard: the figures were not written to {sweep_dir}, {type(e).__name__}: {e}", ""]
     return md
 
 

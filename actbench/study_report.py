@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from actbench import stats, study
+from actbench import root_events, stats, study
 from actbench.report import (
     EFFECT,
     ReportError,
@@ -24,6 +24,7 @@ from actbench.report import (
     write_report,
 )
 from actbench.results import NoRunsError, group_runs, load_runs, varying_keys
+from actbench.tags import report_tag
 
 
 def _num(x, spec: str) -> str:
@@ -113,6 +114,7 @@ def write_study_report(sweep_dir: str | Path, baseline: str = "relu", metric: st
         path, note = figs.isolation(selection["arms"], sweep_dir / "isolation.png", s["select"].replace("_", " "), edges,
                                     study.SELECT[s["select"]])
         md += [f"![isolation plot]({path.name})", ""] if path else [f"Isolation plot: {note}", ""]
+        root_events.write_figures(sweep_dir, [(report_tag(s["select"], "isolation"), path)] if path else [])
     if confirm_md:
         body = confirm_md.split("\n", 1)[1] if confirm_md.startswith("# ") else confirm_md
         body = body.replace("](", "](confirm/").replace("](confirm/http", "](http")

@@ -45,7 +45,8 @@ def json_name(tag: str) -> str:
 
 # All start with PREFIX, so the probes make one group below acc/ and loss/. metrics.json's `probes`
 # section uses the same names; older files have them without the prefix (actbench.results reads both).
-PREFIX = "probes/"
+PROBES = "probes"
+PREFIX = f"{PROBES}/"
 DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
 PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
 GRAD_NORM, GRAD_NORM_STEP = "grad_norm", "grad_norm_step"  # per weight matrix, see grad_norm_tag; _step: every sample, TensorBoard only
@@ -60,3 +61,15 @@ def layer_tag(stat: str, i: int) -> str:
 def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
     """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
     return f"{PREFIX}{kind}/w{j}"
+
+
+# ---------------------------------------------------------------- the report's figures (actbench.root_events)
+
+REPORT = "_report"  # "_" sorts before every lower-case letter: a group's report figure is its first card
+
+
+def report_tag(metric: str, what: str = "") -> str:
+    """A report figure's tag, as an image of the sweep directory's own run, in the group of the
+    metrics.json name it shows (test_acc -> `acc/_report`, with `what`: `acc/_report_p_better`)."""
+    group = metric.rpartition("_")[2] if metric.rpartition("_")[2] in (ACC, LOSS) else metric
+    return f"{group}/{REPORT}" + (f"_{what}" if what else "")

@@ -100,3 +100,24 @@ def test_improvement_values_come_from_the_comparisons(figure_sweep, monkeypatch,
         assert drawn[report.label(c.config, keys)] == (c.result.p_improve, c.result.p_improve_ci)
     baselines = [label for label in drawn if label.startswith("relu")]
     assert baselines and all(math.isnan(drawn[b][0]) for b in baselines)
+
+
+def test_the_report_shows_its_figures_first_in_tensorboard(figure_sweep):
+    from actbench import tags
+    from conftest import events
+
+    sweep, _ = figure_sweep
+    shown = {tag: image.encoded_image_string for tag in events(sweep).Tags()["images"] for image in events(sweep).Images(tag)}
+    assert shown == {
+        "acc/_report": (sweep / "test_acc.png").read_bytes(),
+        "acc/_report_p_better": (sweep / "improvement.png").read_bytes(),
+        "loss/_report": (sweep / "loss_curves.png").read_bytes(),
+        "probes/_report": (sweep / "probes.png").read_bytes(),
+        "probes/_report_activations": (sweep / "activations.png").read_bytes(),
+    }
+    # each leads its group, whose cards TensorBoard sorts by tag
+    logged = [tags.metric_tag(m, s) for m in (tags.ACC, tags.LOSS) for s in (tags.TRAIN, tags.VAL, tags.TEST)]
+    logged += [tags.step_tag(tags.ACC), tags.layer_tag(tags.DEAD, 1), tags.grad_norm_tag(1), tags.GRAD_RATIO]
+    for tag in shown:
+        group = tag.split("/")[0]
+        assert all(tag < other for other in logged if other.startswith(group + "/"))

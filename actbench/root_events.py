@@ -1,0 +1,70 @@
+"""The sweep directory's own TensorBoard events, the run TensorBoard lists as `.`: the HParams
+experiment (actbench.hparams_tab) and the report's figures (`write_figures`). Each kind is one
+file, rewritten whole and named with its own suffix, so that a rewrite replaces only its kind.
+
+Rewritten, not appended to: TensorBoard keeps a tag's first description and a figure's every
+version, where a sweep's root must show what its runs hold now.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+FIGURES_SUFFIX = ".figures"
+
+
+def write(root: Path, summaries: list, suffix: str) -> Path:
+    """Replace root's events file of this `suffix` by one holding these Summary protos (at step 0)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    now = time.time()
+    events = [Event(wall_time=now, file_version="brain.Event:2")] + [Event(wall_time=now, step=0, summary=s) for s in summaries]
+    # nanoseconds, zero-padded: names sort as they were written, and TensorBoard reads a
+    # directory's files in name order
+    name = f"events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}{suffix}"
+    tmp = root / f"{suffix}.{os.getpid()}.tmp"  # without "tfevents": TensorBoard never reads it half-written
+    try:
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for event in events:
+                writer.write(event.SerializeToString())
+        os.replace(tmp, root / name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # older ones only: of two processes that rewrite it at once, the later file stays
+    for old in root.glob(f"events.out.tfevents.*{suffix}"):
+        if old.name < name:
+            old.unlink(missing_ok=True)
+    return root / name
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a PNG, from its header."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    return struct.unpack(">II", data[16:24])
+
+
+def write_figures(root: Path | str, figures: list[tuple[str, Path]]) -> Path | None:
+    """The report's figures, (tag, PNG file) each, as images of root's own run, replacing those
+    written before; None (and no file) when there are none."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    root = Path(root)
+    values = []
+    for tag, path in figures:
+        data = Path(path).read_bytes()
+        width, height = png_size(data)
+        # the PNG as it is: TensorBoard shows encoded images, so nothing is decoded or re-encoded
+        image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=data)
+        values.append(Summary.Value(tag=tag, image=image))
+    if not values:
+        for old in root.glob(f"events.out.tfevents.*{FIGURES_SUFFIX}"):
+            old.unlink(missing_ok=True)
+        return None
+    return write(root, [Summary(value=values)], FIGURES_SUFFIX)
