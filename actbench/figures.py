@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
-from actbench.stats import GAMMA, gmean_positive, mean_ci
+from actbench.stats import GAMMA, READING_MIN_SEEDS, gmean_positive, mean_ci
 from actbench.tags import DEAD, LOSS, PROBES, SATURATED, report_tag
 
 # Fixed per shipped activation, so a colour means the same activation in every report.
@@ -59,6 +59,7 @@ class Series:
     grad_ratio: float = math.nan  # the configuration's summary grad ratio
     p_improve: float = math.nan  # P(better than the baseline); NaN for the baseline and the untested
     p_improve_ci: tuple[float, float] = (math.nan, math.nan)
+    reading: str = ""  # the report's reading of that interval ("too few seeds ..." when it has none)
 
 
 def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
@@ -258,11 +259,13 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
     for i, s in enumerate(rows):
         color, _ = style[s.label]
         low, high = s.p_improve_ci
+        unread = s.reading.startswith("too few")  # an interval of a handful of seeds is no evidence: drawn hollow
         if math.isfinite(low) and math.isfinite(high):
-            ax.barh(i, high - low, left=low, height=0.6, color=color, alpha=0.3, lw=0, zorder=2)
+            ax.barh(i, high - low, left=low, height=0.6, lw=1 if unread else 0, zorder=2, edgecolor=color,
+                    facecolor="none" if unread else color, alpha=0.6 if unread else 0.3, hatch="//" if unread else None)
         ax.plot([s.p_improve] * 2, [i - 0.3, i + 0.3], color=color, lw=2.5, zorder=3)
-        ax.annotate(f"{s.p_improve:.2f} [{low:.2f}, {high:.2f}]", (1.0, i), xycoords=("axes fraction", "data"),
-                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(f"{s.p_improve:.2f} [{low:.2f}, {high:.2f}]" + ("  too few seeds to read" if unread else ""), (1.0, i),
+                    xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.axvline(0.5, color="0.35", lw=1.0, linestyle="--", zorder=1)
     ax.axvline(GAMMA, color="0.35", lw=1.0, linestyle=":", zorder=1)
     ax.set_yticks(range(len(rows)), [s.label for s in rows])
@@ -273,7 +276,9 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
     same = " with the same other keys" if any(s.variant for s in rows) else ""
     ax.set_xlabel(f"P(a run of the configuration beats a run of {baseline}{same})")
     ax.set_title(f"Probability of improvement over {baseline}: bar = 95% bootstrap interval over seeds\n"
-                 f"better when the bar lies right of 0.5 (dashed), meaningful when it reaches {GAMMA:g} (dotted)", fontsize=10)
+                 f"better when the bar lies right of 0.5 (dashed), meaningful when it reaches {GAMMA:g} (dotted)"
+                 + (f"\nhatched: under {READING_MIN_SEEDS} seeds, too few to read"
+                    if any(s.reading.startswith("too few") for s in rows) else ""), fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path, ""
 

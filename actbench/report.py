@@ -37,7 +37,7 @@ EFFECT = 0.2  # the difference worth detecting, in the units the report shows (p
 COMPARISON_FIELDS = [
     "config", "baseline", "metric", "test", "n_pairs", "n_config", "n_baseline", "diff", "diff_low", "diff_high",
     "boot_low", "boot_high", "p", "p_holm", "p_wilcoxon", "p_improve", "p_improve_low", "p_improve_high", "reading",
-    "mde", "effect", "seeds_needed", "alpha", "power", "note",
+    "mde", "effect", "seeds_needed", "alpha", "power", "mde_alpha", "eq_low", "eq_high", "equivalent", "note",
 ]
 
 
@@ -133,9 +133,10 @@ def _compare_pair(c: Config, b: Config, metric: str, effect: float | None, alpha
     out = Comparison(c, b)
     a_seeds, b_seeds = c.by_seed(metric), b.by_seed(metric)
     common = [s for s in a_seeds if s in b_seeds]
-    if len(common) >= 2:
+    # paired where the shared seeds are most of both: pairing two of ten would throw away the rest
+    if len(common) >= 2 and 2 * len(common) >= max(len(a_seeds), len(b_seeds)):
         x, y, paired = [a_seeds[s] for s in common], [b_seeds[s] for s in common], True
-        out.n = f"n={len(common)}"
+        out.n = f"n={len(common)}" + (f" (of {len(a_seeds)} and {len(b_seeds)} seeds)" if len(common) < max(len(a_seeds), len(b_seeds)) else "")
     else:
         x, y, paired = c.values(metric), b.values(metric), False
         out.n = f"n={len(x)} vs {len(y)}"
@@ -145,7 +146,8 @@ def _compare_pair(c: Config, b: Config, metric: str, effect: float | None, alpha
         return out
     out.result = stats.difference(x, y, paired, higher_is_better(metric), effect, alpha, power)
     if out.result is None:  # identical differences in every pair: t is infinite, not evidence
-        out.note = "no statistics: the differences have zero variance"
+        same = "the difference is the same on every seed" if paired else "every run of each has the same value"
+        out.note = f"no test: {same}, so there is no seed-to-seed spread to weigh it against"
     return out
 
 
@@ -168,21 +170,32 @@ def compare(configs: list[Config], metric: str = "test_acc", baseline: str = "re
     tested = [cmp for cmp in comparisons if cmp.result]
     for cmp, p in zip(tested, stats.holm([cmp.result.t.p for cmp in tested])):
         cmp.p_holm = p
+        # Holm holds a lone real difference to alpha/m: what the corrected verdict can detect
+        cmp.result = stats.at_level(cmp.result, alpha / len(tested), power)
     return comparisons, None
 
 
 def power_sentence(cmp: Comparison, metric: str, effect: float | None, power: float = stats.POWER) -> str:
-    """What a null result means: no difference above the MDE is likely to have been missed, or,
-    when the MDE exceeds `effect` (metric units), how many seeds would detect `effect`."""
+    """What a null result means, against `effect` (metric units): equivalent within +-effect
+    (TOST), or inconclusive (the test was able to detect effect, the interval still reaches past
+    it), or underpowered (and how many seeds would detect effect); without effect, what the test
+    detects."""
     r = cmp.result
     _, unit = shown(metric)
     mde = f"{_show(r.mde, metric, sign=False)}{unit}"
-    if not effect or r.mde <= effect:
-        return f"no difference larger than {mde} is likely to have been missed"
+    detects = f"the test detects {mde} at {power:.0%} power"
+    if not effect:
+        return detects
+    within = f"±{_show(effect, metric, sign=False)}{unit}"
+    eq_ci = f"{1 - 2 * r.alpha:.0%} CI [{_show(r.eq_ci[0], metric)}, {_show(r.eq_ci[1], metric)}]{unit}"
+    if r.equivalent:
+        return f"equivalent within {within} (TOST: the {eq_ci} lies inside)"
+    if r.mde <= effect:
+        return f"inconclusive: {detects}, but the {eq_ci} reaches past {within}"
     seeds = f"about {r.seeds_needed}" if r.seeds_needed < stats.MAX_SEEDS else f"more than {stats.MAX_SEEDS:,}"
     per = "" if r.paired else " per configuration"
     return (f"underpowered: {seeds} seeds{per} would detect a difference of {_show(effect, metric, sign=False)}{unit}"
-            f" (the test here detects {mde} at {power:.0%} power)")
+            f" ({detects})")
 
 
 def verdict(cmp: Comparison, keys: list[str], metric: str = "test_acc", baseline: str = "relu", alpha: float = stats.ALPHA,
@@ -209,7 +222,17 @@ def verdict(cmp: Comparison, keys: list[str], metric: str = "test_acc", baseline
         outcome = f"{'better' if better else 'worse'} than {baseline} at alpha={alpha:g}"
     else:
         outcome = f"not distinguishable from {baseline} at alpha={alpha:g}; {power_sentence(cmp, metric, effect, power)}"
-    return f"{head}{diff}, {ci} ({stats_}): {outcome}"
+    return f"{head}{diff}, {ci} ({stats_}): {outcome}{_left_out(cmp, keys)}"
+
+
+def _left_out(cmp: Comparison, keys: list[str]) -> str:
+    """'; not counted: 3 runs of gelu (diverged)': runs of either side that the test leaves out."""
+    parts = []
+    for c in (cmp.config, cmp.baseline):
+        if c.excluded:
+            why = ", ".join(dict.fromkeys(r.status for r in c.excluded))
+            parts.append(f"{_plural(len(c.excluded), 'run')} of {label(c, keys)} ({why})")
+    return f"; not counted: {' and '.join(parts)}" if parts else ""
 
 
 # ---------------------------------------------------------------- output
@@ -320,14 +343,15 @@ def write_comparisons_csv(comparisons: list[Comparison], keys: list[str], path: 
                            diff_low=r.t.ci[0], diff_high=r.t.ci[1], boot_low=r.boot_ci[0], boot_high=r.boot_ci[1],
                            p=r.t.p, p_wilcoxon=num(r.p_wilcoxon), p_improve=r.p_improve, p_improve_low=num(r.p_improve_ci[0]),
                            p_improve_high=num(r.p_improve_ci[1]), reading=r.reading, mde=r.mde,
-                           seeds_needed=num(r.seeds_needed))
+                           seeds_needed=num(r.seeds_needed), mde_alpha=r.mde_alpha, eq_low=num(r.eq_ci[0]),
+                           eq_high=num(r.eq_ci[1]), equivalent=r.equivalent if effect else "")
             writer.writerow(row)
 
 
 def _statistics_section(comparisons: list[Comparison], no_baseline: str | None, keys: list[str], metric: str, baseline: str,
                         effect: float | None, alpha: float, power: float) -> list[str]:
     lines = []
-    if comparisons and not any(c.result for c in comparisons):
+    if comparisons and all(max(len(c.config.runs), len(c.baseline.runs) if c.baseline else 0) < 2 for c in comparisons):
         lines += [("No statistics can be drawn: at least 2 seeds per configuration are needed to estimate the "
                    "seed-to-seed variance that any test compares the difference against."), ""]
     if any(c.baseline for c in comparisons):
@@ -340,8 +364,9 @@ def _statistics_section(comparisons: list[Comparison], no_baseline: str | None, 
         "",
         f"Each configuration is compared with the {baseline} configuration that matches it on every other swept key; "
         f"differences are configuration minus {baseline} ({units}95% intervals). "
-        "Paired t-test over the seeds both share when there are at least 2 common seeds, else Welch's t-test; "
-        f"Holm correction across all tests; Wilcoxon signed-rank added from {stats.WILCOXON_MIN_PAIRS} pairs "
+        "Paired t-test over the seeds both share when they are at least 2 and at least half of each side's, else "
+        f"Welch's t-test on all runs; Holm correction across all tests (the intervals are per comparison, not "
+        f"adjusted); Wilcoxon signed-rank added from {stats.WILCOXON_MIN_PAIRS} pairs that differ "
         "(below that it cannot reach p<0.05). The bootstrap interval of the difference (percentile, seeds resampled, "
         "pairs kept together) does not assume normal differences. "
         f"P(better): the probability that a run of the configuration scores better than a run of {baseline} "
@@ -349,9 +374,13 @@ def _statistics_section(comparisons: list[Comparison], no_baseline: str | None, 
         "bootstrap interval; read as in Bouthillier et al. 2021: better when the interval lies above 0.5, meaningful "
         f"when it reaches {stats.GAMMA}. With few seeds these bootstrap intervals are too narrow (3 seeds have 10 "
         f"distinct resamples). MDE: the smallest true difference the test detects with {power:.0%} power at "
-        f"alpha={alpha:g}, from the observed spread of the differences"
+        f"alpha/m, the level Holm's correction holds a lone real difference to among m tests "
+        f"(alpha={alpha:g}, m={sum(1 for c in comparisons if c.result) or '—'}), from the observed spread of the differences, "
+        "which with few seeds is itself a rough estimate"
         + (f"; seeds for {_show(effect, metric, sign=False)}{unit}: how many seeds per configuration would detect that "
-           "difference with the same power" if effect else "")
+           f"difference with the same power. Equivalent within ±{_show(effect, metric, sign=False)}{unit}: two one-sided "
+           f"tests at alpha={alpha:g} (TOST), that is the {1 - 2 * alpha:.0%} t interval lies inside; a difference "
+           "neither shown nor excluded that way is inconclusive" if effect else "")
         + ". comparisons.csv has these numbers in the metric's own units"
         + (" (fractions, not pp)." if scale != 1 else "."),
     ]
@@ -376,6 +405,7 @@ def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric:
                 grad_ratio=r["grad_ratio"],
                 p_improve=res.p_improve if res else math.nan,
                 p_improve_ci=res.p_improve_ci if res else (math.nan, math.nan),
+                reading=res.reading if res else "",
             )
         )
     md = []

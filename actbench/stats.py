@@ -6,9 +6,9 @@ Choices, stated once so that the report can cite them:
 - mean, std (ddof=1) and a Student t interval (n-1 df) per configuration;
 - paired t-test on the seeds two configurations share (the same seed means the same initial
   weights, split and order, so pairing removes that noise), else Welch's t-test; Holm's
-  correction over every test of a report;
-- Wilcoxon signed-rank on paired data from 6 pairs: below that its exact two-sided p-value
-  cannot go under 0.0625, so it could never reject at alpha=0.05;
+  correction over every test of a report; intervals are per comparison, not adjusted;
+- Wilcoxon signed-rank on paired data from 6 pairs that differ: below that its exact two-sided
+  p-value cannot go under 0.0625, so it could never reject at alpha=0.05;
 - percentile-bootstrap intervals (scipy's `bootstrap`, a fixed seed, so a report is the same
   every time it is written) of the mean difference and of the probability of improvement;
 - probability of improvement P(A better than B) (Bouthillier et al. 2021; Agarwal et al. 2021):
@@ -18,14 +18,18 @@ Choices, stated once so that the report can cite them:
 - minimal detectable effect: the true difference that the two-sided test detects with the given
   power at the given alpha, from the observed spread (SD of the paired differences, or both
   SDs for Welch), solved on the noncentral t distribution; seeds needed: the smallest number of
-  seeds per configuration for which the test has that power against a given difference.
+  seeds per configuration for which the test has that power against a given difference. A
+  report of m tests states both at alpha/m, the level Holm's correction holds a lone real
+  difference to (`at_level`): at alpha they would promise power that the corrected verdict lacks;
+- equivalence (two one-sided tests, TOST): a difference lies within +-effect when the
+  1 - 2 alpha t interval does: what "no difference" can mean, where a p-value above alpha cannot.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +43,9 @@ GAMMA = 0.75  # Bouthillier et al.'s threshold of a meaningful P(A better than B
 WILCOXON_MIN_PAIRS = 6
 N_RESAMPLES = 9999
 BOOTSTRAP_SEED = 0
+# metrics.json holds float32 values (about 7 significant digits): a spread below this share of
+# the values is their rounding, not seed-to-seed variation
+ROUNDING = 1e-6
 MAX_SEEDS = 1_000_000  # seeds_needed's answer when even this many would not do (an effect ~0 against the spread)
 
 
@@ -88,10 +95,11 @@ def nanmedian(values) -> float:
 
 
 def holm(pvalues) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order."""
+    """Holm-Bonferroni adjusted p-values, in the input order; a NaN p is no test, and stays NaN."""
     p = list(map(float, pvalues))
-    m, adjusted, running = len(p), [math.nan] * len(p), 0.0
-    for rank, i in enumerate(sorted(range(m), key=p.__getitem__)):
+    tests = sorted((i for i in range(len(p)) if not math.isnan(p[i])), key=p.__getitem__)
+    m, adjusted, running = len(tests), [math.nan] * len(p), 0.0
+    for rank, i in enumerate(tests):
         running = max(running, min(1.0, (m - rank) * p[i]))  # adjusted values never decrease
         adjusted[i] = running
     return adjusted
@@ -118,10 +126,11 @@ class TTest:
 
 
 def _sd(x, *scale) -> float:
-    """Standard deviation (ddof=1), zero when it is float rounding: accuracies are counts over the
-    test set, and equal differences of them differ in their last bits, which is no evidence."""
+    """Standard deviation (ddof=1), zero when it is the values' rounding: accuracies are counts
+    over the test set, stored as float32, and equal differences of them differ in their last
+    bits, which is no evidence."""
     sd = float(np.std(x, ddof=1))
-    return 0.0 if sd <= 1e-9 * max(float(np.max(np.abs(v))) for v in scale) else sd
+    return 0.0 if sd <= ROUNDING * max(float(np.max(np.abs(v))) for v in scale) else sd
 
 
 def paired_t(a, b, confidence: float = CONFIDENCE) -> TTest:
@@ -168,11 +177,12 @@ def _t_interval(diff: float, se: float, df: float, confidence: float) -> tuple[f
 
 
 def wilcoxon_p(a, b, min_pairs: int = WILCOXON_MIN_PAIRS) -> float | None:
-    """Wilcoxon signed-rank p of paired a, b; None below min_pairs pairs or when no pair differs."""
+    """Wilcoxon signed-rank p of paired a, b; None below min_pairs pairs that differ (scipy drops
+    the ties, and the rest could not reach p < 0.05)."""
     from scipy import stats as st
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < min_pairs or not np.any(a != b):
+    if np.count_nonzero(a != b) < min_pairs:
         return None
     return float(st.wilcoxon(a, b).pvalue)
 
@@ -347,11 +357,15 @@ class Difference:
     t: TTest
     n_a: int  # values of A in the test (when paired, the pairs)
     n_b: int
+    sd: tuple[float, ...]  # the spread the test saw: (SD of the paired differences,) or (SD of A, SD of B)
     boot_ci: tuple[float, float]
     p_wilcoxon: float | None
     p_improve: float  # P(A better than B)
     p_improve_ci: tuple[float, float]
-    mde: float  # at `power` and `alpha`
+    alpha: float  # the level of the equivalence test
+    eq_ci: tuple[float, float]  # the 1 - 2 alpha t interval, which TOST holds against +-effect
+    mde: float  # at `power` and `mde_alpha`
+    mde_alpha: float  # the level mde and seeds_needed are at (alpha/m in a report of m tests)
     effect: float | None  # the difference worth detecting, as given
     seeds_needed: int | None  # seeds per configuration to detect `effect`
 
@@ -363,34 +377,51 @@ class Difference:
     def reading(self) -> str:
         return improvement_reading(*self.p_improve_ci, n=min(self.n_a, self.n_b))
 
+    @property
+    def equivalent(self) -> bool:
+        """Whether TOST shows |A - B| < effect: the 1 - 2 alpha interval lies inside +-effect."""
+        return bool(self.effect) and -abs(self.effect) < self.eq_ci[0] and self.eq_ci[1] < abs(self.effect)
+
+
+def _detectable(sd: tuple[float, ...], n_a: int, n_b: int, effect: float | None, alpha: float, power: float):
+    """(MDE, seeds needed for effect or None) of the paired (one SD) or Welch (two) test."""
+    if len(sd) == 1:
+        return mde_paired(sd[0], n_a, alpha, power), seeds_needed_paired(effect, sd[0], alpha, power) if effect else None
+    return mde_welch(*sd, n_a, n_b, alpha, power), seeds_needed_welch(effect, *sd, alpha, power) if effect else None
+
+
+def at_level(d: Difference, alpha: float, power: float = POWER) -> Difference:
+    """The same comparison with its MDE and seeds needed at level alpha (alpha/m for m tests)."""
+    mde, needed = _detectable(d.sd, d.n_a, d.n_b, d.effect, alpha, power)
+    return replace(d, mde=mde, mde_alpha=alpha, seeds_needed=needed)
+
 
 def difference(a, b, paired: bool, higher_is_better: bool = True, effect: float | None = None, alpha: float = ALPHA,
                power: float = POWER, confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED) -> Difference | None:
     """Everything the report says about A against B: paired (a[i] and b[i] share seed i) or not.
-    None when the spread cannot be estimated: fewer than 2 values (pairs) or zero spread."""
+    None when the spread cannot be estimated: fewer than 2 values (pairs) or zero spread. MDE and
+    seeds needed are at alpha here; a report of several tests moves them to its level (`at_level`)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if min(len(a), len(b)) < 2:
         return None
     t = paired_t(a, b, confidence) if paired else welch_t(a, b, confidence)
     if not t.valid:
         return None
-    if paired:
-        sd = t.se * math.sqrt(len(a))
-        mde = mde_paired(sd, len(a), alpha, power)
-        needed = seeds_needed_paired(effect, sd, alpha, power) if effect else None
-    else:
-        sd_a, sd_b = _sd(a, a), _sd(b, b)
-        mde = mde_welch(sd_a, sd_b, len(a), len(b), alpha, power)
-        needed = seeds_needed_welch(effect, sd_a, sd_b, alpha, power) if effect else None
+    sd = (t.se * math.sqrt(len(a)),) if paired else (_sd(a, a), _sd(b, b))
+    mde, needed = _detectable(sd, len(a), len(b), effect, alpha, power)
     return Difference(
         t=t,
         n_a=len(a),
         n_b=len(b),
+        sd=sd,
         boot_ci=diff_bootstrap_ci(a, b, paired, confidence, seed),
         p_wilcoxon=wilcoxon_p(a, b) if paired else None,
         p_improve=prob_improvement(a, b, paired, higher_is_better),
         p_improve_ci=prob_improvement_ci(a, b, paired, higher_is_better, confidence, seed),
+        alpha=alpha,
+        eq_ci=_t_interval(t.diff, t.se, t.df, 1 - 2 * alpha),
         mde=mde,
+        mde_alpha=alpha,
         effect=effect,
         seeds_needed=needed,
     )

@@ -49,7 +49,8 @@ def selection_table(selection: dict) -> list[str]:
 
 
 def answer(confirm_dir: Path, metric: str, baseline: str, tuned: tuple, effect, alpha: float, power: float) -> list[str]:
-    """The verdict as an answer: the best activation at its own rate, against the runner-up and the baseline."""
+    """The verdict as an answer, per cell of the other swept keys (one, in the usual study): the
+    best activation at its own rate, against the runner-up of that cell and against the baseline."""
     configs = group_runs(load_runs(confirm_dir), metric)
     rows = summarize(configs, metric)
     if not rows:
@@ -57,29 +58,33 @@ def answer(confirm_dir: Path, metric: str, baseline: str, tuned: tuple, effect, 
     keys = varying_keys(configs)
     factor, unit = shown(metric)
     name = metric.replace("_", " ")
-    best = rows[0]["config"]
-    at = ", ".join(f"{k}={best.get(k)}" for k in tuned if best.get(k) is not None)
     level = "%" if factor == 100 else ""  # a mean accuracy is a percentage; its differences are pp
-    out = [f"At its own tuned setting, **{best.activation}** ({at}) has the best mean {name}: "
-           f"{factor * rows[0]['mean']:.2f}{level} over {rows[0]['n']} seeds."]
-    if len(rows) > 1:
-        second = rows[1]["config"]
-        a, b = best.by_seed(metric), second.by_seed(metric)
-        common = [k for k in a if k in b]
-        d = stats.difference([a[k] for k in common], [b[k] for k in common], True, higher_is_better(metric), None, alpha, power)
-        if d is not None:
-            lo, hi = (factor * v for v in d.t.ci)
-            out.append(f"Against the runner-up {label(second, keys)}: {factor * d.t.diff:+.2f}{unit}, 95% CI [{lo:+.2f}, {hi:+.2f}]{unit} "
-                       f"(paired t over {d.n_a} seeds, p={d.t.p:.3g}), P(better) {d.p_improve:.2f} "
-                       f"[{d.p_improve_ci[0]:.2f}, {d.p_improve_ci[1]:.2f}]: {d.reading or 'no reading'}.")
     comparisons, note = compare(configs, metric, baseline, effect, alpha, power, tuned)
-    if note:
-        out.append(note)
-    for cmp in comparisons:
-        if cmp.config is best:
-            out.append(f"Against the baseline: {verdict(cmp, keys, metric, baseline, alpha, effect, power)}.")
-    if best.activation == baseline:
-        out.append(f"The baseline {baseline} is itself the best at its tuned rate.")
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:  # best first within each cell, as in the table
+        cells.setdefault(tuple((k, v) for k, v in row["config"].key if k != "activation" and k not in tuned), []).append(row)
+    out = [note] if note else []
+    for cell, cell_rows in cells.items():
+        where = f"With {', '.join(f'{k}={v}' for k, v in cell)}: a" if len(cells) > 1 else "A"
+        best = cell_rows[0]["config"]
+        at = ", ".join(f"{k}={best.get(k)}" for k in tuned if best.get(k) is not None)
+        out.append(f"{where}t its own tuned setting, **{best.activation}** ({at}) has the best mean {name}: "
+                   f"{factor * cell_rows[0]['mean']:.2f}{level} over {cell_rows[0]['n']} seeds.")
+        if len(cell_rows) > 1:
+            second = cell_rows[1]["config"]
+            a, b = best.by_seed(metric), second.by_seed(metric)
+            common = [k for k in a if k in b]
+            d = stats.difference([a[k] for k in common], [b[k] for k in common], True, higher_is_better(metric), None, alpha, power)
+            if d is not None:
+                lo, hi = (factor * v for v in d.t.ci)
+                out.append(f"Against the runner-up {second.activation}: {factor * d.t.diff:+.2f}{unit}, 95% CI [{lo:+.2f}, {hi:+.2f}]{unit} "
+                           f"(paired t over {d.n_a} seeds, p={d.t.p:.3g} unadjusted: a pair chosen by its results), "
+                           f"P(better) {d.p_improve:.2f} [{d.p_improve_ci[0]:.2f}, {d.p_improve_ci[1]:.2f}]: {d.reading or 'no reading'}.")
+        for cmp in comparisons:
+            if cmp.config is best:
+                out.append(f"Against the baseline: {verdict(cmp, keys, metric, baseline, alpha, effect, power)}.")
+        if best.activation == baseline:
+            out.append(f"The baseline {baseline} has the best mean itself; how the others compare with it is below.")
     return out
 
 
@@ -114,7 +119,10 @@ def write_study_report(sweep_dir: str | Path, baseline: str = "relu", metric: st
         path, note = figs.isolation(selection["arms"], sweep_dir / "isolation.png", s["select"].replace("_", " "), edges,
                                     study.SELECT[s["select"]])
         md += [f"![isolation plot]({path.name})", ""] if path else [f"Isolation plot: {note}", ""]
-        root_events.write_figures(sweep_dir, [(report_tag(s["select"], "isolation"), path)] if path else [])
+        try:  # and in TensorBoard, as the report's figures are
+            root_events.write_figures(sweep_dir, [(report_tag(s["select"], "isolation"), path)] if path else [])
+        except Exception as e:  # noqa: BLE001 - the report stands without it
+            md += [f"TensorBoard: the isolation plot was not written to {sweep_dir}, {type(e).__name__}: {e}", ""]
     if confirm_md:
         body = confirm_md.split("\n", 1)[1] if confirm_md.startswith("# ") else confirm_md
         body = body.replace("](", "](confirm/").replace("](confirm/http", "](http")

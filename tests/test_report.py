@@ -122,8 +122,28 @@ def test_welch_when_seeds_differ(tmp_path):
 def test_pairs_are_the_common_seeds(tmp_path):
     write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "gelu": [0.886, 0.889, 0.870]}, seeds={"gelu": [0, 1, 7]})
     cmp = comparison(tmp_path, "gelu")
-    assert (cmp.test, cmp.n) == ("paired t", "n=2")
+    assert (cmp.test, cmp.n) == ("paired t", "n=2 (of 3 and 3 seeds)")
     assert cmp.result.t.p == pytest.approx(stats.ttest_rel([0.886, 0.889], [0.880, 0.884]).pvalue)
+
+
+def test_a_few_shared_seeds_among_many_are_not_paired(tmp_path):
+    relu, gelu = 0.880 + 0.002 * np.sin(np.arange(10)), 0.884 + 0.002 * np.cos(np.arange(10))
+    write_sweep(tmp_path, {"relu": list(relu), "gelu": list(gelu)}, seeds={"gelu": list(range(8, 18))})
+    cmp = comparison(tmp_path, "gelu")  # seeds 8 and 9 shared: pairing them would drop 16 runs
+    assert (cmp.test, cmp.n) == ("Welch t", "n=10 vs 10")
+    assert cmp.result.t.p == pytest.approx(stats.ttest_ind(gelu, relu, equal_var=False).pvalue)
+
+
+def test_differences_equal_up_to_float32_rounding_are_no_evidence(tmp_path):
+    # metrics.json holds float32 accuracies: +10 test images on every seed differ in their last bits
+    correct = np.array([8686, 8712, 8655, 8701, 8690, 8679])
+    relu, gelu = (np.float32(c / 10_000).astype(float) for c in (correct, correct + 10))
+    assert np.std(gelu - relu, ddof=1) > 0  # the rounding the test must not take for spread
+    write_sweep(tmp_path, {"relu": list(relu), "gelu": list(gelu)})
+    cmp = comparison(tmp_path, "gelu")
+    assert cmp.result is None and "the same on every seed" in cmp.note
+    text = report.write_report(tmp_path, figures=False).read_text()
+    assert "No statistics can be drawn" not in text  # 6 seeds are enough; the spread is what is missing
 
 
 def test_wilcoxon_from_six_pairs(tmp_path):
@@ -157,25 +177,63 @@ def test_verdict_lines(tmp_path):
     assert "not distinguishable from relu at alpha=0.05; " in line["tanh"]
 
 
-def test_null_verdict_says_what_could_have_been_missed(tmp_path):
-    relu, tanh = [0.880, 0.884, 0.879, 0.883], [0.881, 0.882, 0.880, 0.885]
-    write_sweep(tmp_path, {"relu": relu, "tanh": tanh})
-    sd = np.std(np.subtract(tanh, relu), ddof=1)
-    # hand: the noncentrality at which a two-sided paired t on 4 pairs (df 3) has 80% power at alpha 0.05
+def null_line(sweep: Path, effect: float) -> str:
+    text = report.write_report(sweep, figures=False, effect=effect).read_text()
+    return next(x for x in text.splitlines() if x.startswith("- tanh vs relu"))
+
+
+def test_a_null_verdict_says_equivalent_underpowered_or_inconclusive(tmp_path):
+    relu, tanh = np.array([0.880, 0.884, 0.879, 0.883]), np.array([0.881, 0.882, 0.880, 0.885])
+    write_sweep(tmp_path, {"relu": list(relu), "tanh": list(tanh)})
+    d = tanh - relu
+    sd, se = np.std(d, ddof=1), np.std(d, ddof=1) / 2
+    tost = stats.ttest_rel(tanh, relu).confidence_interval(0.90)  # TOST at alpha 0.05
+    grid = np.arange(0, 20, 1e-3)  # the noncentrality at which a paired t on 4 pairs has 80% power
+    mde = grid[np.argmax(power(grid, 3) >= 0.8)] * se
+    assert -0.01 < tost.low and tost.high < 0.01  # inside +-1 pp
+    assert tost.high > 0.001 and mde > 0.001  # not inside +-0.1 pp, which the test cannot detect either
+
+    line = null_line(tmp_path, effect=1.0)  # 1 pp: the 90% interval lies inside +-1 pp
+    assert line.endswith(f"not distinguishable from relu at alpha=0.05; equivalent within ±1.00 pp "
+                         f"(TOST: the 90% CI [{100 * tost.low:+.2f}, {100 * tost.high:+.2f}] pp lies inside)")
+    line = null_line(tmp_path, effect=0.1)  # 0.1 pp: neither shown nor detectable with 4 seeds
+    n = next(n for n in range(2, 10_000) if power(0.001 * math.sqrt(n) / sd, n - 1) >= 0.8)
+    said = re.search(r"underpowered: about (\d+) seeds would detect a difference of 0\.10 pp \(the test detects ([0-9.]+) pp "
+                     r"at 80% power\)$", line)
+    assert said and int(said[1]) == n and float(said[2]) == pytest.approx(100 * mde, abs=0.006)
+
+
+def test_an_inconclusive_null_is_not_called_equivalent(tmp_path):
+    z = np.random.default_rng(3).normal(size=10)
+    relu = 0.88 + 0.002 * np.sin(np.arange(10))
+    d = 0.0008 + 0.0016 * (z - z.mean()) / z.std(ddof=1)  # t = 1.58 on 9 df: p = 0.15
+    tanh = relu + d
+    write_sweep(tmp_path, {"relu": list(relu), "tanh": list(tanh)})
+    res = stats.ttest_rel(tanh, relu)
+    tost = res.confidence_interval(0.90)
+    se = np.std(d, ddof=1) / math.sqrt(10)
     grid = np.arange(0, 20, 1e-3)
-    nc = grid[np.argmax(power(grid, 3) >= 0.8)]
-    mde = nc * sd / 2
-    assert 0.002 < mde < 0.01  # between the two effects below
-    wide = report.write_report(tmp_path, figures=False, effect=1.0).read_text()  # 1 pp is worth detecting
-    line = next(x for x in wide.splitlines() if x.startswith("- tanh vs relu"))
-    said = re.fullmatch(r".*: not distinguishable from relu at alpha=0\.05; no difference larger than ([0-9.]+) pp "
-                        r"is likely to have been missed", line)
-    assert said and float(said[1]) == pytest.approx(100 * mde, abs=0.006)
-    narrow = report.write_report(tmp_path, figures=False, effect=0.2).read_text()
-    line = next(x for x in narrow.splitlines() if x.startswith("- tanh vs relu"))
-    n = next(n for n in range(2, 10_000) if power(0.002 * math.sqrt(n) / sd, n - 1) >= 0.8)
-    assert f"not distinguishable from relu at alpha=0.05; underpowered: about {n} seeds would detect a difference of 0.20 pp" in line
-    assert f"detects {said[1]} pp at 80% power" in line
+    mde = grid[np.argmax(power(grid, 9) >= 0.8)] * se
+    effect = (mde + tost.high) / 2  # the test could detect it, yet the interval reaches past it
+    assert res.pvalue > 0.05 and mde < effect < tost.high
+    line = null_line(tmp_path, effect=100 * effect)
+    assert "not distinguishable from relu at alpha=0.05; inconclusive: the test detects" in line
+    assert f"but the 90% CI [{100 * tost.low:+.2f}, {100 * tost.high:+.2f}] pp reaches past ±" in line and "equivalent" not in line
+
+
+def test_the_detectable_effect_is_at_holms_level_for_several_tests(tmp_path):
+    write_sweep(tmp_path, {"relu": ACCS["relu"], "tanh": [0.881, 0.882, 0.880], "gelu": [0.882, 0.881, 0.883]})
+    one = comparison(tmp_path, "tanh")
+    sd = np.std(np.subtract([0.881, 0.882, 0.880], ACCS["relu"]), ddof=1)
+    assert one.result.mde_alpha == 0.025  # two tests: alpha / 2
+    assert power(one.result.mde / (sd / math.sqrt(3)), 2, 0.025) == pytest.approx(0.8, abs=1e-6)
+
+
+def test_runs_left_out_are_named_in_the_verdict(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "tanh": [0.881, 0.882, 0.880]})
+    write_run(tmp_path, {"activation": "tanh", "seed": 3}, float("nan"), status="diverged", error="loss is nan")
+    line = null_line(tmp_path, effect=0.2)
+    assert line.endswith("; not counted: 1 run of tanh (diverged)")
 
 
 def test_unpaired_verdict_counts_seeds_per_configuration(tmp_path):
@@ -227,10 +285,17 @@ def test_comparisons_csv_recomputed(tmp_path):
         assert (float(row["p_improve_low"]), float(row["p_improve_high"])) == pytest.approx(boot(x, y, wins, paired))
         # the MDE is where the test's power is 80%; seeds_needed the first n where 0.2 pp reaches it
         se, df = se_df(x, y, paired, len(x), len(y))
-        assert power(float(row["mde"]) / se, df) == pytest.approx(0.8, abs=1e-6)
+        # at alpha/3: Holm holds a lone real difference among 3 tests to that level
+        assert float(row["mde_alpha"]) == pytest.approx(0.05 / 3)
+        assert power(float(row["mde"]) / se, df, 0.05 / 3) == pytest.approx(0.8, abs=1e-6)
         needed = int(row["seeds_needed"])
-        assert power_at(needed, x, y, paired) >= 0.8 and (needed == 2 or power_at(needed - 1, x, y, paired) < 0.8)
+        assert power_at(needed, x, y, paired, alpha=0.05 / 3) >= 0.8
+        assert needed == 2 or power_at(needed - 1, x, y, paired, alpha=0.05 / 3) < 0.8
         assert (float(row["effect"]), float(row["alpha"]), float(row["power"])) == (0.002, 0.05, 0.8)
+        # TOST's interval: the 90% t interval
+        tost = res.confidence_interval(0.90)
+        assert (float(row["eq_low"]), float(row["eq_high"])) == pytest.approx((tost.low, tost.high))
+        assert row["equivalent"] == str(-0.002 < tost.low and tost.high < 0.002)
 
 
 def wins_paired(a, b) -> float:
@@ -249,9 +314,9 @@ def se_df(x, y, paired: bool, n_x: int, n_y: int) -> tuple[float, float]:
     return math.sqrt(va + vb), (va + vb) ** 2 / (va**2 / (n_x - 1) + vb**2 / (n_y - 1))
 
 
-def power_at(n: int, x, y, paired: bool, effect: float = 0.002) -> float:
+def power_at(n: int, x, y, paired: bool, effect: float = 0.002, alpha: float = 0.05) -> float:
     se, df = se_df(x, y, paired, n, n)
-    return power(effect / se, df)
+    return power(effect / se, df, alpha)
 
 
 def power(nc: float, df: float, alpha: float = 0.05) -> float:

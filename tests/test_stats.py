@@ -30,6 +30,8 @@ def test_holm_known_example():
     assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert stats.holm([]) == []
+    # a NaN is no test: it stays NaN and does not count among the m tests
+    assert stats.holm([0.04, math.nan, 0.01]) == pytest.approx([0.04, math.nan, 0.02], nan_ok=True)
 
 
 def test_geometric_mean_leaves_out_what_has_no_logarithm():
@@ -58,6 +60,23 @@ def test_paired_and_welch_against_scipy():
     assert welch.ci == pytest.approx((ci.low, ci.high))
 
 
+def test_equivalence_is_the_tost_interval_inside_the_margin():
+    d = stats.difference(A, B, paired=True, effect=0.01)
+    ci = st.ttest_rel(A, B).confidence_interval(0.90)
+    assert d.eq_ci == pytest.approx((ci.low, ci.high)) and d.equivalent  # the 90% interval lies inside +-0.01
+    assert not stats.difference(A, B, paired=True, effect=0.005).equivalent  # it reaches past +-0.005
+    assert not stats.difference(A, B, paired=True).equivalent  # no margin, no equivalence
+
+
+def test_at_level_moves_only_the_detectable_effect():
+    d = stats.difference(A, B, paired=True, effect=0.002)
+    strict = stats.at_level(d, 0.01)
+    sd = np.std(A - B, ddof=1)
+    assert strict.mde == pytest.approx(stats.mde_paired(sd, 6, 0.01)) and strict.mde > d.mde
+    assert strict.seeds_needed == stats.seeds_needed_paired(0.002, sd, 0.01) >= d.seeds_needed
+    assert (strict.t, strict.eq_ci, strict.mde_alpha) == (d.t, d.eq_ci, 0.01)
+
+
 def test_zero_spread_is_no_test():
     assert not stats.paired_t([0.9, 0.8, 0.7], [0.8, 0.7, 0.6]).valid  # every pair differs by exactly 0.1
     assert stats.difference([0.9, 0.8, 0.7], [0.8, 0.7, 0.6], paired=True) is None
@@ -68,6 +87,9 @@ def test_wilcoxon_from_six_pairs_only():
     assert stats.wilcoxon_p(A[:5], B[:5]) is None
     assert stats.wilcoxon_p(A, B) == pytest.approx(st.wilcoxon(A, B).pvalue)
     assert stats.wilcoxon_p(A, A) is None
+    tied = A.copy()
+    tied[0] = B[0]  # 6 pairs, one a tie: scipy drops it, and 5 could never reach p < 0.05
+    assert stats.wilcoxon_p(tied, B) is None
 
 
 # ---------------------------------------------------------------- P(A better than B)

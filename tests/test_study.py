@@ -8,7 +8,7 @@ import pytest
 
 from actbench import study
 from actbench.errors import ConfigError
-from conftest import metrics, run_cli
+from conftest import events, metrics, run_cli, write_run
 
 TESTS = str(Path(__file__).resolve().parent)
 SETTINGS = {"lrs": [1e-3, 1e-2], "tune_seeds": [100, 101], "seeds": [0, 1], "select": "val_loss", "max_extend": 2}
@@ -129,6 +129,7 @@ def test_a_study_selects_each_activations_best_rate_and_confirms_it_on_fresh_see
     assert "## The answer" in text and "## Selection" in text and "![isolation plot](isolation.png)" in text
     assert (sweep / "isolation.png").read_bytes().startswith(b"\x89PNG") and (sweep / "confirm" / "report.md").exists()
     assert "(confirm/test_acc.png)" in text  # the confirm stage's figures, linked from the root
+    assert events(sweep).Tags()["images"] == ["loss/_report_isolation"]  # and in TensorBoard, at the study's root
 
 
 @pytest.mark.slow
@@ -206,3 +207,19 @@ def test_further_nuisance_keys_are_searched_with_optuna(tiny_study, tmp_path):
     # a quasi-random sampler proposes the same points to every activation, so they share packs
     assert [p["overrides"] for p in arms[0]["points"]] == [p["overrides"] for p in arms[1]["points"]]
     assert len(list((sweep / "tune" / ".packs").iterdir())) == 2
+
+
+def test_the_answer_is_given_per_cell_of_the_other_swept_keys(tmp_path):
+    from actbench.study_report import answer
+
+    accs = {(1, "gelu"): [0.890, 0.892], (1, "relu"): [0.880, 0.883], (8, "gelu"): [0.870, 0.874], (8, "relu"): [0.878, 0.879]}
+    for (depth, act), values in accs.items():
+        for seed, acc in enumerate(values):
+            write_run(tmp_path, {"activation": act, "model.depth": depth, "optimizer.lr": 0.001 * depth, "seed": seed}, acc)
+    lines = answer(tmp_path, "test_acc", "relu", ("optimizer.lr",), 0.002, 0.05, 0.8)
+    depth1, depth8 = [i for i, line in enumerate(lines) if "at its own tuned setting" in line]
+    assert lines[depth1].startswith("With model.depth=1: at its own tuned setting, **gelu**")
+    assert lines[depth8].startswith("With model.depth=8: at its own tuned setting, **relu**")
+    # each cell's runner-up is the other activation of that cell, not the best of another cell
+    assert lines[depth1 + 1].startswith("Against the runner-up relu: +0.95 pp") and "unadjusted" in lines[depth1 + 1]
+    assert lines[depth8 + 1].startswith("Against the runner-up gelu: +0.65 pp")
