@@ -8,6 +8,7 @@ from actbench.errors import ConfigError
 from actbench.convnet import NORMS
 from actbench.model import INITS
 from actbench.ownership import MODES
+from actbench.report import METRICS as REPORT_METRICS
 
 
 def _int(v) -> bool:
@@ -49,6 +50,7 @@ RULES = {
     "ownership.lease_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
     "ownership.renew_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
     # the report's settings, checked before training rather than after the sweep
+    "report.metric": (lambda v: v in REPORT_METRICS, f"one of {', '.join(REPORT_METRICS)}"),
     "report.effect": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
     "report.alpha": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
     "report.power": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
@@ -67,6 +69,9 @@ def validate(cfg: DictConfig) -> None:
     if lease_s is not None and renew_s is not None and not lease_s > 2 * renew_s:
         # one late renewal (a slow server, a paused process) must not hand a live run to another
         raise ConfigError(f"ownership.lease_s={lease_s!r}: must be more than twice ownership.renew_s={renew_s!r}")
+    alpha, power = (OmegaConf.select(cfg, f"report.{k}") for k in ("alpha", "power"))
+    if alpha is not None and power is not None and not alpha < power:
+        raise ConfigError(f"report.power={power!r}: must be more than report.alpha={alpha!r}")
     seeds = cfg.get("seeds")
     if seeds is not None:
         seeds = OmegaConf.to_object(seeds) if OmegaConf.is_config(seeds) else seeds

@@ -136,8 +136,10 @@ def decode(files: dict[str, Path], verify_checksum: bool = True) -> dict[str, np
     return out
 
 
-def _cache_path(cache_dir: Path, files: dict[str, Path]) -> Path:
+def _cache_path(cache_dir: Path, files: dict[str, Path], verified: bool = True) -> Path:
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values())
+    # arrays decoded without the checksum are cached apart: a run that asks for it never gets them
+    key += "" if verified else "|unverified"
     return cache_dir / f"fashion-mnist-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -151,7 +153,7 @@ def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verif
         files = _download(Path(root).expanduser(), dirs)
     if files is None:
         raise DataError(MISSING_HINT.format(where=", ".join(str(d) for d in dirs) or "no folder (data.root unset)"))
-    cache = _cache_path(Path(cache_dir).expanduser(), files) if cache_dir else None
+    cache = _cache_path(Path(cache_dir).expanduser(), files, verify_checksum) if cache_dir else None
     if cache is not None and cache.exists():
         try:
             with np.load(cache) as z:

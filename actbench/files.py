@@ -25,7 +25,8 @@ class NotWritable(UserError):
 def temp_path(path: Path | str) -> Path:
     """The temporary name this process writes `path` under."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # TensorBoard reads every file whose name holds "tfevents", a half-written one too
+    return path.with_name(f".{path.name.replace('tfevents', 'tf-events')}.{os.getpid()}.tmp")
 
 
 Content = bytes | str | Callable[[BinaryIO], object]

@@ -31,7 +31,6 @@ from actbench.results import NoRunsError, load_runs
 from actbench.runs import hparam_name
 from actbench.tags import DECLARED_METRICS
 
-ROOT_SUFFIX = ".hparams"  # names the root's experiment file, so that a rewrite replaces only its own
 SUCCESS, FAILURE = "STATUS_SUCCESS", "STATUS_FAILURE"
 
 
@@ -162,7 +161,8 @@ def write_experiment(root: Path | str) -> Path | None:
     exp = experiment(*recorded_sessions(root))
     if exp is None:
         return None
-    return root_events.write(root, [_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=exp))], ROOT_SUFFIX)
+    return root_events.write(root, [_summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=exp))],
+                             root_events.EXPERIMENT_SUFFIX)
 
 
 def run_root(config) -> Path | None:

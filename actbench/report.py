@@ -34,6 +34,8 @@ from actbench.results import (
 )
 
 EFFECT = 0.2  # the difference worth detecting, in the units the report shows (pp for accuracies)
+# what report.metric may name: a final metric, or a run's seconds
+METRICS = (*(k for k in FINAL_KEYS if k not in ("epochs", "steps")), "epoch_s_median", "fit_s", "startup_s", "wall_s")
 COMPARISON_FIELDS = [
     "config", "baseline", "metric", "test", "n_pairs", "n_config", "n_baseline", "diff", "diff_low", "diff_high",
     "boot_low", "boot_high", "p", "p_holm", "p_wilcoxon", "p_improve", "p_improve_low", "p_improve_high", "reading",

@@ -8,13 +8,16 @@ version, where a sweep's root must show what its runs hold now.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import struct
 import time
 from pathlib import Path
 
-FIGURES_SUFFIX = ".figures"
+from actbench.files import atomic_write
+
+EXPERIMENT_SUFFIX, FIGURES_SUFFIX = ".hparams", ".figures"  # the HParams experiment's file, the figures'
 
 
 def write(root: Path, summaries: list, suffix: str) -> Path:
@@ -24,23 +27,19 @@ def write(root: Path, summaries: list, suffix: str) -> Path:
 
     now = time.time()
     events = [Event(wall_time=now, file_version="brain.Event:2")] + [Event(wall_time=now, step=0, summary=s) for s in summaries]
+    buffer = io.BytesIO()
+    writer = RecordWriter(buffer)
+    for event in events:
+        writer.write(event.SerializeToString())
     # nanoseconds, zero-padded: names sort as they were written, and TensorBoard reads a
     # directory's files in name order
-    name = f"events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}{suffix}"
-    tmp = root / f"{suffix}.{os.getpid()}.tmp"  # without "tfevents": TensorBoard never reads it half-written
-    try:
-        with open(tmp, "wb") as f:
-            writer = RecordWriter(f)
-            for event in events:
-                writer.write(event.SerializeToString())
-        os.replace(tmp, root / name)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = atomic_write(root / f"events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}{suffix}",
+                        buffer.getvalue())
     # older ones only: of two processes that rewrite it at once, the later file stays
     for old in root.glob(f"events.out.tfevents.*{suffix}"):
-        if old.name < name:
+        if old.name < path.name:
             old.unlink(missing_ok=True)
-    return root / name
+    return path
 
 
 def png_size(data: bytes) -> tuple[int, int]:

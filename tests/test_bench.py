@@ -48,3 +48,10 @@ def test_same_science_compares_each_member_with_its_twin(tmp_path, capsys):
     assert "4 runs" in (out := capsys.readouterr().out) and "3.0e-04" in out and "-> agree" in out
     bench.same_science(tmp_path / "packed", tmp_path / "off")
     assert "1.0e-02" in (out := capsys.readouterr().out) and "-> DIFFER" in out
+    # a twin that diverged (NaN) or is missing is no agreement
+    write_sweep(tmp_path / "nan", {**accs, "gelu": [0.869, float("nan")]})
+    bench.same_science(tmp_path / "packed", tmp_path / "nan")
+    assert "-> DIFFER" in capsys.readouterr().out
+    write_sweep(tmp_path / "short", {"relu": accs["relu"], "gelu": accs["gelu"][:1]})
+    bench.same_science(tmp_path / "packed", tmp_path / "short")
+    assert "without a twin: activation=gelu,seed=1 -> DIFFER" in capsys.readouterr().out

@@ -46,6 +46,9 @@ def test_a_switched_off_probe_is_not_checked():
         ("report.effect=0", "report.effect=0: must be null or a number > 0"),
         ("report.alpha=5", "report.alpha=5: must be a number in (0, 1)"),
         ("report.power=1", "report.power=1: must be a number in (0, 1)"),
+        ("report.power=0.04", "report.power=0.04: must be more than report.alpha=0.05"),
+        ("report.metric=test_accuracy", "report.metric='test_accuracy': must be one of train_loss, train_acc, val_loss, "
+                                        "val_acc, test_loss, test_acc, epoch_s_median, fit_s, startup_s, wall_s"),
     ],
 )
 def test_bad_values_name_the_key(override, message):

@@ -107,6 +107,16 @@ def test_full_size_file_with_wrong_content_is_refused(tmp_path):
         load(tmp_path)
 
 
+def test_arrays_cached_unverified_are_never_served_to_a_run_that_verifies(tmp_path):
+    write_idx_files(tmp_path / "d", synthetic_arrays(50, 20))
+    (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(10000, np.uint8))))
+    (tmp_path / "d" / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((10000, 28, 28), np.uint8))))
+    cache = tmp_path / "cache"
+    assert len(load(tmp_path / "d", cache_dir=cache, verify_checksum=False)["test_y"]) == 10000
+    with pytest.raises(DataError, match="not Fashion-MNIST"):
+        load(tmp_path / "d", cache_dir=cache)
+
+
 def test_cache_is_written_reused_and_rebuilt_when_damaged(tmp_path):
     arrays = synthetic_arrays(50, 20)
     write_idx_files(tmp_path / "d", arrays)

@@ -167,3 +167,10 @@ def test_the_directory_check_creates_the_directory_and_leaves_nothing(tmp_path):
     assert check_writable(sweep) == sweep
     assert sweep.is_dir()
     assert list(sweep.iterdir()) == []
+
+
+def test_a_half_written_events_file_is_not_one_tensorboard_reads(tmp_path):
+    from tensorboard.backend.event_processing.io_wrapper import IsSummaryEventsFile
+
+    target = tmp_path / "events.out.tfevents.00001.host.42.hparams"
+    assert IsSummaryEventsFile(str(target)) and not IsSummaryEventsFile(str(temp_path(target)))
