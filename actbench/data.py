@@ -177,9 +177,10 @@ def _download(root: Path, dirs: list[Path]) -> dict[str, Path]:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
     except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
+        reason = " ".join(str(e).split())  # torchvision puts the cause on the lines after the first
         raise DataError(
-            f"download failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}). "
-            + MISSING_HINT.format(where=", ".join(str(d) for d in dirs))
+            f"Fashion-MNIST could not be downloaded into {root} ({type(e).__name__}: {reason[:240]}). Get it with "
+            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put its four .gz files into data.root."
         ) from None
     files = find_files(dirs)
     if files is None:

@@ -285,22 +285,28 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
 
 @_drawing
 def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
-    """f(x) and f'(x) on [-4, 4] for the sweep's shipped activations, and how far GELU's two
-    approximations are from the exact GELU (invisible at the scale of the first two panels)."""
+    """f(x) and f'(x) on [-4, 4] for the sweep's activations, each built as its runs recorded it
+    (so a user's own activation is drawn as trained), and how far GELU's two approximations are
+    from the exact GELU (invisible at the scale of the first two panels)."""
     import torch
 
     from actbench import activations as acts
 
-    present = list(dict.fromkeys(str(s.activation) for s in series if s.activation is not None))
-    shipped = set(acts.names())
-    unknown = [a for a in present if a not in shipped]
+    built, unknown = {}, []
+    for s in series:
+        if s.activation is None or str(s.activation) in built:
+            continue
+        recorded = next((r.get("config", {}).get("activation") for r in s.runs if r.get("config", {}).get("activation")), None)
+        try:
+            built[str(s.activation)] = acts.build(recorded) if recorded else acts.from_name(str(s.activation))
+        except Exception as e:  # noqa: BLE001 - e.g. a user's module not importable here: the others are still drawn
+            unknown.append(f"{s.activation} ({type(e).__name__}: {e})")
     style = styles(series)
     color = {s.activation: style[s.label][0] for s in series}
     x = torch.linspace(-4, 4, 801)
     fig = _new_figure(figsize=(14, 4.4))
     axes = fig.subplots(1, 3)
-    for i, name in enumerate(a for a in present if a in shipped):
-        fn = acts.from_name(name)
+    for i, (name, fn) in enumerate(built.items()):
         with torch.no_grad():
             y = fn(x)
         # Near-identical curves (gelu / gelu_tanh, relu / leaky) would hide each other if all solid.
@@ -322,7 +328,7 @@ def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
     axes[2].set(title="GELU approximations vs exact GELU (log scale)", xlabel="x", ylim=(1e-7, 0.2))
     axes[2].legend(frameon=False, fontsize=8)
     fig.savefig(path, dpi=DPI)
-    note = f"not drawn (not shipped activations): {', '.join(unknown)}" if unknown else ""
+    note = f"not drawn, as they could not be built here: {'; '.join(unknown)}" if unknown else ""
     return path, note
 
 

@@ -10,9 +10,16 @@ PY=${PY:-.venv/bin/python}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$PY" -m pip wheel --quiet --no-deps . -w "$work/wheel"
+src=.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    # the tree as git sees it, without build/ and *.egg-info: setuptools would pack their stale copies
+    mkdir "$work/src"
+    git ls-files -z --cached --others --exclude-standard | tar -c --null -T - | tar -x -C "$work/src"
+    src="$work/src"
+fi
+"$PY" -m pip wheel --quiet --no-deps "$src" -w "$work/wheel"
 wheel=$(ls "$work"/wheel/actbench-*.whl)
-shipped=$(find actbench/conf -name '*.yaml' | wc -l)
+shipped=$(find "$src/actbench/conf" -name '*.yaml' | wc -l)
 packed=$("$PY" -c "import sys, zipfile; print(sum(n.startswith('actbench/conf/') and n.endswith('.yaml') for n in zipfile.ZipFile(sys.argv[1]).namelist()))" "$wheel")
 echo "wheel: $(basename "$wheel"): $packed of the $shipped config files"
 [ "$packed" = "$shipped" ] || { echo "the wheel lacks config files" >&2; exit 1; }
@@ -31,12 +38,12 @@ import torch
 def swish(x, beta=1.0):
     return x * torch.sigmoid(beta * x)
 PY
-printf '_target_: my_activations.swish\nbeta: 1.5\n' > myconf/activation/swish_beta.yaml
+printf '_target_: my_activations.swish\nbeta: 1.5\n' > myconf/activation/wheel_check_swish.yaml
 export PATH="$work/env/bin:$PATH" PYTHONPATH="$work"
 python -c "import actbench, sys; p = actbench.__file__; print('actbench from', p); sys.exit(0 if p.startswith('$env_site') else 1)"
 actbench-data
-actbench-train -m activation=relu,swish_beta "hydra.searchpath=[file://$work/myconf]" trainer.max_epochs=1 \
+actbench-train -m activation=relu,wheel_check_swish "hydra.searchpath=[file://$work/myconf]" trainer.max_epochs=1 \
     data.val_size=1000 probes.activations.histograms=false report=none
 actbench-report runs/default | tail -n 3
-ls runs/default/activation=swish_beta,*/metrics.json > /dev/null
+ls runs/default/activation=wheel_check_swish,*/metrics.json > /dev/null
 echo "installed wheel: a run and a report from $work, outside the checkout"

@@ -33,6 +33,7 @@ def test_a_switched_off_probe_is_not_checked():
         ("model.dropout=1", "model.dropout=1: must be a number in [0, 1)"),
         ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
         ("optimizer.lr=fast", "optimizer.lr='fast': must be a number > 0"),
+        ("optimizer.lr=1e999", "optimizer.lr=inf: must be a number > 0"),
         ("data.batch_size=0", "data.batch_size=0: must be an integer >= 1"),
         ("data.val_size=-1", "data.val_size=-1: must be an integer >= 1"),
         ("data.download=maybe", "data.download='maybe': must be true or false"),

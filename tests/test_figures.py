@@ -35,9 +35,26 @@ def test_figure_written_and_linked(figure_sweep, name):
     assert f"]({name})" in text
 
 
-def test_unshipped_activation_noted(figure_sweep):
-    _, text = figure_sweep
-    assert "not shipped" in text and "my_act" in text.split("## Figures")[1]
+def test_an_activation_that_cannot_be_built_is_noted(figure_sweep):
+    _, text = figure_sweep  # my_act: neither recorded by its runs nor shipped
+    assert "could not be built here" in text and "my_act (ValueError" in text.split("## Figures")[1]
+
+
+def test_a_users_activation_is_drawn_as_its_runs_recorded_it(tmp_path, monkeypatch):
+    import json
+
+    from actbench import activations
+
+    for act in ("relu", "my_hardswish"):
+        for seed in (0, 1):
+            run = write_run(tmp_path, {"activation": act, "seed": seed}, 0.88 + 0.001 * seed)
+            m = json.loads((run / "metrics.json").read_text())
+            m["config"] = {"activation": {"_target_": "torch.nn.ReLU" if act == "relu" else "torch.nn.Hardswish"}}
+            (run / "metrics.json").write_text(json.dumps(m))
+    built = []
+    monkeypatch.setattr(activations, "build", lambda cfg, build=activations.build: built.append(dict(cfg)) or build(cfg))
+    text = report.write_report(tmp_path).read_text()
+    assert {"_target_": "torch.nn.Hardswish"} in built and "could not be built" not in text
 
 
 def test_probe_figure_skipped_without_probes(tmp_path):
