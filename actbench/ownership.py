@@ -9,9 +9,36 @@ by whom.
 
 Where the filesystem refuses locks (ENOLCK, EOPNOTSUPP, ENOSYS, EINVAL), or with `mode="lease"`,
 `.owner.json` is a lease instead: it carries an expiry that a daemon thread of the owner pushes
-forward every `renew_s` seconds, and a lease past its expiry belongs to nobody. Taking one over is
-settled by writing a claim with a unique token, waiting a moment and reading it back: only the
-process whose token is there owns the run.
+forward every `renew_s` seconds, and a lease past its expiry belongs to nobody.
+
+Every taker, lock or lease, writes its `.owner.json` with a unique token (a lock taker once it
+holds the lock), waits `settle_s` and reads the file back: only the process whose token is there
+owns the run. Two takers who both saw the run free both write; the later rename wins and the other
+sees the winner's token, provided no taker takes longer than `settle_s` between its look and its
+write. A pack's members settle together, so a pack waits `settle_s` once.
+
+Mixed modes (one process on a sweep locking, another holding leases) must not give a run two
+owners, yet a lease taker may not see a lock: where its mount refuses locks it cannot test one, and
+a node-local lock (Lustre `localflock`, NFS `local_lock`) taken on another host looks free from
+here. So a lock owner's `.owner.json` carries an expiry too, renewed like a lease's, and:
+
+- a lock seen free proves a lock owner's record stale only to a process on the owner's host, which
+  sees every lock taken there, or to one that relies on locks (a lock taker, whose mode says its
+  locks reach every node; `owner()` asked by a reader). A lease taker on another host, and anyone
+  who cannot test the lock, counts an unexpired lock record as the owner unless its process is
+  gone from this host. We chose an expiry over never taking a lock record over unseen, which would
+  leave a run whose owner died on another host to nobody for good: here a lock owner killed on
+  another host holds lease takers off until its record lapses, as a lease does, and lock takers
+  not at all;
+- a lock taker backs off before an unexpired lease, a claim still settling included, and the
+  read-back settles a lock taker racing a lease taker as it settles two lease takers, whether or
+  not either can see the other's lock. A lease taker that sees the lock held after its delay
+  backs off as well (taking its claim back), for a lock taker that read back before the claim
+  landed (a `settle_s` shorter than the lease taker's, or an older actbench);
+- a lock owner puts its record back when it finds it gone, and gives the run up (`lost`) when it
+  finds another's settled claim there, written only over a record that had lapsed unrenewed, or
+  by a lock taker on a node-local lock: two such takers can both lock, which is why such mounts
+  take the lease mode.
 
 POSIX locks belong to the process and are dropped when the process closes ANY descriptor of the
 file, so this module keeps one open descriptor per lock for the lock's lifetime, and nothing else
@@ -68,8 +95,8 @@ class Owner:
     slurm_job_id: str | None = None
     mode: str = "lock"  # "lock" or "lease"
     token: str = ""
-    expires: float | None = None  # a lease's end, seconds since the epoch
-    settle_until: float | None = None  # a new lease claim may still lose to a concurrent one until then
+    expires: float | None = None  # when the record lapses unless renewed, seconds since the epoch
+    settle_until: float | None = None  # a new claim may still lose to a concurrent one until then
 
     def __str__(self) -> str:
         who = f"pid {self.pid}" if self.pid else "a process"
@@ -93,6 +120,9 @@ class Owner:
         return json.dumps(d, indent=1)
 
 
+_NOBODY = Owner(host=None, pid=None, since=None)  # an owner nothing is known of
+
+
 def busy_line(name: str, owner: Owner) -> str:
     """The line a process prints when it finds a run owned by another and leaves it alone."""
     return f"{name}: trained by {owner}; skipped"
@@ -110,7 +140,7 @@ class LockingUnavailable(UserError):
     """`mode="lock"` on a filesystem that refuses locks."""
 
 
-def _identity(mode: str, token: str, expires: float | None = None) -> Owner:
+def _identity(mode: str, token: str, expires: float, settle_until: float | None = None) -> Owner:
     return Owner(
         host=socket.gethostname(),
         pid=os.getpid(),
@@ -119,6 +149,7 @@ def _identity(mode: str, token: str, expires: float | None = None) -> Owner:
         mode=mode,
         token=token,
         expires=expires,
+        settle_until=settle_until,
     )
 
 
@@ -145,6 +176,32 @@ def _read_info(run_dir: Path) -> Owner | None:
 
 def _live_lease(info: Owner | None) -> bool:
     return info is not None and info.mode == "lease" and info.expires is not None and info.expires > time.time()
+
+
+def _gone(pid: int | None) -> bool:
+    """Whether no process of this host has that pid."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # EPERM: it exists, as another user's
+    return False
+
+
+def _live(info: Owner | None, held: bool | None, trust_locks: bool) -> bool:
+    """Whether the record `info` names a live owner, its lock tested here as `held` (None: cannot be
+    tested). See the module docstring for who may take a lock seen free as proof."""
+    if info is None or info.expires is None or info.expires <= time.time():
+        return False  # records without an expiry come from lock owners of older versions
+    if info.mode == "lease" or held:
+        return True
+    here = info.host == socket.gethostname()
+    if held is False and (here or trust_locks):
+        return False
+    return not (here and _gone(info.pid))
 
 
 # ---------------------------------------------------------------- the locks this process holds
@@ -218,31 +275,38 @@ def _holder(run_dir: Path, pid: int) -> Owner:
         time.sleep(0.05)
 
 
-def owner(run_dir: Path | str) -> Owner | None:
-    """Who owns the run now: a live lock holder, or an unexpired lease; None if nobody does (stale
-    `.owner.json` files from dead processes included)."""
+def owner(run_dir: Path | str, *, trust_locks: bool = True) -> Owner | None:
+    """Who owns the run now: a live lock holder, an unexpired lease, or an unexpired lock owner's
+    record where its lock cannot be seen; None if nobody does (stale `.owner.json` files from dead
+    processes included). `trust_locks=False` is how a lease taker asks: a lock seen free here then
+    clears only a record written on this host, since another host's lock may be node-local."""
     run_dir = Path(run_dir)
-    with _held_guard:
-        mine = _held_here(run_dir)
-        if mine is not None:
-            return mine.identity
-        held, pid = _lock_test(run_dir / LOCK_FILE)
-    if held:
-        return _holder(run_dir, pid)
-    info = _read_info(run_dir)
-    # a lease claimed a moment ago may yet lose to a claim written beside it: name the one that stays
     deadline = time.monotonic() + 10.0
-    while _live_lease(info) and (info.settle_until or 0) > time.time() and time.monotonic() < deadline:
-        time.sleep(min(info.settle_until - time.time(), 1.0) + 0.02)
+    while True:
+        with _held_guard:
+            mine = _held_here(run_dir)
+            if mine is not None:
+                return mine.identity
+            held, pid = _lock_test(run_dir / LOCK_FILE)
+        if held:
+            return _holder(run_dir, pid)
         info = _read_info(run_dir)
-    return info if _live_lease(info) else None
+        if not _live(info, held, trust_locks):
+            return None
+        # a claim written a moment ago may yet lose to one written beside it: name the one that stays
+        wait = (info.settle_until or 0.0) - time.time()
+        if wait <= 0 or time.monotonic() >= deadline:
+            return info
+        time.sleep(min(wait, 1.0) + 0.02)
 
 
 def live_status(run_dir: Path | str, status: str | None) -> str | None:
     """A metrics.json status as it stands now: 'running' while nobody owns the run is 'interrupted'
     (say `INTERRUPTED` beside it: its process is gone; the same command resumes it)."""
-    if status == "running" and owner(run_dir) is None:
-        return "interrupted"
+    from actbench.results import Status  # results imports this module: not at the top
+
+    if status == Status.RUNNING and owner(run_dir) is None:
+        return Status.INTERRUPTED
     return status
 
 
@@ -254,8 +318,10 @@ class RunLock:
 
     `mode`: "auto" (a lock, a lease where the filesystem refuses locks), "lock" or "lease".
     `acquire()` raises `Owned` (carrying the owner) when a live process has the run; with `wait_s`
-    it first waits that long for the owner to go. `on_lost` is called (from the renewing thread)
-    if a lease is found taken over, which only happens to an owner that failed to renew in time.
+    it first waits that long for the owner to go. Either mode's record is renewed every `renew_s`
+    and lapses `lease_s` after its last renewal; a claim is read back after `settle_s`. `on_lost` is
+    called (from the renewing thread) if the run is found taken over, which only happens to an
+    owner that failed to renew its record in time.
     """
 
     def __init__(
@@ -281,12 +347,14 @@ class RunLock:
         self.lost = False
         self._fd: int | None = None
         self._key: tuple[int, int] | None = None
+        self._settled_at: float | None = None  # (monotonic) while a claim written awaits its read-back
+        self._written = False  # whether .owner.json got our record (a lock owns the run without it)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
-        return self.mode is not None and not self.lost
+        return self.mode is not None and not self.lost and self._settled_at is None
 
     def __enter__(self) -> RunLock:
         if self.mode is None:  # `with claim(...)` enters a lock already taken
@@ -300,20 +368,22 @@ class RunLock:
         return f"RunLock({str(self.run_dir)!r}, mode={self.mode or self.requested_mode!r}, held={self.held})"
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 0.5) -> RunLock:
-        if self.mode is not None:
-            raise RuntimeError(f"{self.run_dir} is already claimed by this lock")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                self._acquire_once()
+                self._begin()
+                self._settle()
                 return self
             except Owned:
                 if time.monotonic() + poll_s > deadline:
                     raise
                 time.sleep(poll_s)
 
-    def _acquire_once(self) -> None:
+    def _begin(self) -> None:
+        """Take the lock or write the lease claim; `_settle` then decides whether it is ours."""
+        if self.mode is not None:
+            raise RuntimeError(f"{self.run_dir} is already claimed by this lock")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.requested_mode != "lease":
             try:
                 self._take_lock()
@@ -322,6 +392,46 @@ class RunLock:
                 if self.requested_mode == "lock":
                     raise
         self._take_lease()
+
+    def _record(self, since: str | None = None) -> Owner:
+        """Our `.owner.json`, its expiry `lease_s` from now."""
+        me = _identity(self.mode, self.identity.token, time.time() + self.lease_s, self.identity.settle_until)
+        return me if since is None else Owner(**{**asdict(me), "since": since})
+
+    def _write_claim(self) -> None:
+        self.identity = _identity(self.mode, uuid.uuid4().hex, time.time() + self.lease_s, time.time() + self.settle_s)
+        self._settled_at = time.monotonic() + self.settle_s
+        _renewing.add(self)  # from here on, an exit gives the claim back
+        atomic_write(self.run_dir / INFO_FILE, self.identity.to_json())
+        self._written = True
+
+    def _settle(self) -> None:
+        """After the settle delay: ours if `.owner.json` still has our token, else let go and raise
+        `Owned`."""
+        time.sleep(max(0.0, self._settled_at - time.monotonic()))
+        now = _read_info(self.run_dir)
+        if self._written and now is None and self.mode == "lock":
+            # removed, not replaced: a lease taker saw our lock and took back its claim, which had
+            # replaced our record; put it back for those who cannot see the lock
+            try:
+                atomic_write(self.run_dir / INFO_FILE, self.identity.to_json())
+            except OSError:
+                self._written = False  # the renewals try again
+        elif self._written and (now is None or now.token != self.identity.token):
+            self.release()
+            raise Owned(self.run_dir, owner(self.run_dir) or now or _NOBODY)
+        if self.mode == "lease":
+            # where locks are visible, a lock taker may have locked since our look: it goes first
+            with _held_guard:
+                held = _held_here(self.run_dir) is not None or _lock_test(self.run_dir / LOCK_FILE)[0]
+            if held:
+                self.release()  # removes our claim, which replaced the lock owner's record
+                raise Owned(self.run_dir, owner(self.run_dir) or _NOBODY)
+        self._settled_at = None
+        self.lost = False
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"owner {self.run_dir.name}", daemon=True)
+        self._renewer.start()
 
     # ------------------------------------------------------------ the lock
 
@@ -348,68 +458,68 @@ class RunLock:
                     _share(fd, st, self.run_dir)
                     self._fd, self._key = fd, (st.st_dev, st.st_ino)
                     self.mode = "lock"
-                    self.identity = _identity("lock", uuid.uuid4().hex)
+                    self.identity = _identity("lock", uuid.uuid4().hex, time.time() + self.lease_s)
                     _held[self._key] = self
                     break
             holder = owner(self.run_dir)
             if holder is not None:
                 raise Owned(self.run_dir, holder)
         else:
-            raise Owned(self.run_dir, owner(self.run_dir) or Owner(host=None, pid=None, since=None))
+            raise Owned(self.run_dir, owner(self.run_dir) or _NOBODY)
         info = _read_info(self.run_dir)
-        if _live_lease(info):  # a process in lease mode has it (mixed modes on one sweep)
+        if _live_lease(info):  # a process in lease mode has it, or is settling its claim
             self.release()
             raise Owned(self.run_dir, info)
         try:
-            atomic_write(self.run_dir / INFO_FILE, self.identity.to_json())
+            self._write_claim()
         except OSError:
-            pass  # the lock is what owns the run; without the file, others see only its pid
+            pass  # the lock owns the run; without the file, others see only its pid, and it is not read back
 
     # ------------------------------------------------------------ the lease
 
-    def _lease_identity(self, token: str, since: str | None = None) -> Owner:
-        me = _identity("lease", token, expires=time.time() + self.lease_s)
-        return me if since is None else Owner(**{**asdict(me), "since": since, "settle_until": self.identity.settle_until})
-
     def _take_lease(self) -> None:
-        holder = owner(self.run_dir)
+        holder = owner(self.run_dir, trust_locks=False)
         if holder is not None:
             raise Owned(self.run_dir, holder)
-        me = Owner(**{**asdict(self._lease_identity(uuid.uuid4().hex)), "settle_until": time.time() + self.settle_s})
-        atomic_write(self.run_dir / INFO_FILE, me.to_json())
-        # two takers who both saw the lease free both write; the later rename wins, and each must
-        # see the winner's token after a delay longer than the gap between a read and a write
-        time.sleep(self.settle_s)
-        now = _read_info(self.run_dir)
-        if now is None or now.token != me.token:
-            raise Owned(self.run_dir, owner(self.run_dir) or now or Owner(host=None, pid=None, since=None))
-        self.mode, self.identity, self.lost = "lease", me, False
-        self._stop.clear()
-        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease {self.run_dir.name}", daemon=True)
-        self._renewer.start()
-        _leases.add(self)
+        self.mode = "lease"
+        try:
+            self._write_claim()
+        except BaseException:
+            self.release()
+            raise
+
+    # ------------------------------------------------------------ renewing
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_s):
             try:
                 self._renew()
             except OSError:
-                continue  # a full disk or a hiccup of the server: try again next time, the lease has slack
+                continue  # a full disk or a hiccup of the server: try again next time, the record has slack
             if self.lost:
                 return
 
     def _renew(self) -> None:
         now = _read_info(self.run_dir)
-        if now is not None and now.token == self.identity.token:
-            me = self._lease_identity(self.identity.token, since=self.identity.since)
+        mine = now is not None and now.token == self.identity.token
+        if self.mode == "lock" and not mine:
+            if now is None or not self._written:
+                # gone (a lease taker that saw our lock removed its claim, which had replaced ours)
+                # or never written: put it back for those who cannot see the lock
+                mine = True
+            elif (now.settle_until or 0.0) > time.time():
+                return  # a claim still settling: it backs off if it sees our lock; look again next time
+        if mine:
+            me = self._record(since=self.identity.since)
             atomic_write(self.run_dir / INFO_FILE, me.to_json())
-            self.identity = me
+            self.identity, self._written = me, True
             return
         if now is None and self.identity.expires > time.time():
             return  # unreadable for a moment (being replaced, or the server is slow): ours still
         self.lost = True
         taker = f"by {now}" if now is not None else "(its file is gone)"
-        print(f"{self.run_dir.name}: lost its lease, taken over {taker}", file=sys.stderr, flush=True)
+        what = "lease" if self.mode == "lease" else "lock's record"
+        print(f"{self.run_dir.name}: lost its {what}, taken over {taker}", file=sys.stderr, flush=True)
         if self.on_lost is not None:
             self.on_lost(self)
 
@@ -423,7 +533,7 @@ class RunLock:
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join()
         self._renewer = None
-        _leases.discard(self)
+        _renewing.discard(self)
         info = _read_info(self.run_dir)
         if info is not None and self.identity is not None and info.token == self.identity.token:
             try:
@@ -436,20 +546,22 @@ class RunLock:
                 _held.pop(self._key, None)
                 os.close(self._fd)  # drops the lock
             self._fd = self._key = None
-        self.mode = None
+        self.mode = self._settled_at = None
+        self._written = False
 
 
-# leases this process holds: given back at a normal exit (an uncaught error, sys.exit), where a
-# lock is dropped by the kernel anyway, so that the next owner need not wait for the expiry
-_leases: set[RunLock] = set()
+# the claims this process holds: given back at a normal exit (an uncaught error, sys.exit), so that
+# the next owner need not wait for a record's expiry (a lock owner's too, for those who cannot see
+# the lock the kernel drops)
+_renewing: set[RunLock] = set()
 
 
 @atexit.register
-def _release_leases() -> None:
-    for lock in list(_leases):
+def _release_all() -> None:
+    for lock in list(_renewing):
         try:
             lock.release()
-        except Exception:  # noqa: BLE001 - at exit, a lease not given back just expires
+        except Exception:  # noqa: BLE001 - at exit, a record not given back just expires
             pass
 
 
@@ -475,17 +587,37 @@ class Claims:
 
 
 @contextmanager
-def claim_all(run_dirs: Iterable[Path | str], mode: str = "auto", **kwargs) -> Iterator[Claims]:
+def claim_all(run_dirs: Iterable[Path | str], mode: str = "auto", *, wait_s: float = 0.0, poll_s: float = 0.5,
+              **kwargs) -> Iterator[Claims]:
     """Claim every run directory of a pack, each on its own; train the claimed ones and leave the
-    others to their owners. Everything claimed is released on leaving the block."""
+    others to their owners. Everything claimed is released on leaving the block. The claims settle
+    together (one settle delay for the pack); with `wait_s`, a member found owned is then waited
+    for as `claim` waits."""
     claims = Claims()
     try:
         for d in map(Path, run_dirs):
+            lock = RunLock(d, mode, **kwargs)
+            claims.locks[d] = lock  # released with the others if anything fails
             try:
-                claims.locks[d] = claim(d, mode, **kwargs)
+                lock._begin()
+            except Owned as e:
+                del claims.locks[d]
+                claims.owned[d] = e.owner
+        for d, lock in list(claims.locks.items()):
+            try:
+                lock._settle()
                 claims.claimed.append(d)
             except Owned as e:
+                del claims.locks[d]
                 claims.owned[d] = e.owner
+        if wait_s > 0:
+            for d in list(claims.owned):
+                try:
+                    claims.locks[d] = claim(d, mode, wait_s=wait_s, poll_s=poll_s, **kwargs)
+                    claims.claimed.append(d)
+                    del claims.owned[d]
+                except Owned as e:
+                    claims.owned[d] = e.owner
         yield claims
     finally:
         claims.release()

@@ -19,14 +19,28 @@ from pathlib import Path
 import numpy as np
 
 from actbench.errors import UserError
-from actbench.ownership import INTERRUPTED, live_status, owner
+from actbench.ownership import INTERRUPTED, owner
 from actbench.stats import gmean_positive, nanmedian
 from actbench.tags import DEAD, GRAD_RATIO, PREFIX, grad_norm_tag, layer_tag
 
-SCHEMA = 1
+SCHEMA = 1  # metrics.json's layout; a file of a newer one reads as corrupt, older ones stay readable
 METRICS_FILE = "metrics.json"
 FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "steps")
 PROBE_ALIASES: dict[str, tuple[str, ...]] = {}  # a probe tag -> the names older metrics.json files have for it
+
+
+class Status:
+    """A run's status: what metrics.json says (actbench.record writes the first five), or what
+    reading it back makes of it."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    DIVERGED = "diverged"
+    INTERRUPTED = "interrupted"  # told to stop, or said running while nobody owns the run any more
+    MISSING = "missing"  # no metrics.json
+    CORRUPT = "corrupt"  # one that cannot be read, or of a newer schema
+    UNKNOWN = "unknown"  # one that says no status
 
 
 class NoRunsError(UserError):
@@ -57,7 +71,7 @@ class Run:
     """One run directory as read back."""
 
     name: str
-    status: str  # metrics.json's status, or "missing" / "corrupt" when it cannot be read
+    status: str  # a `Status`: metrics.json's, or missing / corrupt when it cannot be read
     error: str | None = None
     overrides: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
@@ -102,31 +116,44 @@ def _parse_name(name: str) -> dict:
     return {k: _parse_value(v) for k, _, v in (p.partition("=") for p in name.split(",") if "=" in p)}
 
 
+def _schema_error(m: dict) -> str | None:
+    """Why this actbench cannot read metrics.json `m`'s layout, or None. Files without a schema
+    predate it and are read."""
+    schema = m.get("schema", 0)
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        return f"{METRICS_FILE} schema {schema!r} is not a schema version"
+    if schema > SCHEMA:
+        return f"{METRICS_FILE} schema {schema} is newer than this actbench reads ({SCHEMA})"
+    return None
+
+
 def load_run(d: Path) -> Run:
-    """The run in directory d; a missing or unreadable metrics.json gives status missing/corrupt, and
-    one that says running while no process owns the run any more reads as interrupted."""
+    """The run in directory d; a missing or unreadable metrics.json, or one of a newer schema, gives
+    status missing/corrupt, and one that says running while no process owns the run any more reads
+    as interrupted."""
     path = d / METRICS_FILE
     if not path.is_file():
-        return Run(d.name, "missing", f"no {METRICS_FILE}", _parse_name(d.name))
+        return Run(d.name, Status.MISSING, f"no {METRICS_FILE}", _parse_name(d.name))
     try:
         m = json.loads(path.read_text())
         if not isinstance(m, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
-        return Run(d.name, "corrupt", f"unreadable {METRICS_FILE}: {e}", _parse_name(d.name))
+        return Run(d.name, Status.CORRUPT, f"unreadable {METRICS_FILE}: {e}", _parse_name(d.name))
+    if (why := _schema_error(m)) is not None:
+        # its fields may mean something else now: no table or figure should use them
+        return Run(d.name, Status.CORRUPT, why, _parse_name(d.name))
     overrides = m.get("overrides")
     if not isinstance(overrides, dict):
         overrides = _parse_name(d.name)
     error = m.get("error")
     error = None if error is None else str(error)
-    status = str(m.get("status") or "unknown")
-    # "running" is what the file said when it was written; whether it still is, the owner says
-    live = live_status(d, status)
-    if live != status:
-        status, error = live, INTERRUPTED
-    elif status == "running":
+    status = str(m.get("status") or Status.UNKNOWN)
+    if status == Status.RUNNING:
+        # what the file said when it was written; whether it still is, the owner says (asked once:
+        # each answer may take seconds, and two could disagree)
         who = owner(d)
-        error = f"trained by {who}" if who is not None else error
+        status, error = (Status.INTERRUPTED, INTERRUPTED) if who is None else (status, f"trained by {who}")
     return Run(d.name, status, error, overrides, m)
 
 
@@ -151,7 +178,7 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
 
 def exclusion_reason(run: Run, metric: str) -> str | None:
     """Why a run stays out of the table, or None if it belongs in it."""
-    if run.status != "finished":
+    if run.status != Status.FINISHED:
         return run.error or f"status {run.status}"
     if not math.isfinite(run.value(metric)):
         return f"finished but final {metric} is missing or not finite"

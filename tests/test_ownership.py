@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -305,3 +306,128 @@ def test_bad_settings_are_refused():
         ownership.RunLock("x", mode="nfs")
     with pytest.raises(UserError):
         ownership.RunLock("x", mode="lease", lease_s=30, renew_s=30)
+
+
+# ---------------------------------------------------------------- mixed lock and lease modes
+
+
+def lock_invisible_here(monkeypatch, view):
+    """Make this process see another's lock the way a lease taker on another node may: not at all
+    ("untestable": a mount that refuses locks), or seemingly free ("node-local": Lustre localflock
+    or NFS local_lock on another host, whose lock this host does not see)."""
+    if view == "untestable":
+        monkeypatch.setattr(ownership, "_lock_test", lambda path: (None, 0))
+    else:
+        monkeypatch.setattr(ownership, "_lock_test", lambda path: (False, 0))
+        monkeypatch.setattr(ownership.socket, "gethostname", lambda: "node-b")
+
+
+@pytest.mark.parametrize("view", ["untestable", "node-local"])
+def test_a_lease_taker_that_cannot_see_the_lock_leaves_a_live_lock_owner_alone(tmp_path, contenders, monkeypatch, view):
+    run_dir = tmp_path / "run"
+    holder = contenders(run_dir, "lock", **FAST_LEASE)
+    assert holder.claim() == {"claimed": True, "mode": "lock"}
+    lock_invisible_here(monkeypatch, view)
+
+    def as_a_lease_taker_sees_it():
+        return owner(run_dir, trust_locks=False)
+
+    assert as_a_lease_taker_sees_it().pid == holder.pid
+    if view == "untestable":  # nobody who cannot test the lock calls the run free
+        assert owner(run_dir).pid == holder.pid
+    with pytest.raises(Owned) as caught:
+        claim(run_dir, "lease", **FAST_LEASE)
+    assert caught.value.owner.pid == holder.pid
+    time.sleep(FAST_LEASE["lease_s"] + 0.5)  # past the expiry of its first record: the owner renews it
+    with pytest.raises(Owned):
+        claim(run_dir, "lease", **FAST_LEASE)
+    assert json.loads((run_dir / INFO_FILE).read_text())["pid"] == holder.pid
+
+    holder.kill()  # its record stays behind, unexpired
+    if view == "untestable":  # a process of this host that is gone owns nothing
+        assert as_a_lease_taker_sees_it() is None
+    else:  # from another host the kill cannot be told from a lock this host cannot see: wait for the expiry
+        left = as_a_lease_taker_sees_it()
+        assert left is not None and left.pid == holder.pid
+        assert until(lambda: as_a_lease_taker_sees_it() is None, timeout=FAST_LEASE["lease_s"] + 1)
+        assert time.time() >= left.expires
+    with claim(run_dir, "lease", **FAST_LEASE) as lock:
+        assert lock.mode == "lease"
+
+
+@pytest.mark.parametrize("lock_settle_s", [0.0, 0.5])
+def test_a_lock_taker_between_a_lease_takers_look_and_its_write_leaves_one_owner(tmp_path, contenders, monkeypatch,
+                                                                                  lock_settle_s):
+    # the lease taker looks (nobody), the lock taker locks and writes its record, then the lease
+    # taker writes its claim over that record: whichever settles it, only one of them may own the run
+    run_dir = tmp_path / "run"
+    locker = contenders(run_dir, "lock", **{**FAST_LEASE, "settle_s": lock_settle_s})
+    real_owner, looks = ownership.owner, []
+
+    def look_then_let_the_locker_in(*args, **kwargs):
+        who = real_owner(*args, **kwargs)
+        if not looks:
+            locker.send()
+            assert until(lambda: (ownership._read_info(run_dir) or Owner(None, None, None)).pid == locker.pid)
+        looks.append(who)
+        return who
+
+    monkeypatch.setattr(ownership, "owner", look_then_let_the_locker_in)
+    try:
+        lock = claim(run_dir, "lease", **{**FAST_LEASE, "settle_s": lock_settle_s + 0.5})
+    except Owned as e:
+        lock, lost_to = None, e.owner
+    answer = locker.read()
+    monkeypatch.undo()
+    assert looks[0] is None
+    if lock_settle_s:  # the lock taker read back the lease taker's claim and let go of its lock
+        assert (answer["claimed"], answer["pid"]) == (False, os.getpid())
+        assert lock is not None and lock.mode == "lease" and owner(run_dir).token == lock.identity.token
+        lock.release()
+    else:  # the lock taker owned the run at once; the lease taker saw its lock after the delay
+        assert answer == {"claimed": True, "mode": "lock"}
+        assert lock is None and lost_to.pid == locker.pid
+        # and the lock owner puts back the record the lease claim had replaced
+        assert until(lambda: json.loads((run_dir / INFO_FILE).read_text())["pid"] == locker.pid
+                     if (run_dir / INFO_FILE).exists() else False)
+
+
+def test_owner_never_sleeps_a_negative_time_when_its_check_was_long_ago(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    base = time.time()
+    clock = [base]
+
+    def slow_clock():  # a process descheduled between any two looks at the clock
+        clock[0] += 0.1
+        return clock[0]
+
+    monkeypatch.setattr(ownership, "time", SimpleNamespace(time=slow_clock, sleep=time.sleep, monotonic=time.monotonic))
+    for k in range(1, 8):  # the claim's settle deadline falls between the k-th and the next look
+        theirs = Owner(host="node7", pid=4242, since="2026-12-01T10:00:00Z", mode="lease", token="theirs",
+                       expires=base + 100, settle_until=base + 0.1 * k + 0.05)
+        atomic_write(run_dir / INFO_FILE, theirs.to_json())
+        clock[0] = base
+        assert owner(run_dir) == theirs
+        clock[0] = base
+        with claim_all([run_dir], "lease", **FAST_LEASE) as claims:
+            assert claims.owned == {run_dir: theirs} and not claims.claimed
+
+
+def test_a_pack_settles_its_claims_together(tmp_path):
+    dirs = [tmp_path / f"seed={k}" for k in range(4)]
+    t0 = time.monotonic()
+    with claim_all(dirs, "lease", **{**FAST_LEASE, "settle_s": 0.75}) as claims:
+        assert claims.claimed == dirs
+        assert time.monotonic() - t0 < 2.0  # one settle delay for the pack, not one per member (3 s)
+        assert all(owner(d).pid == os.getpid() for d in dirs)
+    assert all(owner(d) is None for d in dirs)
+
+
+def test_a_lock_owner_that_exits_without_letting_go_leaves_no_record(tmp_path):
+    # other hosts honour an unexpired lock record (they may not see the lock): an exit gives it back
+    run_dir = tmp_path / "run"
+    code = "import sys; from actbench.ownership import claim; lock = claim(sys.argv[1], 'lock', settle_s=0); print(lock.mode)"
+    out = subprocess.run([sys.executable, "-c", code, str(run_dir)], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "lock"
+    assert (run_dir / LOCK_FILE).exists() and not (run_dir / INFO_FILE).exists()

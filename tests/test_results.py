@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from actbench import record, results, tags
+from actbench import ownership, record, results, tags
+from actbench.ownership import Owner
 from conftest import make_metrics, write_run, write_sweep
 
 
@@ -27,9 +28,54 @@ def test_read_metrics_is_tolerant(tmp_path):
     assert results.read_metrics(tmp_path) == {"schema": 1, "status": "finished"}
 
 
-def test_the_writer_uses_the_readers_schema():
-    assert record.read_metrics is results.read_metrics
-    assert (record.METRICS_FILE, record.SCHEMA) == (results.METRICS_FILE, results.SCHEMA)
+def test_what_the_writer_writes_the_reader_reads(tmp_path):
+    run = record.Run("activation=relu,seed=0", tmp_path / "activation=relu,seed=0", 0, {"activation": "relu", "seed": 0},
+                     {"activation": "relu", "seed": 0}, {})
+    run.start(0, "cpu", 0.0)
+    run.end(results.Status.FINISHED)
+    back = results.load_run(run.dir)
+    assert (back.status, back.error, back.seed, back.activation) == ("finished", None, 0, "relu")
+    assert back.metrics["schema"] == results.SCHEMA
+
+
+def test_a_newer_schema_reads_as_corrupt_and_older_ones_are_read(tmp_path):
+    d = write_run(tmp_path, {"activation": "relu", "seed": 0}, 0.885)
+    m = json.loads((d / "metrics.json").read_text())
+    newer = results.SCHEMA + 1
+    for schema, status, error in [
+        (newer, "corrupt", f"metrics.json schema {newer} is newer than this actbench reads ({results.SCHEMA})"),
+        ("2", "corrupt", "metrics.json schema '2' is not a schema version"),
+        (results.SCHEMA, "finished", None),
+        (None, "finished", None),  # written before metrics.json had a schema
+    ]:
+        (d / "metrics.json").write_text(json.dumps({k: v for k, v in {**m, "schema": schema}.items() if v is not None}))
+        run = results.load_run(d)
+        assert (run.status, run.error) == (status, error), schema
+        assert run.overrides == {"activation": "relu", "seed": 0}
+        assert results.exclusion_reason(run, "test_acc") == error
+        assert (run.metrics == {}) == (status == "corrupt")  # no table reads a layout it does not know
+
+
+def test_a_running_runs_owner_is_asked_once(tmp_path, monkeypatch):
+    # each answer may take seconds (a claim settling), and two answers may disagree
+    d = write_run(tmp_path, {"activation": "relu", "seed": 0}, 0.5, status="running")
+    answers = [Owner(host="node7", pid=4242, since="2026-12-01T10:00:00Z"), None]
+    asked = []
+
+    def owner(run_dir, **kwargs):
+        asked.append(run_dir)
+        return answers[len(asked) - 1]
+
+    monkeypatch.setattr(ownership, "owner", owner)
+    monkeypatch.setattr(results, "owner", owner)
+    run = results.load_run(d)
+    assert asked == [d]
+    assert (run.status, run.error) == ("running", f"trained by {answers[0]}")
+    answers.reverse()
+    asked.clear()
+    run = results.load_run(d)
+    assert asked == [d]
+    assert (run.status, run.error) == ("interrupted", ownership.INTERRUPTED)
 
 
 def test_run_values_and_identity(tmp_path):
