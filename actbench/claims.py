@@ -56,27 +56,35 @@ def ddp_follower(cfg) -> bool:
     SLURM's tasks (SLURM_PROCID), the last only for a trainer set to more than one process."""
     env = os.environ
     ranks = [env.get("RANK"), env.get("LOCAL_RANK"), env.get("NODE_RANK")]
+    if distributed(cfg):
+        ranks.append(env.get("SLURM_PROCID"))
+    return any(r.isdigit() and int(r) > 0 for r in ranks if r)
+
+
+def distributed(cfg) -> bool:
+    """Whether the trainer is set to more than one process: a DDP-like strategy, several nodes or devices."""
     t = cfg.trainer
     devices = t.get("devices", 1)
-    distributed = (
+    return (
         any(k in str(t.get("strategy", "")) for k in ("ddp", "fsdp", "deepspeed"))
         or int(t.get("num_nodes", 1) or 1) > 1
         or (isinstance(devices, int) and devices > 1)
         or (not isinstance(devices, (int, str)) and len(devices) > 1)
     )
-    if distributed:
-        ranks.append(env.get("SLURM_PROCID"))
-    return any(r.isdigit() and int(r) > 0 for r in ranks if r)
 
 
 def follow(runs, cfg) -> tuple[dict, bool]:
     """What a DDP follower trains, and whether it is already one pack. Started by rank 0's launcher,
     it has rank 0's decision in its environment. Started beside it (a SLURM job's tasks), it waits
     until rank 0, a process of this job no older than this one, owns each run (or the run is
-    finished) and then reads the runs' files as rank 0 did: with the runs owned they do not change."""
+    finished) and then reads the runs' files as rank 0 did: with the runs owned they do not change.
+    A follower writes none of them, from the start: one that fails before training (restoring the
+    checkpoint, memory) would record rank 0's runs as failed."""
     from actbench.record import process_started
     from actbench.results import read_metrics
 
+    for r in runs:
+        r.writes = False
     plan = os.environ.get(LEADER_ENV)
     if plan:
         p = json.loads(plan)

@@ -25,6 +25,7 @@ from actbench import hparams_tab
 from actbench.files import atomic_write
 from actbench.logs import say, warn
 from actbench.results import METRICS_FILE, SCHEMA, read_metrics
+from actbench.stats import nanmedian
 from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
 
@@ -41,11 +42,6 @@ def clean(x):
     if isinstance(x, (list, tuple)):
         return [clean(v) for v in x]
     return x
-
-
-def curve_name(tag: str) -> str:
-    """metrics.json's name for a TensorBoard tag: loss/train -> train_loss, time/epoch_s -> epoch_s."""
-    return json_name(tag)
 
 
 def finite(values: dict) -> dict:
@@ -81,6 +77,13 @@ def process_started() -> float:
         return time.time()
 
 
+def up_to(table: dict, epoch: int) -> dict:
+    """A section's rows of epochs up to `epoch`, by its epoch column: probes switched on at a
+    resume start after epoch 0, so a row's place is not its epoch."""
+    keep = [i for i, e in enumerate(table.get("epoch", [])) if e is not None and e <= epoch]
+    return {k: [v[i] for i in keep] for k, v in table.items()}
+
+
 @dataclass
 class Run:
     """One run's directory and the metrics.json it accumulates (a packed job has one per member)."""
@@ -96,6 +99,7 @@ class Run:
     writes: bool = True  # False on every DDP process but the first
     cfg: Any = None  # its composed config (DictConfig), which training reads
     task_overrides: list = field(default_factory=list)  # as an unpacked job of it would have them
+    choices: dict = field(default_factory=dict)  # its config-group choices, as Hydra's runtime.choices
 
     def start(self, resume_epoch: int, device: str, started: float) -> None:
         """Begin (or resume at `resume_epoch`) the metrics; curves past the checkpoint are dropped."""
@@ -103,8 +107,7 @@ class Run:
         curves = (old or {}).get("curves", {})
         probes = (old or {}).get("probes", {})
         if old:
-            curves = {k: v[:resume_epoch] for k, v in curves.items()}
-            probes = {k: v[: resume_epoch + 1] for k, v in probes.items()}
+            curves, probes = up_to(curves, resume_epoch), up_to(probes, resume_epoch)
         self.metrics = {
             "schema": SCHEMA,
             "status": "running",
@@ -245,7 +248,7 @@ class Recorder(Callback):
             values = {name: column[k] for name, column in columns.items()}
             if not self.diverged[k]:
                 logger.log_metrics({**finite(values), EPOCH: epoch}, step=step)
-            curves = {curve_name(n): v for n, v in values.items() if n.startswith(CURVE_GROUPS)}
+            curves = {json_name(n): v for n, v in values.items() if n.startswith(CURVE_GROUPS)}
             probes = {n: v for n, v in values.items() if not n.startswith(CURVE_GROUPS)}
             if curves:
                 run.append("curves", {"epoch": epoch, **curves})
@@ -297,7 +300,7 @@ class Recorder(Callback):
         for k, (run, logger) in enumerate(zip(self.runs, trainer.loggers)):
             if self.diverged[k]:
                 continue
-            final = {curve_name(name): float(v[k]) for name, v in host.items()}
+            final = {json_name(name): float(v[k]) for name, v in host.items()}
             logger.log_metrics(finite({name: float(v[k]) for name, v in host.items()}), step=trainer.global_step)
             if self.speaks:
                 hparams_tab.write_session_end(logger.experiment.file_writer, hparams_tab.SUCCESS)
@@ -309,9 +312,8 @@ class Recorder(Callback):
                 steps=trainer.global_step,
             )
             run.metrics["final"] = final
-            epoch_s = sorted(curves.get("epoch_s", []))
             # a pack's epoch is its members' together: `members` says how many shared it
-            timing_k = dict(timing, epoch_s_median=epoch_s[len(epoch_s) // 2] if epoch_s else None, members=len(self.runs))
+            timing_k = dict(timing, epoch_s_median=nanmedian(curves.get("epoch_s", [])), members=len(self.runs))
             run.end("finished", **timing_k)
             if self.speaks:
                 say(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}")

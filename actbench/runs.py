@@ -174,7 +174,8 @@ def plan_runs(cfg: DictConfig):
         name = run_name(identity)
         config = OmegaConf.to_container(member_cfg, resolve=True)
         run = Run(name, base / name if packed else job_dir, int(member_cfg.seed), parse_overrides(identity),
-                  hparams(member_cfg, choices, int(member_cfg.seed), identity), config, cfg=member_cfg, task_overrides=overrides)
+                  hparams(member_cfg, choices, int(member_cfg.seed), identity), config, cfg=member_cfg, task_overrides=overrides,
+                  choices=choices)
         run.config_hash = config_hash(config, exclude)
         runs.append(run)
     return runs
@@ -196,14 +197,33 @@ def config_hash(config: dict, exclude) -> str:
 
 
 def write_member_hydra_dirs(runs, job_dir: Path) -> None:
-    """Give each packed member's run directory the .hydra/ an unpacked run of it would have."""
+    """Give each packed member's run directory the .hydra/ an unpacked run of it would have: its
+    config and overrides, and the pack job's hydra.yaml with the fields that differ between runs
+    made the member's: task overrides, override_dirname, output directory and config-group
+    choices (the job's number and id stay the pack's)."""
     import yaml
 
     src = job_dir / ".hydra" / "hydra.yaml"
+    job = OmegaConf.load(src) if src.exists() else None
     for run in runs:
         dst = run.dir / ".hydra"
         dst.mkdir(parents=True, exist_ok=True)
         (dst / "config.yaml").write_text(OmegaConf.to_yaml(run.cfg))
         (dst / "overrides.yaml").write_text(yaml.safe_dump(list(run.task_overrides)))
-        if src.exists():
-            (dst / "hydra.yaml").write_text(src.read_text())
+        if job is not None:
+            (dst / "hydra.yaml").write_text(OmegaConf.to_yaml(member_hydra(job, run)))
+
+
+def member_hydra(job: DictConfig, run) -> DictConfig:
+    """The pack job's hydra.yaml as an unpacked job of `run` would have it."""
+    hydra = copy.deepcopy(job)
+    h = hydra.hydra
+    with open_dict(h):
+        h.overrides.task = list(run.task_overrides)
+        dirname = h.job.config.override_dirname
+        # as Hydra names a job: its overrides but the excluded keys (exactly those), sorted as written
+        kept = sorted(o for o in run.task_overrides if override_key(o) not in dirname.exclude_keys)
+        h.job.override_dirname = dirname.item_sep.join(kept).replace("=", dirname.kv_sep)
+        h.runtime.output_dir = str(run.dir)
+        h.runtime.choices = dict(run.choices)
+    return hydra

@@ -6,9 +6,9 @@
 
 A run is idempotent: one whose metrics.json says finished (or diverged) is skipped, an
 unfinished one resumes from its checkpoint, and a directory holding a run of another
-configuration is refused. A packed job (`members=...` from the packing sweeper, or
-`seeds=[...]`) trains its runs as one batched model, each in its own run directory, exactly as
-if run apart.
+configuration is refused (a failed one that left no checkpoint starts afresh). A packed job
+(`members=...` from the packing sweeper, or `seeds=[...]`) trains its runs as one batched model,
+each in its own run directory, exactly as if run apart.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from actbench.claims import LEADER_ENV, claimed, ddp_follower, follow, still_owned
+from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, follow, still_owned
 from actbench.errors import UserError
 from actbench.logs import error, say, warn
 from actbench.ownership import INTERRUPTED
@@ -152,7 +152,11 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
     todo: dict[tuple | None, list] = {}
     for r in runs:
         done = read_metrics(r.dir) if cfg.skip_finished else None
-        if done and done.get("config_hash", r.config_hash) != r.config_hash and done.get("status") != "failed":
+        ckpt = r.dir / "checkpoints" / cfg.checkpoint_name
+        # a failed run of another configuration is retried afresh only when it left no checkpoint: one
+        # it left holds that configuration's epochs, not this one's to resume from, and resumable
+        # under its own (say, after a full disk): refused like a finished one, nothing is thrown away
+        if done and done.get("config_hash", r.config_hash) != r.config_hash and (done.get("status") != "failed" or ckpt.exists()):
             raise UserError(
                 f"{r.dir} holds a run of a different configuration (another preset, or conf/ changed); "
                 "give this sweep another name= or delete that directory"
@@ -168,7 +172,7 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
             host = done.get("host") or {}
             who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
             say(f"{r.name}: was running{who}, but {INTERRUPTED}")
-        point = resume_point(r.dir / "checkpoints" / cfg.checkpoint_name) if cfg.skip_finished else None
+        point = resume_point(ckpt) if cfg.skip_finished else None
         todo.setdefault(point, []).append(r)
     return todo
 
@@ -184,7 +188,10 @@ def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = 
         if split:
             limit = None
             if len(group) > 1:
-                limit = min([n for n in (pack_limit(group[0].cfg, training_device(cfg)), cfg.max_pack) if n], default=None)
+                # every DDP rank must train the same packs, and ranks started side by side (SLURM's tasks)
+                # each see their own device's free memory: under DDP only max_pack splits a group
+                fits = None if distributed(cfg) else pack_limit(group[0].cfg, training_device(cfg))
+                limit = min([n for n in (fits, cfg.max_pack) if n], default=None)
             packs, why = split_packs(group, limit)
             if why and speak:
                 say(why)
@@ -235,10 +242,11 @@ def run(cfg: DictConfig):
         # claimed before anything of theirs is read: whether a run is finished, or where it resumes,
         # is only settled for its owner
         with claimed(runs, cfg) as claims:
-            mine = [r for r in runs if r.dir in claims.locks]
-            if mine and (len(runs) > 1 or cfg.seeds is not None):
-                write_member_hydra_dirs(mine, Path(HydraConfig.get().runtime.output_dir))
-            failed = train_packs(pending(mine, cfg), cfg, claims)
+            todo = pending([r for r in runs if r.dir in claims.locks], cfg)
+            if len(runs) > 1 or cfg.seeds is not None:
+                # only the runs it trains: a finished run keeps its files, a refused one the .hydra/ of what it holds
+                write_member_hydra_dirs([r for group in todo.values() for r in group], Path(HydraConfig.get().runtime.output_dir))
+            failed = train_packs(todo, cfg, claims)
     if failed and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(1)  # in a sweep, the report lists the failed runs and the next rerun retries them
     finals = [read_metrics(r.dir) or {} for r in runs]

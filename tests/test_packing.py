@@ -110,3 +110,16 @@ def test_a_convnet_packs_each_activation_apart():
     runs = [run(a, s, "model=cnn") for a in ("relu", "gelu") for s in (0, 1)]
     packs, _ = split_packs(runs, limit=None)
     assert [[r.name for r in p] for p in packs] == [["relu,0", "relu,1"], ["gelu,0", "gelu,1"]]
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ("optimizer.lr=1e-3,abc", "actbench: error: optimizer.lr='abc': must be a number > 0"),  # the second pack
+    ("seed=0,-3", "actbench: error: seed=-3: must be an integer >= 0"),  # a pack's second member
+    ("activation=relu,nope", "actbench: error: activation='nope': no such activation; valid: elu,"),
+])
+def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job_trains(tiny_run, tmp_path, sweep, message):
+    from conftest import run_cli
+
+    r = run_cli("-m", *tiny_run, *sweep.split())
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message)
+    assert not list((tmp_path / "runs").rglob("metrics.json"))  # nothing trained, the valid pack included

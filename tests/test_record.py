@@ -3,7 +3,8 @@
 import json
 import math
 
-from actbench.record import Run, clean, curve_name, read_metrics
+from actbench.record import Run, clean, read_metrics
+from actbench.tags import json_name
 
 
 def new_run(tmp_path) -> Run:
@@ -46,10 +47,42 @@ def test_resume_keeps_the_curves_up_to_the_checkpoint(tmp_path):
     assert again.metrics["timing"]["resumed_at_epoch"] == 2
 
 
+def test_resume_keeps_the_probe_rows_up_to_the_checkpoint_by_their_epoch(tmp_path):
+    run = new_run(tmp_path)
+    for e in (1, 2, 3):
+        run.append("curves", {"epoch": e, "train_loss": 1.0 / e})
+    for e in (2, 3):  # probes switched on at a resume after epoch 1: their first row is epoch 2's
+        run.append("probes", {"epoch": e, "probes/dead/layer1": 0.1 * e})
+    run.write()
+    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    again.start(2, "cpu", 0.0)
+    assert again.metrics["probes"] == {"epoch": [2], "probes/dead/layer1": [0.2]}
+    assert again.metrics["curves"]["epoch"] == [1, 2]
+
+
+def test_the_median_epoch_time_is_the_one_results_compute(tmp_path):
+    from types import SimpleNamespace
+
+    from actbench.record import Recorder
+    from actbench.stats import nanmedian
+
+    run = new_run(tmp_path)
+    times = [1.0, 2.0, 4.0, 9.0]
+    for e, t in enumerate(times, 1):
+        run.append("curves", {"epoch": e, "epoch_s": t})
+    logger = SimpleNamespace(log_metrics=lambda *a, **k: None, experiment=SimpleNamespace(flush=lambda: None))
+    recorder = Recorder([run], tmp_path / "last.ckpt")
+    recorder.speaks = False  # no TensorBoard writer behind this logger
+    recorder.on_test_end(SimpleNamespace(loggers=[logger], global_step=4), SimpleNamespace(epoch_log={}))
+    m = read_metrics(run.dir)
+    assert m["status"] == "finished" and m["timing"]["epoch_s_median"] == nanmedian(times) == 3.0
+
+
 def test_helpers(tmp_path):
     assert clean({"a": [1.0, math.nan], "b": (math.inf,)}) == {"a": [1.0, None], "b": [None]}
-    assert curve_name("loss/train") == "train_loss" and curve_name("time/epoch_s") == "epoch_s"
-    assert curve_name("acc/test") == "test_acc"
+    # the names metrics.json's curves and final metrics get from the recorder's tags
+    assert json_name("loss/train") == "train_loss" and json_name("time/epoch_s") == "epoch_s"
+    assert json_name("acc/test") == "test_acc"
     (tmp_path / "metrics.json").write_text("{ half")
     assert read_metrics(tmp_path) is None and read_metrics(tmp_path / "nowhere") is None
 

@@ -159,10 +159,33 @@ def test_rerun_refuses_a_directory_of_another_configuration(tiny_run, tmp_path):
 def test_rerun_skips_a_finished_run_without_touching_it(tiny_run, tmp_path):
     assert run_cli(*tiny_run, "seed=0").returncode == 0
     run_dir = tmp_path / "runs" / "tiny" / "seed=0"
+    # a lone run's directory is its Hydra job's: Hydra writes .hydra/ and train.log there at every start
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
+    hydra = {p: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
     r = run_cli(*tiny_run, "seed=0")
     assert r.returncode == 0 and "already finished" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert {p: p.read_bytes() for p in hydra} == hydra
+
+
+def test_a_packed_rerun_touches_no_finished_or_refused_member_hydra_included(tiny_run, tmp_path):
+    assert run_cli(*tiny_run, "seeds=[0,1]").returncode == 0
+    sweep = tmp_path / "runs" / "tiny"
+    members = [sweep / "seed=0", sweep / "seed=1"]
+
+    def files():
+        return {p: p.stat().st_mtime_ns for d in members for p in d.rglob("*") if p.is_file()}
+
+    before = files()
+    assert {d / ".hydra" / "config.yaml" for d in members} <= set(before)
+    again = run_cli(*tiny_run, "seeds=[0,1]")
+    assert again.returncode == 0 and again.stdout.count("already finished") == 2
+    assert files() == before
+    conf = Path(tiny_run[1]) / "experiment" / "tiny.yaml"
+    conf.write_text(conf.read_text().replace("system_dirs: []", "system_dirs: [], normalize: standardize"))
+    other = run_cli(*tiny_run, "seeds=[0,1]")
+    assert other.returncode == 2 and "different configuration" in other.stderr
+    assert files() == before  # the refused members keep the .hydra/ of the configuration they hold
 
 
 @pytest.mark.parametrize(
@@ -238,6 +261,32 @@ def test_crashed_run_is_recorded_failed_and_retried(tiny_run, tmp_path):
     assert m["status"] == "failed" and "planted failure" in m["error"]
     retry = run_cli(*tiny_run)
     assert retry.returncode == 0 and metrics(tmp_path / "runs" / "tiny" / "default")["status"] == "finished"
+
+
+def test_a_failed_run_of_another_configuration_is_refused_if_it_has_a_checkpoint_else_retried(tiny_run, tmp_path):
+    boom = ["trainer.max_epochs=2", "+callbacks.boom._target_=callbacks.RaiseAt"]
+    with_ckpt = run_cli(*tiny_run, "seed=0", *boom, "+callbacks.boom.step=20", env={"PYTHONPATH": TESTS})  # in epoch 2
+    without = run_cli(*tiny_run, "seed=1", *boom, "+callbacks.boom.step=4", env={"PYTHONPATH": TESTS})  # in epoch 1
+    assert with_ckpt.returncode == without.returncode == 1
+    sweep = tmp_path / "runs" / "tiny"
+    kept, retried = sweep / "seed=0,trainer.max_epochs=2", sweep / "seed=1,trainer.max_epochs=2"
+    assert (kept / "checkpoints" / "last.ckpt").exists() and not (retried / "checkpoints").exists()
+    old = metrics(kept)
+    conf = Path(tiny_run[1]) / "experiment" / "tiny.yaml"  # the same run names, another computation
+    conf.write_text(conf.read_text().replace("system_dirs: []", "system_dirs: [], normalize: standardize"))
+
+    refused = run_cli(*tiny_run, "seed=0", "trainer.max_epochs=2")
+    assert refused.returncode == 2, refused.stdout[-2000:]
+    assert refused.stderr.strip().splitlines() == [
+        f"actbench: error: {kept} holds a run of a different configuration (another preset, or conf/ changed); "
+        "give this sweep another name= or delete that directory"
+    ]
+    assert metrics(kept) == old and (kept / "checkpoints" / "last.ckpt").exists()
+    retry = run_cli(*tiny_run, "seed=1", "trainer.max_epochs=2")
+    assert retry.returncode == 0, retry.stderr[-2000:]
+    m = metrics(retried)
+    assert m["status"] == "finished" and m["timing"]["resumed_at_epoch"] is None and m["curves"]["epoch"] == [1, 2]
+    assert m["config"]["data"]["normalize"] == "standardize" and m["config_hash"] != old["config_hash"]
 
 
 def test_interrupted_run_is_recorded_interrupted_and_resumed(tiny_run, tmp_path):
@@ -394,6 +443,9 @@ def test_a_multirun_packs_activations_and_seeds_into_one_job(tiny_run, tmp_path)
         assert len(writers) == 1  # one process wrote this member's TensorBoard run
         own, twin = (set(yaml.safe_load((d / name / ".hydra" / "overrides.yaml").read_text())) for d in (p, a))
         assert own - {"name=p"} == twin - {"name=a", "pack=False"}  # the .hydra/ an unpacked job of it has
+        hp, ha = (yaml.safe_load((d / name / ".hydra" / "hydra.yaml").read_text())["hydra"] for d in (p, a))
+        assert set(hp["overrides"]["task"]) == own and hp["runtime"]["output_dir"] == str(p / name)
+        assert hp["job"]["override_dirname"] == ha["job"]["override_dirname"] and hp["runtime"]["choices"] == ha["runtime"]["choices"]
     # a pack=false rerun finds the packed runs finished
     again = run_cli("-m", *tiny_run, "name=p", *sweep, "pack=false")
     assert again.returncode == 0 and again.stdout.count("already finished") == 4
@@ -619,6 +671,36 @@ def test_ddp_ranks_past_the_first_follow_rank_0(monkeypatch, tmp_path):
     runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(3)]
     monkeypatch.setenv(train.LEADER_ENV, json.dumps({"runs": [str(runs[2].dir), str(runs[0].dir)], "resume": [16, 1]}))
     assert train.follow(runs, ddp) == ({(16, 1): [runs[0], runs[2]]}, True)
+
+
+def test_a_ddp_follower_writes_no_metrics_even_when_it_fails_before_training(monkeypatch, tmp_path):
+    from actbench import train
+    from actbench.record import Recorder, Run
+
+    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
+    monkeypatch.setenv(train.LEADER_ENV, json.dumps({"runs": [str(r.dir) for r in runs], "resume": [16, 1]}))
+    (pack,) = train.follow(runs, compose_cfg("trainer=ddp", "trainer.accelerator=cpu"))[0].values()
+    # a failure in setup (restoring the checkpoint, memory) comes before the recorder's on_fit_start
+    Recorder(pack, tmp_path / "last.ckpt", resume_epoch=1).fail(RuntimeError("CUDA out of memory"))
+    assert not list(tmp_path.rglob("metrics.json"))  # rank 0's files are rank 0's to write
+
+
+def test_ddp_ranks_plan_the_same_packs_whatever_memory_each_has_free(monkeypatch, tmp_path):
+    from actbench import train
+    from actbench.record import Run
+
+    def packs(cfg, fit: int) -> list:
+        planned = []
+        monkeypatch.setattr(train, "pack_limit", lambda cfg, device: fit)
+        monkeypatch.setattr(train, "fit_pack", lambda pack, point, claims=None: planned.append([r.seed for r in pack]))
+        runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}, cfg=cfg) for s in range(3)]
+        assert train.train_packs({None: runs}, cfg, speak=False) == []
+        return planned
+
+    common = ["max_pack=2", "data.root=data"]  # a plain data.root: no Hydra run to resolve the default's
+    ddp = compose_cfg("trainer=ddp", "trainer.accelerator=cpu", *common)
+    assert packs(ddp, 1) == packs(ddp, 8) == [[0, 1], [2]]
+    assert packs(compose_cfg(*common), 1) == [[0], [1], [2]]  # one process: its free memory bounds a pack
 
 
 def test_a_pack_whose_lease_was_taken_over_stops_before_writing(tmp_path):

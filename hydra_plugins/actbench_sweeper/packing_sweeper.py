@@ -48,5 +48,41 @@ class PackingSweeper(BasicSweeper):
 
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         packs = pack_jobs(jobs, pack=bool(self.config.get("pack", True)), max_pack=self.config.get("max_pack"))
+        self.check_all(packs)
         size = max_batch_size or len(packs) or 1
         return [packs[i : i + size] for i in range(0, len(packs), size)]
+
+    def check_all(self, packs: List[List[str]]) -> None:
+        """Compose every pack and check its values before any job starts: a bad value in the last
+        pack must not wait for the first ones to train. A pack is composed with its first member
+        (its other keys are the pack's); the other members' seeds and activations, the keys they
+        differ in, are checked without composing each (a composition costs ~0.1 s)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from actbench.checks import RULES, validate
+        from actbench.errors import ConfigError
+        from actbench.packing import MEMBERS_KEY, override_key, parse_value
+
+        if getattr(self, "hydra_context", None) is None:
+            return  # not set up by Hydra (a sweeper built by hand): nothing to compose with
+        loader = self.hydra_context.config_loader
+        activations = set(loader.get_group_options("activation"))
+        parser = OverridesParser.create()
+        try:
+            for job in packs:
+                members = next((parse_value(o) for o in job if override_key(o) == MEMBERS_KEY), [[]])
+                shared = [o for o in job if override_key(o) != MEMBERS_KEY]
+                validate(loader.load_sweep_config(master_config=self.config, sweep_overrides=shared + list(members[0])))
+                for member in members[1:]:
+                    for o in parser.parse_overrides(list(member)):
+                        key, value = o.key_or_group, o.value()
+                        if key == "activation" and value not in activations:
+                            raise ConfigError(f"activation={value!r}: no such activation; valid: {', '.join(sorted(activations))}")
+                        if key == "seed" and not RULES["seed"][0](value):
+                            raise ConfigError(f"seed={value!r}: must be {RULES['seed'][1]}")
+        except ConfigError as e:
+            print(f"actbench: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    def validate_batch_is_legal(self, batch) -> None:
+        pass  # every pack was composed and checked before the first was launched (check_all)
