@@ -280,8 +280,10 @@ class Recorder(Callback):
         def mean(key):
             return float(host[key].nanmean()) if key in host else float("nan")
 
+        # a pack's line gives its members' means: each member's own numbers are in its metrics.json
+        of = f"  mean of {len(self.runs)}:" if len(self.runs) > 1 else ""
         say(
-            f"{self.label}  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            f"{self.label}  epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{of}"
             f"  train loss {mean(metric_tag(LOSS, TRAIN)):.4f} acc {100 * mean(metric_tag(ACC, TRAIN)):.2f}%"
             f"  val loss {mean(metric_tag(LOSS, VAL)):.4f} acc {100 * mean(metric_tag(ACC, VAL)):.2f}%"
             f"  {mean(EPOCH_S):.2f}s ({mean(SAMPLES_PER_S) * len(self.runs) / 1000:.1f}k samples/s)"
@@ -324,6 +326,8 @@ class Recorder(Callback):
         SLURM job): no error of the run's own, and the same command resumes it."""
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         msg = f"{type(error).__name__}: {error}".strip().rstrip(":")
+        if interrupted and self.speaks:  # Lightning turns Ctrl-C into a quiet exit: say what became of the runs
+            warn(f"{self.label}: interrupted ({msg}); the same command resumes it from its last checkpoint")
         for run in self.runs:
             try:
                 if not run.metrics:

@@ -102,7 +102,7 @@ def summarize(configs: list[Config], metric: str = "test_acc") -> list[dict]:
         rows.append(
             {
                 "config": c,
-                "n": len(c.runs),
+                "n": len(c.values(metric)),  # seeds: a seed run twice counts once
                 "mean": mean,
                 "std": std,
                 "ci_low": lo,

@@ -205,7 +205,9 @@ class Config:
         return self.get("activation", everyone[0].activation if everyone else None)
 
     def values(self, metric: str) -> np.ndarray:
-        return np.array([r.value(metric) for r in self.runs], dtype=float)
+        """The metric, one value per seed (`by_seed`): a seed run twice counts once."""
+        unseeded = [r.value(metric) for r in self.runs if r.seed is None]
+        return np.array([*self.by_seed(metric).values(), *unseeded], dtype=float)
 
     def by_seed(self, metric: str) -> dict:
         """Metric per seed; a seed run twice contributes its mean so pairing stays one-to-one."""
@@ -222,7 +224,8 @@ def group_runs(runs: list[Run], metric: str = "test_acc") -> list[Config]:
     keys = list(dict.fromkeys(k for r in source for k in r.overrides if k != "seed"))
     groups: dict[str, Config] = {}
     for r in runs:
-        values = tuple(r.overrides.get(k) for k in keys)
+        # a run started without `activation=` (the plain default run beside a sweep of it) is still its activation's
+        values = tuple(r.activation if k == "activation" and k not in r.overrides else r.overrides.get(k) for k in keys)
         ident = json.dumps(values, sort_keys=True, default=str)
         config = groups.setdefault(ident, Config(tuple(zip(keys, values))))
         (config.excluded if exclusion_reason(r, metric) else config.runs).append(r)

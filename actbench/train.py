@@ -277,6 +277,17 @@ class WritableOutput(HydraCallback):
             raise SystemExit(2) from None
 
 
+class SweepWithoutMultirun(HydraCallback):
+    """A preset that sweeps (`hydra.sweeper.params`) started without `-m` trains one run of its
+    defaults, as Hydra does: say so, in one line, rather than let it pass for the sweep."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        params = config.hydra.sweeper.get("params") or {}
+        if params:
+            warn(f"actbench: this config sweeps {', '.join(params)}, but without -m it trains one run; "
+                 "add -m to run the sweep")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")  # actbench/conf, inside the package
 def main(cfg: DictConfig):
     try:

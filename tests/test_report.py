@@ -563,3 +563,13 @@ def test_a_run_owned_by_a_live_process_is_running_and_a_stale_one_interrupted(tm
     assert "2 (+2 excluded)" in text.split("## Results", 1)[1].split("##", 1)[0]  # neither is averaged in
     # once the owner has let go, its run reads as interrupted too
     assert results.load_run(live).status == "interrupted"
+
+
+def test_the_plain_default_run_beside_a_sweep_is_its_activation_and_a_seed_counts_once(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "gelu": [0.886, 0.889, 0.883]})
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "metrics.json").write_text(json.dumps(make_metrics({}, 0.882)))  # relu, seed 0 by default
+    rows = report.summarize(results.group_runs(results.load_runs(tmp_path)))
+    relu = next(r for r in rows if r["config"].activation == "relu")
+    assert [r["config"].activation for r in rows] == ["gelu", "relu"]  # no configuration of None
+    assert relu["n"] == 3 and relu["mean"] == pytest.approx(np.mean([(0.880 + 0.882) / 2, 0.884, 0.879]))

@@ -292,7 +292,7 @@ def test_a_failed_run_of_another_configuration_is_refused_if_it_has_a_checkpoint
 def test_interrupted_run_is_recorded_interrupted_and_resumed(tiny_run, tmp_path):
     args = [*tiny_run, "trainer.max_epochs=3"]
     stop = run_cli(*args, "+callbacks.stop._target_=callbacks.InterruptAt", "+callbacks.stop.step=40", env={"PYTHONPATH": TESTS})
-    assert stop.returncode != 0
+    assert stop.returncode != 0 and "interrupted (" in stop.stderr and "the same command resumes it" in stop.stderr
     run_dir = tmp_path / "runs" / "tiny" / "trainer.max_epochs=3"
     m = metrics(run_dir)
     assert m["status"] == "interrupted" and "resumes" in m["error"] and "traceback" not in m
@@ -466,7 +466,7 @@ def test_a_users_own_activation_packs_with_relu(tiny_run, tmp_path):
     packed = run_cli("-m", *tiny_run, "name=p", *sweep)
     apart = run_cli("-m", *tiny_run, "name=a", *sweep, "pack=false")
     assert packed.returncode == 0 and apart.returncode == 0, packed.stderr[-2000:] + apart.stderr[-2000:]
-    assert "(+1 packed)" in packed.stdout
+    assert "(+1 packed)" in packed.stdout and "mean of 2:" in packed.stdout  # a pack's line says it gives means
     for name in ("activation=mine,seed=3", "activation=relu,seed=3"):
         assert_twins(tmp_path / "runs" / "p" / name, tmp_path / "runs" / "a" / name)
     assert metrics(tmp_path / "runs" / "p" / "activation=mine,seed=3")["hparams"]["activation"] == "mine"
@@ -718,3 +718,17 @@ def test_a_pack_whose_lease_was_taken_over_stops_before_writing(tmp_path):
     with pytest.raises(RuntimeError, match="seed=1: no longer owned by this process"):
         check.on_train_epoch_end(None, None)
     assert [r.writes for r in runs] == [True, False]  # the lost run's files are the new owner's
+
+
+def test_a_sweep_preset_without_multirun_says_it_trains_one_run(capfd):
+    from hydra import compose, initialize_config_dir
+
+    from actbench.conf import CONF_DIR
+    from actbench.train import SweepWithoutMultirun
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        swept, plain = (compose("train", overrides=o, return_hydra_config=True) for o in (["experiment=vanishing"], []))
+    SweepWithoutMultirun().on_run_start(swept)
+    assert "sweeps activation, model.depth, seed, but without -m it trains one run" in capfd.readouterr().err
+    SweepWithoutMultirun().on_run_start(plain)
+    assert not capfd.readouterr().err
