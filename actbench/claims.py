@@ -81,7 +81,7 @@ def follow(runs, cfg) -> tuple[dict, bool]:
     A follower writes none of them, from the start: one that fails before training (restoring the
     checkpoint, memory) would record rank 0's runs as failed."""
     from actbench.record import process_started
-    from actbench.results import read_metrics
+    from actbench.results import Status, read_metrics
 
     for r in runs:
         r.writes = False
@@ -99,7 +99,7 @@ def follow(runs, cfg) -> tuple[dict, bool]:
             if who is not None and who.slurm_job_id == job and (who.since or "") >= since:
                 mine.append(r)
                 waiting.remove(r)
-            elif who is None and (read_metrics(r.dir) or {}).get("status") in ("finished", "diverged"):
+            elif who is None and (read_metrics(r.dir) or {}).get("status") in (Status.FINISHED, Status.DIVERGED):
                 waiting.remove(r)
         if waiting:
             time.sleep(1.0)

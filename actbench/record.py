@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from actbench import hparams_tab
 from actbench.files import atomic_write
 from actbench.logs import say, warn
-from actbench.results import METRICS_FILE, SCHEMA, read_metrics
+from actbench.results import METRICS_FILE, SCHEMA, Status, read_metrics
 from actbench.stats import nanmedian
 from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
@@ -110,7 +110,7 @@ class Run:
             curves, probes = up_to(curves, resume_epoch), up_to(probes, resume_epoch)
         self.metrics = {
             "schema": SCHEMA,
-            "status": "running",
+            "status": Status.RUNNING,
             "error": None,
             "name": self.name,
             "config_hash": self.config_hash,
@@ -231,7 +231,7 @@ class Recorder(Callback):
         for k, run in enumerate(self.runs):
             if not self.diverged[k] and not float(loss[k]) <= self.diverged_loss:  # NaN fails <= too
                 self.diverged[k] = True
-                run.end("diverged", f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
+                run.end(Status.DIVERGED, f"training loss became {float(loss[k])} in epoch {trainer.current_epoch + 1}", fit_s=self.fit_s)
                 if self.speaks:
                     hparams_tab.write_session_end(trainer.loggers[k].experiment.file_writer, hparams_tab.FAILURE)
                 say(f"{run.name}: diverged in epoch {trainer.current_epoch + 1} (loss {float(loss[k])}); recorded as diverged")
@@ -316,7 +316,7 @@ class Recorder(Callback):
             run.metrics["final"] = final
             # a pack's epoch is its members' together: `members` says how many shared it
             timing_k = dict(timing, epoch_s_median=nanmedian(curves.get("epoch_s", [])), members=len(self.runs))
-            run.end("finished", **timing_k)
+            run.end(Status.FINISHED, **timing_k)
             if self.speaks:
                 say(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}")
 
@@ -332,13 +332,13 @@ class Recorder(Callback):
             try:
                 if not run.metrics:
                     run.start(self.resume_epoch, "unknown", self.t_job)  # keeps the curves up to the checkpoint
-                if run.metrics.get("status") != "running":
+                if run.metrics.get("status") != Status.RUNNING:
                     continue
                 if interrupted:
-                    run.end("interrupted", f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
+                    run.end(Status.INTERRUPTED, f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
                 else:
                     run.metrics["traceback"] = "".join(traceback.format_exception(error))
-                    run.end("failed", msg, fit_s=self.fit_s)
+                    run.end(Status.FAILED, msg, fit_s=self.fit_s)
             except OSError as e:
                 # the disk that failed the run may refuse this write too: the caller reports the first
                 # error, and the metrics.json left in place (a good one) says running, which reads as

@@ -10,7 +10,6 @@ under their old names.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass, field

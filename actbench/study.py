@@ -21,7 +21,7 @@ from pathlib import Path
 
 from actbench.errors import ConfigError
 from actbench.packing import is_member_key, override_key
-from actbench.results import read_metrics
+from actbench.results import Status, read_metrics
 from actbench.runs import identity_overrides, run_name
 
 STUDY_FILE = "study.json"
@@ -183,9 +183,9 @@ def score(point: Point, s: Settings, stage_dir: Path, exclude) -> Score:
         d = run_dir(job, exclude)
         m = read_metrics(d) or {}
         status = m.get("status")
-        if status in ("failed", "diverged"):
+        if status in (Status.FAILED, Status.DIVERGED):
             bad.append(f"{d.name}: {status}")
-        elif status != "finished":
+        elif status != Status.FINISHED:
             pending = True
         else:
             v = (m.get("final") or {}).get(s.select)

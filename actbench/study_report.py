@@ -17,7 +17,6 @@ from actbench.report import (
     ReportError,
     compare,
     higher_is_better,
-    label,
     shown,
     summarize,
     verdict,

@@ -147,7 +147,7 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
     diverged runs are skipped with a line each. Read only once the runs are owned: what their files
     say may change until then."""
     from actbench.checkpoints import resume_point
-    from actbench.results import read_metrics
+    from actbench.results import Status, read_metrics
 
     todo: dict[tuple | None, list] = {}
     for r in runs:
@@ -156,18 +156,18 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
         # a failed run of another configuration is retried afresh only when it left no checkpoint: one
         # it left holds that configuration's epochs, not this one's to resume from, and resumable
         # under its own (say, after a full disk): refused like a finished one, nothing is thrown away
-        if done and done.get("config_hash", r.config_hash) != r.config_hash and (done.get("status") != "failed" or ckpt.exists()):
+        if done and done.get("config_hash", r.config_hash) != r.config_hash and (done.get("status") != Status.FAILED or ckpt.exists()):
             raise UserError(
                 f"{r.dir} holds a run of a different configuration (another preset, or conf/ changed); "
                 "give this sweep another name= or delete that directory"
             )
-        if done and done.get("status") in ("finished", "diverged"):
+        if done and done.get("status") in (Status.FINISHED, Status.DIVERGED):
             acc = done.get("final", {}).get("test_acc")
             what = f"test accuracy {100 * acc:.2f}%" if acc is not None else done["status"]
             if speak:
                 say(f"{r.name}: already {done['status']} ({what}), skipped")
             continue
-        if done and done.get("status") == "running" and speak:
+        if done and done.get("status") == Status.RUNNING and speak:
             # this process owns the run now, so the one that wrote "running" is gone (killed, or its node lost)
             host = done.get("host") or {}
             who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
@@ -221,7 +221,7 @@ def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = 
 
 def run(cfg: DictConfig):
     from actbench.checks import validate
-    from actbench.results import read_metrics
+    from actbench.results import Status, read_metrics
 
     global _jobs_started
     _jobs_started += 1
@@ -250,7 +250,7 @@ def run(cfg: DictConfig):
     if failed and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(1)  # in a sweep, the report lists the failed runs and the next rerun retries them
     finals = [read_metrics(r.dir) or {} for r in runs]
-    accs = [m.get("final", {}).get("val_acc") for m in finals if m.get("status") == "finished"]
+    accs = [m.get("final", {}).get("val_acc") for m in finals if m.get("status") == Status.FINISHED]
     accs = [a for a in accs if a is not None]
     return sum(accs) / len(accs) if accs else float("nan")  # for Hydra sweepers that optimise
 
