@@ -20,11 +20,12 @@ import numpy as np
 from actbench.errors import UserError
 from actbench.ownership import INTERRUPTED, owner
 from actbench.stats import gmean_positive, nanmedian
-from actbench.tags import DEAD, GRAD_RATIO, PREFIX, grad_norm_tag, layer_tag
+from actbench.tags import ACC, DEAD, GRAD_RATIO, LOSS, PREFIX, TEST, TRAIN, VAL, grad_norm_tag, json_name, layer_tag, metric_tag
 
 SCHEMA = 1  # metrics.json's layout; a file of a newer one reads as corrupt, older ones stay readable
 METRICS_FILE = "metrics.json"
-FINAL_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "epochs", "steps")
+# metrics.json's `final`: train_loss, train_acc, val_loss, ... test_acc (the tags' names there), then the counts
+FINAL_KEYS = (*(json_name(metric_tag(m, split)) for split in (TRAIN, VAL, TEST) for m in (LOSS, ACC)), "epochs", "steps")
 PROBE_ALIASES: dict[str, tuple[str, ...]] = {}  # a probe tag -> the names older metrics.json files have for it
 
 

@@ -732,3 +732,15 @@ def test_a_sweep_preset_without_multirun_says_it_trains_one_run(capfd):
     assert "sweeps activation, model.depth, seed, but without -m it trains one run" in capfd.readouterr().err
     SweepWithoutMultirun().on_run_start(plain)
     assert not capfd.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_every_logged_hparam_has_the_config_key_it_comes_from(model):
+    from actbench.runs import HPARAM_SOURCES, hparam_name, hparams
+
+    cfg = compose_cfg(f"model={model}")
+    flat = hparams(cfg, {"activation": "relu", "optimizer": "adam"}, 0, [])
+    model_keys = {f"model.{k}" for k in cfg.model if not str(k).startswith("_")}
+    sources = {hparam_name(k) for k in [*HPARAM_SOURCES, *model_keys]}
+    # the HParams tab names a swept key's column by it: an entry without its source would get a second column
+    assert set(flat) == sources
