@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 
 from actbench.errors import UserError
 from actbench.logs import say
-from actbench.ownership import Owned, busy_line, claim, claim_all, iso, owner
+from actbench.ownership import LEASE_S, RENEW_S, Owned, busy_line, claim, claim_all, iso, owner
 
 
 LEADER_ENV = "ACTBENCH_DDP_PACK"  # what DDP rank 0 trains, for the processes Lightning's launcher starts from it
@@ -22,8 +22,9 @@ FOLLOWER_WAIT_S = 600.0  # how long a DDP rank started beside rank 0 (a SLURM ta
 
 
 def ownership_settings(cfg) -> dict:
+    """conf's `ownership` keys, as RunLock takes them; a config without them gets RunLock's own defaults."""
     o = cfg.get("ownership") or {}
-    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", 300)), "renew_s": float(o.get("renew_s", 30))}
+    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", LEASE_S)), "renew_s": float(o.get("renew_s", RENEW_S))}
 
 
 @contextmanager
