@@ -29,7 +29,6 @@ from omegaconf import DictConfig
 from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, follow, still_owned
 from actbench.errors import UserError
 from actbench.logs import error, say, warn
-from actbench.ownership import INTERRUPTED
 from actbench.placement import (
     cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph,
 )
@@ -167,12 +166,19 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
             if speak:
                 say(f"{r.name}: already {done['status']} ({what}), skipped")
             continue
-        if done and done.get("status") == Status.RUNNING and speak:
+        point = resume_point(ckpt) if cfg.skip_finished else None
+        gone = ""
+        if done and done.get("status") == Status.RUNNING:
             # this process owns the run now, so the one that wrote "running" is gone (killed, or its node lost)
             host = done.get("host") or {}
             who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
-            say(f"{r.name}: was running{who}, but {INTERRUPTED}")
-        point = resume_point(ckpt) if cfg.skip_finished else None
+            gone = f"was running{who}, but its process is gone"
+        recorded = len((done or {}).get("curves", {}).get("epoch") or [])
+        if speak and point is None and recorded:
+            # killed between an epoch's line and its checkpoint: say so, rather than retrain it unannounced
+            say(f"{r.name}: {gone + '; ' if gone else ''}no checkpoint of its {recorded} recorded epoch(s), so it starts over")
+        elif speak and gone:
+            say(f"{r.name}: {gone}")  # train_packs says from where it resumes
         todo.setdefault(point, []).append(r)
     return todo
 

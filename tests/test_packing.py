@@ -123,3 +123,14 @@ def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job_trains(tiny_run
     r = run_cli("-m", *tiny_run, *sweep.split())
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(message)
     assert not list((tmp_path / "runs").rglob("metrics.json"))  # nothing trained, the valid pack included
+
+
+def test_a_users_activation_on_the_search_path_passes_the_check(tiny_run, tmp_path):
+    from conftest import metrics, run_cli
+
+    mine = tmp_path / "myconf" / "activation"
+    mine.mkdir(parents=True)
+    (mine / "my_hswish.yaml").write_text("_target_: torch.nn.Hardswish\n")
+    r = run_cli("-m", *tiny_run, "activation=relu,my_hswish", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "report=none")
+    assert r.returncode == 0, r.stderr[-2000:]  # a pack's second member, checked with the command's search path
+    assert metrics(tmp_path / "runs" / "tiny" / "activation=my_hswish")["status"] == "finished"

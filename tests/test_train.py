@@ -588,7 +588,7 @@ def test_a_killed_owner_is_taken_over_and_its_run_resumed(tiny_run, tmp_path):
 
     third = run_cli(*base)
     assert third.returncode == 0, third.stderr[-2000:]
-    line = f"trainer.max_epochs=3: was running (pid {first.pid} on host {socket.gethostname()}), but {INTERRUPTED}"
+    line = f"trainer.max_epochs=3: was running (pid {first.pid} on host {socket.gethostname()}), but its process is gone"
     assert line in third.stdout.splitlines() and "resuming after epoch 1 (step 16)" in third.stdout
     print(f"third process printed: {line}")
     whole = run_cli(*base, "name=u")
@@ -744,3 +744,19 @@ def test_every_logged_hparam_has_the_config_key_it_comes_from(model):
     sources = {hparam_name(k) for k in [*HPARAM_SOURCES, *model_keys]}
     # the HParams tab names a swept key's column by it: an entry without its source would get a second column
     assert set(flat) == sources
+
+
+def test_a_run_killed_before_its_first_checkpoint_says_it_starts_over(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from actbench.train import pending
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "running", "config_hash": "h", "host": {"pid": 123, "hostname": "n1"},
+                                                      "curves": {"epoch": [1]}}))
+    r = SimpleNamespace(name="r", dir=run_dir, config_hash="h")
+    todo = pending([r], SimpleNamespace(skip_finished=True, checkpoint_name="last.ckpt"))
+    assert todo == {None: [r]}  # no checkpoint: from the start
+    assert capsys.readouterr().out.strip() == ("r: was running (pid 123 on host n1), but its process is gone; "
+                                               "no checkpoint of its 1 recorded epoch(s), so it starts over")

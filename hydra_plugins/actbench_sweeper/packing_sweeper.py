@@ -66,7 +66,9 @@ class PackingSweeper(BasicSweeper):
         if getattr(self, "hydra_context", None) is None:
             return  # not set up by Hydra (a sweeper built by hand): nothing to compose with
         loader = self.hydra_context.config_loader
-        activations = set(loader.get_group_options("activation"))
+        # with the command's own hydra overrides: a user's hydra.searchpath adds activations
+        activations = set(loader.get_group_options("activation", config_name=self.config.hydra.job.config_name,
+                                                   overrides=list(self.config.hydra.overrides.hydra)))
         parser = OverridesParser.create()
         try:
             for job in packs:
