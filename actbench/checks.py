@@ -10,7 +10,7 @@ from actbench.errors import ConfigError
 from actbench.convnet import NORMS
 from actbench.model import INITS
 from actbench.ownership import MODES
-from actbench.report import METRICS as REPORT_METRICS
+from actbench.results import METRICS as REPORT_METRICS
 
 
 def _int(v) -> bool:

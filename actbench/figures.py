@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
-from actbench.stats import GAMMA, READING_MIN_SEEDS, gmean_positive, mean_ci
+from actbench.stats import GAMMA, READING_MIN_SEEDS, TOO_FEW, gmean_positive, mean_ci
 from actbench.tags import DEAD, LOSS, PROBES, SATURATED, report_tag
 
 # Fixed per shipped activation, so a colour means the same activation in every report.
@@ -59,7 +59,7 @@ class Series:
     grad_ratio: float = math.nan  # the configuration's summary grad ratio
     p_improve: float = math.nan  # P(better than the baseline); NaN for the baseline and the untested
     p_improve_ci: tuple[float, float] = (math.nan, math.nan)
-    reading: str = ""  # the report's reading of that interval ("too few seeds ..." when it has none)
+    reading: str = ""  # the report's reading of that interval (stats.TOO_FEW ... when it has none)
 
 
 def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
@@ -253,18 +253,18 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
     rows = [s for s in series if math.isfinite(s.p_improve)]
     if not rows:
         return None, f"skipped: no configuration was tested against {baseline} (it needs 2 seeds each)"
+    unread = [s.reading.startswith(TOO_FEW) for s in rows]  # an interval of a handful of seeds is no evidence: drawn hollow
     style = styles(series)
     fig = _new_figure(figsize=(8, 1.5 + 0.36 * len(rows)))
     ax = fig.subplots()
-    for i, s in enumerate(rows):
+    for i, (s, hollow) in enumerate(zip(rows, unread)):
         color, _ = style[s.label]
         low, high = s.p_improve_ci
-        unread = s.reading.startswith("too few")  # an interval of a handful of seeds is no evidence: drawn hollow
         if math.isfinite(low) and math.isfinite(high):
-            ax.barh(i, high - low, left=low, height=0.6, lw=1 if unread else 0, zorder=2, edgecolor=color,
-                    facecolor="none" if unread else color, alpha=0.6 if unread else 0.3, hatch="//" if unread else None)
+            ax.barh(i, high - low, left=low, height=0.6, lw=1 if hollow else 0, zorder=2, edgecolor=color,
+                    facecolor="none" if hollow else color, alpha=0.6 if hollow else 0.3, hatch="//" if hollow else None)
         ax.plot([s.p_improve] * 2, [i - 0.3, i + 0.3], color=color, lw=2.5, zorder=3)
-        ax.annotate(f"{s.p_improve:.2f} [{low:.2f}, {high:.2f}]" + ("  too few seeds to read" if unread else ""), (1.0, i),
+        ax.annotate(f"{s.p_improve:.2f} [{low:.2f}, {high:.2f}]" + (f"  {TOO_FEW}" if hollow else ""), (1.0, i),
                     xycoords=("axes fraction", "data"), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
     ax.axvline(0.5, color="0.35", lw=1.0, linestyle="--", zorder=1)
     ax.axvline(GAMMA, color="0.35", lw=1.0, linestyle=":", zorder=1)
@@ -278,7 +278,7 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
     ax.set_title(f"Probability of improvement over {baseline}: bar = 95% bootstrap interval over seeds\n"
                  f"better when the bar lies right of 0.5 (dashed), meaningful when it reaches {GAMMA:g} (dotted)"
                  + (f"\nhatched: under {READING_MIN_SEEDS} seeds, too few to read"
-                    if any(s.reading.startswith("too few") for s in rows) else ""), fontsize=10)
+                    if any(unread) else ""), fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path, ""
 

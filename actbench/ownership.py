@@ -300,16 +300,6 @@ def owner(run_dir: Path | str, *, trust_locks: bool = True) -> Owner | None:
         time.sleep(min(wait, 1.0) + 0.02)
 
 
-def live_status(run_dir: Path | str, status: str | None) -> str | None:
-    """A metrics.json status as it stands now: 'running' while nobody owns the run is 'interrupted'
-    (say `INTERRUPTED` beside it: its process is gone; the same command resumes it)."""
-    from actbench.results import Status  # results imports this module: not at the top
-
-    if status == Status.RUNNING and owner(run_dir) is None:
-        return Status.INTERRUPTED
-    return status
-
-
 # ---------------------------------------------------------------- claiming
 
 

@@ -326,8 +326,9 @@ class Recorder(Callback):
         SLURM job): no error of the run's own, and the same command resumes it."""
         interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         msg = f"{type(error).__name__}: {error}".strip().rstrip(":")
+        resumes = "the same command resumes it from its last checkpoint"
         if interrupted and self.speaks:  # Lightning turns Ctrl-C into a quiet exit: say what became of the runs
-            warn(f"{self.label}: interrupted ({msg}); the same command resumes it from its last checkpoint")
+            warn(f"{self.label}: interrupted ({msg}); {resumes}")
         for run in self.runs:
             try:
                 if not run.metrics:
@@ -335,7 +336,7 @@ class Recorder(Callback):
                 if run.metrics.get("status") != Status.RUNNING:
                     continue
                 if interrupted:
-                    run.end(Status.INTERRUPTED, f"{msg}; the same command resumes it from its last checkpoint", fit_s=self.fit_s)
+                    run.end(Status.INTERRUPTED, f"{msg}; {resumes}", fit_s=self.fit_s)
                 else:
                     run.metrics["traceback"] = "".join(traceback.format_exception(error))
                     run.end(Status.FAILED, msg, fit_s=self.fit_s)

@@ -34,8 +34,6 @@ from actbench.results import (
 )
 
 EFFECT = 0.2  # the difference worth detecting, in the units the report shows (pp for accuracies)
-# what report.metric may name: a final metric, or a run's seconds
-METRICS = (*(k for k in FINAL_KEYS if k not in ("epochs", "steps")), "epoch_s_median", "fit_s", "startup_s", "wall_s")
 COMPARISON_FIELDS = [
     "config", "baseline", "metric", "test", "n_pairs", "n_config", "n_baseline", "diff", "diff_low", "diff_high",
     "boot_low", "boot_high", "p", "p_holm", "p_wilcoxon", "p_improve", "p_improve_low", "p_improve_high", "reading",
@@ -119,14 +117,16 @@ def summarize(configs: list[Config], metric: str = "test_acc") -> list[dict]:
     return sorted(rows, key=lambda row: sign * row["mean"])
 
 
-def find_baseline(config: Config, configs: list[Config], baseline: str, tuned: tuple = ()) -> Config | None:
-    """The configuration with activation == baseline that matches config on every other key but
-    the `tuned` ones (a study's confirm stage: each activation at its own selected rate)."""
-    def rest(c: Config) -> list:
-        return [(k, v) for k, v in c.key if k != "activation" and k not in tuned]
+def cell(config: Config, tuned: tuple = ()) -> tuple:
+    """The keys that place a configuration among the others: all but its activation and the
+    `tuned` ones (a study's confirm stage: each activation at its own selected rate)."""
+    return tuple((k, v) for k, v in config.key if k != "activation" and k not in tuned)
 
+
+def find_baseline(config: Config, configs: list[Config], baseline: str, tuned: tuple = ()) -> Config | None:
+    """The configuration with activation == baseline in config's cell."""
     for c in configs:
-        if c.runs and c.activation == baseline and rest(c) == rest(config):
+        if c.runs and c.activation == baseline and cell(c, tuned) == cell(config, tuned):
             return c
     return None
 
@@ -135,10 +135,11 @@ def _compare_pair(c: Config, b: Config, metric: str, effect: float | None, alpha
     out = Comparison(c, b)
     a_seeds, b_seeds = c.by_seed(metric), b.by_seed(metric)
     common = [s for s in a_seeds if s in b_seeds]
+    most = max(len(a_seeds), len(b_seeds))
     # paired where the shared seeds are most of both: pairing two of ten would throw away the rest
-    if len(common) >= 2 and 2 * len(common) >= max(len(a_seeds), len(b_seeds)):
+    if len(common) >= 2 and 2 * len(common) >= most:
         x, y, paired = [a_seeds[s] for s in common], [b_seeds[s] for s in common], True
-        out.n = f"n={len(common)}" + (f" (of {len(a_seeds)} and {len(b_seeds)} seeds)" if len(common) < max(len(a_seeds), len(b_seeds)) else "")
+        out.n = f"n={len(common)}" + (f" (of {len(a_seeds)} and {len(b_seeds)} seeds)" if len(common) < most else "")
     else:
         x, y, paired = c.values(metric), b.values(metric), False
         out.n = f"n={len(x)} vs {len(y)}"

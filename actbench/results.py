@@ -26,6 +26,8 @@ SCHEMA = 1  # metrics.json's layout; a file of a newer one reads as corrupt, old
 METRICS_FILE = "metrics.json"
 # metrics.json's `final`: train_loss, train_acc, val_loss, ... test_acc (the tags' names there), then the counts
 FINAL_KEYS = (*(json_name(metric_tag(m, split)) for split in (TRAIN, VAL, TEST) for m in (LOSS, ACC)), "epochs", "steps")
+# what a report may rank by (`Run.value`): a final metric, or a run's seconds from `timing`
+METRICS = (*(k for k in FINAL_KEYS if k not in ("epochs", "steps")), "epoch_s_median", "fit_s", "startup_s", "wall_s")
 PROBE_ALIASES: dict[str, tuple[str, ...]] = {}  # a probe tag -> the names older metrics.json files have for it
 
 

@@ -35,11 +35,15 @@ def write(root: Path, summaries: list, suffix: str) -> Path:
     # directory's files in name order
     path = atomic_write(root / f"events.out.tfevents.{time.time_ns():020d}.{socket.gethostname()}.{os.getpid()}{suffix}",
                         buffer.getvalue())
-    # older ones only: of two processes that rewrite it at once, the later file stays
-    for old in root.glob(f"events.out.tfevents.*{suffix}"):
-        if old.name < path.name:
-            old.unlink(missing_ok=True)
+    _remove(root, suffix, before=path.name)  # older ones only: of two processes that rewrite it at once, the later file stays
     return path
+
+
+def _remove(root: Path, suffix: str, before: str | None = None) -> None:
+    """root's events files of this suffix (those named before `before`, if given)."""
+    for old in root.glob(f"events.out.tfevents.*{suffix}"):
+        if before is None or old.name < before:
+            old.unlink(missing_ok=True)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -63,7 +67,6 @@ def write_figures(root: Path | str, figures: list[tuple[str, Path]]) -> Path | N
         image = Summary.Image(height=height, width=width, colorspace=4, encoded_image_string=data)
         values.append(Summary.Value(tag=tag, image=image))
     if not values:
-        for old in root.glob(f"events.out.tfevents.*{FIGURES_SUFFIX}"):
-            old.unlink(missing_ok=True)
+        _remove(root, FIGURES_SUFFIX)
         return None
     return write(root, [Summary(value=values)], FIGURES_SUFFIX)

@@ -223,7 +223,7 @@ def member_hydra(job: DictConfig, run) -> DictConfig:
         dirname = h.job.config.override_dirname
         # as Hydra names a job: its overrides but the excluded keys (exactly those), sorted as written
         kept = sorted(o for o in run.task_overrides if override_key(o) not in dirname.exclude_keys)
-        h.job.override_dirname = dirname.item_sep.join(kept).replace("=", dirname.kv_sep)
+        h.job.override_dirname = dirname.item_sep.join(dirname.kv_sep.join(o.split("=", 1)) for o in kept)
         h.runtime.output_dir = str(run.dir)
         h.runtime.choices = dict(run.choices)
     return hydra

@@ -251,6 +251,7 @@ def prob_improvement_ci(a, b, paired: bool, higher_is_better: bool = True, confi
 
 
 READING_MIN_SEEDS = 6  # below this a percentile bootstrap of P(A better) cannot be read (see improvement_reading)
+TOO_FEW = "too few seeds to read"  # improvement_reading's answer below READING_MIN_SEEDS
 
 
 def improvement_reading(low: float, high: float, gamma: float = GAMMA, n: int | None = None) -> str:
@@ -262,7 +263,7 @@ def improvement_reading(low: float, high: float, gamma: float = GAMMA, n: int | 
     if not (math.isfinite(low) and math.isfinite(high)):
         return ""
     if n is not None and n < READING_MIN_SEEDS:
-        return f"too few seeds to read (under {READING_MIN_SEEDS})"
+        return f"{TOO_FEW} (under {READING_MIN_SEEDS})"
     if low > 0.5:
         return "better, meaningful" if high >= gamma else "better, not meaningful"
     if high < 0.5:

@@ -15,6 +15,7 @@ from actbench import root_events, stats, study
 from actbench.report import (
     EFFECT,
     ReportError,
+    cell,
     compare,
     higher_is_better,
     shown,
@@ -61,10 +62,10 @@ def answer(confirm_dir: Path, metric: str, baseline: str, tuned: tuple, effect, 
     comparisons, note = compare(configs, metric, baseline, effect, alpha, power, tuned)
     cells: dict[tuple, list[dict]] = {}
     for row in rows:  # best first within each cell, as in the table
-        cells.setdefault(tuple((k, v) for k, v in row["config"].key if k != "activation" and k not in tuned), []).append(row)
+        cells.setdefault(cell(row["config"], tuned), []).append(row)
     out = [note] if note else []
-    for cell, cell_rows in cells.items():
-        where = f"With {', '.join(f'{k}={v}' for k, v in cell)}: a" if len(cells) > 1 else "A"
+    for where_keys, cell_rows in cells.items():
+        where = f"With {', '.join(f'{k}={v}' for k, v in where_keys)}: a" if len(cells) > 1 else "A"
         best = cell_rows[0]["config"]
         at = ", ".join(f"{k}={best.get(k)}" for k in tuned if best.get(k) is not None)
         out.append(f"{where}t its own tuned setting, **{best.activation}** ({at}) has the best mean {name}: "

@@ -28,7 +28,6 @@ from actbench.ownership import (
     busy_line,
     claim,
     claim_all,
-    live_status,
     owner,
 )
 
@@ -142,13 +141,11 @@ def test_a_killed_owner_blocks_nobody(tmp_path, contenders):
     run_dir = tmp_path / "run"
     first = contenders(run_dir)
     assert first.claim()["claimed"]
-    assert live_status(run_dir, "running") == "running"
+    assert owner(run_dir).pid == first.pid  # a run that says running is running
     first.kill()
     # its .owner.json is left behind, naming a dead process; the kernel has dropped the lock
     assert json.loads((run_dir / INFO_FILE).read_text())["pid"] == first.pid
-    assert owner(run_dir) is None
-    assert live_status(run_dir, "running") == "interrupted"
-    assert live_status(run_dir, "finished") == "finished"
+    assert owner(run_dir) is None  # one that says running is interrupted (results.load_run)
     second = contenders(run_dir)
     assert second.claim() == {"claimed": True, "mode": "lock"}
     assert owner(run_dir).pid == second.pid
