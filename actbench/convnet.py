@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actbench.activations import PerMember
-from actbench.data import N_CLASSES, generator
-from actbench.model import IMAGE_SHAPE, PackedNet, copy_into, init_layer, linear
+from actbench.data import INPUT_SHAPE, N_CLASSES, generator
+from actbench.model import PackedNet, copy_into, init_layer, linear
 
 NORMS = ("none", "batch")
 BN_MOMENTUM, BN_EPS = 0.1, 1e-5  # nn.BatchNorm's defaults
@@ -47,7 +47,7 @@ class PackedConvNet(PackedNet):
         norm: str = "none",
         init: str = "torch",
         dropout: float = 0.0,
-        input_shape=IMAGE_SHAPE,
+        input_shape=INPUT_SHAPE,
         n_classes: int = N_CLASSES,
     ):
         super().__init__(seeds, activation, dropout)
@@ -184,7 +184,7 @@ class PackedConvNet(PackedNet):
         return convs, c * h * w
 
     @classmethod
-    def n_params(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def n_params(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         convs, flat = cls._shapes(cfg, input_shape)
         width = int(cfg.width)
         units = sum(o for _, o, _ in convs) + width  # a bias each, or batch norm's scale and shift
@@ -192,12 +192,12 @@ class PackedConvNet(PackedNet):
         return sum(i * o * 9 for i, o, _ in convs) + flat * width + width * n_classes + n_classes + per_unit * units
 
     @classmethod
-    def flops_per_sample(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def flops_per_sample(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         convs, flat = cls._shapes(cfg, input_shape)
         return 2 * (sum(i * o * 9 * p for i, o, p in convs) + flat * int(cfg.width) + int(cfg.width) * n_classes)
 
     @classmethod
-    def bytes_per_member(cls, cfg, rows: int, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def bytes_per_member(cls, cfg, rows: int, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         convs, _ = cls._shapes(cfg, input_shape)
         # per example: the input, and z, f(z) and the pooled map (or f'(z), for probes) of every block
         per_row = math.prod(input_shape) + sum(3 * o * p for _, o, p in convs) + 3 * int(cfg.width) + 2 * n_classes

@@ -26,7 +26,8 @@ from actbench.files import atomic_write
 
 SPLITS = {"train": "train", "test": "t10k"}
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
-N_CLASSES = 10
+# Fashion-MNIST's facts; FashionMNIST states them to the code that asks, models take them as defaults
+INPUT_SHAPE, N_CLASSES = (1, 28, 28), 10
 # sha256 of the decoded (not gzipped) files: distributors recompress the .gz, the content is what matters.
 FASHION_MNIST_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -312,7 +313,7 @@ class FashionMNIST(LightningDataModule):
     """The whole data set as tensors on the training device, per-seed splits, slicing batches.
     Its facts, which models and placement ask: `INPUT_SHAPE`, `N_CLASSES`, `bytes_on_device()`."""
 
-    INPUT_SHAPE = (1, 28, 28)
+    INPUT_SHAPE = INPUT_SHAPE
     N_CLASSES = N_CLASSES
 
     @classmethod
@@ -389,28 +390,41 @@ class FashionMNIST(LightningDataModule):
 
 
 def main(argv=None) -> int:
-    """`python -m actbench.data`: find, verify and cache the data the default config would use."""
+    """`python -m actbench.data [OVERRIDE ...]`: find, verify and cache the data that a run with the
+    same overrides (data.root=..., data.download=true) would use."""
     import argparse
 
-    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
-    from actbench.activations import CONF_DIR
+    from actbench.conf import CONF_DIR
 
-    defaults = yaml.safe_load((CONF_DIR / "data" / "fashion_mnist.yaml").read_text())
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--root", default="data", help="data.root (default: ./data)")
-    ap.add_argument("--download", action="store_true", help="let torchvision download into --root")
-    ap.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "actbench"))
+    ap.add_argument("overrides", nargs="*", help="config overrides, as for actbench.train (e.g. data.root=/data/fmnist)")
     args = ap.parse_args(argv)
-    dirs = candidate_dirs(args.root, defaults["system_dirs"])
     try:
-        arrays = load_arrays(args.root, defaults["system_dirs"], args.download, args.cache_dir)
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
+        hydra_cfg, before = HydraConfig.instance(), HydraConfig.instance().cfg
+        hydra_cfg.set_config(cfg)  # data.root is relative to the working directory, as in a run
+        try:
+            source = {k: cfg.data[k] for k in ("root", "system_dirs", "download", "cache_dir", "verify_checksum")}
+        finally:
+            hydra_cfg.cfg = before
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"actbench: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    try:
+        arrays = load_arrays(**source)
     except DataError as e:
         print(f"actbench: error: {e}", file=sys.stderr)
         return 2
-    files = find_files(dirs)
-    where = next(iter(files.values())).parent if files else args.root
-    print(f"Fashion-MNIST: {len(arrays['train_x'])} train + {len(arrays['test_x'])} test images, verified, in {where}")
+    files = find_files(candidate_dirs(source["root"], source["system_dirs"]))
+    where = next(iter(files.values())).parent if files else source["root"]
+    checked = "verified" if source["verify_checksum"] else "checked (content not verified: data.verify_checksum=false)"
+    print(f"Fashion-MNIST: {len(arrays['train_x'])} train + {len(arrays['test_x'])} test images, {checked}, in {where}")
     return 0
 
 

@@ -19,14 +19,13 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.data import N_CLASSES, derive_seed, generator
+from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
 # with them, the members of a pack train exactly as apart
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
-IMAGE_SHAPE = (1, 28, 28)  # Fashion-MNIST's, the default of every model
 
 
 def init_layer(w: Tensor, b: Tensor | None, scheme: str, gen: torch.Generator) -> None:
@@ -193,15 +192,15 @@ class PackedNet(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def n_params(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def n_params(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         raise NotImplementedError
 
     @classmethod
-    def flops_per_sample(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def flops_per_sample(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         raise NotImplementedError
 
     @classmethod
-    def bytes_per_member(cls, cfg, rows: int, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def bytes_per_member(cls, cfg, rows: int, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         """One more member's memory, roughly: weights with their gradients and two Adam moments,
         and the activations of the largest pass over `rows` examples."""
         raise NotImplementedError
@@ -252,7 +251,7 @@ class PackedMLP(PackedNet):
         width: int = 128,
         init: str = "torch",
         dropout: float = 0.0,
-        input_shape=IMAGE_SHAPE,
+        input_shape=INPUT_SHAPE,
         n_classes: int = N_CLASSES,
     ):
         super().__init__(seeds, activation, dropout)
@@ -317,16 +316,16 @@ class PackedMLP(PackedNet):
         return [math.prod(input_shape)] + [int(cfg.width)] * int(cfg.depth) + [n_classes]
 
     @classmethod
-    def n_params(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def n_params(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         sizes = cls._sizes(cfg, input_shape, n_classes)
         return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
 
     @classmethod
-    def flops_per_sample(cls, cfg, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def flops_per_sample(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         return 2 * cls.n_params(cfg, input_shape, n_classes)
 
     @classmethod
-    def bytes_per_member(cls, cfg, rows: int, input_shape=IMAGE_SHAPE, n_classes: int = N_CLASSES) -> int:
+    def bytes_per_member(cls, cfg, rows: int, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
         width, depth = int(cfg.width), int(cfg.depth)
         activations = rows * (math.prod(input_shape) + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
         return 4 * (4 * cls.n_params(cfg, input_shape, n_classes) + activations)

@@ -62,6 +62,19 @@ def test_download_failure_is_one_clear_line(tmp_path, monkeypatch):
     assert "\n" not in message
 
 
+def test_the_data_command_reads_what_a_run_with_its_overrides_would(tmp_path, tiny_data, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # data.root is relative to the working directory, as in a run
+    cache = tmp_path / "cache"
+    assert data.main(["data.root=data", "data.system_dirs=[]", f"data.cache_dir={cache}"]) == 0
+    assert "600 train + 200 test images" in capsys.readouterr().out
+    assert any(cache.iterdir())  # it warms the cache a run reads
+    assert data.main(["data.root=elsewhere", "data.system_dirs=[]", "data.cache_dir=null"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "apt-get install dataset-fashion-mnist" in err and "\n" not in err
+    assert data.main(["data.no_such_key=1"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_truncated_gzip_names_the_file(tmp_path):
     write_idx_files(tmp_path, synthetic_arrays(50, 20))
     f = tmp_path / "train-images-idx3-ubyte.gz"
