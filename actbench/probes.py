@@ -25,10 +25,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
 from actbench.activations import derivative
+from actbench.conf import option
 from actbench.tags import ACT, DACT_MEAN, DEAD, GRAD_NORM_STEP, GRAD_RATIO, GRAD_RATIO_STEP, PREACT, SATURATED, grad_norm_tag, layer_tag
 
-DEAD_TOL = 1e-6  # |f'(z)| at or below this on every probe example: the unit is dead
-SATURATION_TOL = 0.0475  # |f'(z)| below this: saturated (sigmoid outside [0.05, 0.95], i.e. |z| > 2.944)
+# |f'(z)| at or below DEAD_TOL on every probe example: the unit is dead; below SATURATION_TOL:
+# saturated. Set, with why, in conf/probes/default.yaml; functions called outside a run default to them.
+DEAD_TOL, SATURATION_TOL = (float(option("probes")["activations"][k]) for k in ("dead_tol", "saturation_tol"))
 
 
 # ---------------------------------------------------------------- pure measurements

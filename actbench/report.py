@@ -20,6 +20,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback as HydraCallback
 
 from actbench import root_events, stats
+from actbench.conf import option
 from actbench.errors import UserError
 from actbench.results import (
     FINAL_KEYS,
@@ -33,7 +34,9 @@ from actbench.results import (
     varying_keys,
 )
 
-EFFECT = 0.2  # the difference worth detecting, in the units the report shows (pp for accuracies)
+
+# the report's settings where a caller gives none: conf/report/default.yaml's, the one place they are set
+DEFAULTS: dict = option("report")
 COMPARISON_FIELDS = [
     "config", "baseline", "metric", "test", "n_pairs", "n_config", "n_baseline", "diff", "diff_low", "diff_high",
     "boot_low", "boot_high", "p", "p_holm", "p_wilcoxon", "p_improve", "p_improve_low", "p_improve_high", "reading",
@@ -424,8 +427,9 @@ def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric:
     return md
 
 
-def write_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "test_acc", figures: bool = True,
-                 effect: float | None = EFFECT, alpha: float = stats.ALPHA, power: float = stats.POWER, tuned: tuple = ()) -> Path:
+def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], metric: str = DEFAULTS["metric"], figures: bool = True,
+                 effect: float | None = DEFAULTS["effect"], alpha: float = DEFAULTS["alpha"], power: float = DEFAULTS["power"],
+                 tuned: tuple = ()) -> Path:
     """Write report.md, results.csv, comparisons.csv and (unless figures=False) the figures into
     sweep_dir; returns the report's path. `effect` is the difference worth detecting in the units
     the report shows (pp for accuracies), None for none; `tuned` keys (a study's selected
@@ -488,12 +492,13 @@ def write_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a sweep directory (one subdirectory per run)")
-    parser.add_argument("--baseline", default="relu", help="activation every other is compared against (default relu)")
-    parser.add_argument("--metric", default="test_acc", help="final metric to rank and test (default test_acc)")
-    parser.add_argument("--effect", type=float, default=EFFECT,
-                        help=f"the difference worth detecting, in the units the report shows: pp for accuracies (default {EFFECT})")
-    parser.add_argument("--alpha", type=float, default=stats.ALPHA, help=f"significance level (default {stats.ALPHA})")
-    parser.add_argument("--power", type=float, default=stats.POWER, help=f"power of the detectable effect (default {stats.POWER})")
+    d = DEFAULTS
+    parser.add_argument("--baseline", default=d["baseline"], help=f"activation every other is compared against (default {d['baseline']})")
+    parser.add_argument("--metric", default=d["metric"], help=f"final metric to rank and test (default {d['metric']})")
+    parser.add_argument("--effect", type=float, default=d["effect"],
+                        help=f"the difference worth detecting, in the units the report shows: pp for accuracies (default {d['effect']})")
+    parser.add_argument("--alpha", type=float, default=d["alpha"], help=f"significance level (default {d['alpha']})")
+    parser.add_argument("--power", type=float, default=d["power"], help=f"power of the detectable effect (default {d['power']})")
     args = parser.parse_args(argv)
     from actbench import study
 
@@ -529,14 +534,7 @@ class SweepReport(HydraCallback):
             write = write_report
             if config.get("study"):  # experiment=fair: the study's report, its confirm stage's inside
                 from actbench.study_report import write_study_report as write
-            path = write(
-                sweep_dir,
-                baseline=settings.get("baseline", "relu"),
-                metric=settings.get("metric", "test_acc"),
-                effect=settings.get("effect", EFFECT),
-                alpha=settings.get("alpha", stats.ALPHA),
-                power=settings.get("power", stats.POWER),
-            )
+            path = write(sweep_dir, **{k: settings.get(k, v) for k, v in DEFAULTS.items()})
             print(f"report: {path}", flush=True)
         except Exception as e:  # noqa: BLE001 - a report problem must not hide the finished runs
             print(f"actbench: could not write the report for {sweep_dir}: {e}", file=sys.stderr, flush=True)

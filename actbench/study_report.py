@@ -13,7 +13,7 @@ from pathlib import Path
 
 from actbench import root_events, stats, study
 from actbench.report import (
-    EFFECT,
+    DEFAULTS,
     ReportError,
     cell,
     compare,
@@ -88,8 +88,8 @@ def answer(confirm_dir: Path, metric: str, baseline: str, tuned: tuple, effect, 
     return out
 
 
-def write_study_report(sweep_dir: str | Path, baseline: str = "relu", metric: str = "test_acc", figures: bool = True,
-                       effect: float | None = EFFECT, alpha: float = stats.ALPHA, power: float = stats.POWER) -> Path:
+def write_study_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], metric: str = DEFAULTS["metric"], figures: bool = True,
+                       effect: float | None = DEFAULTS["effect"], alpha: float = DEFAULTS["alpha"], power: float = DEFAULTS["power"]) -> Path:
     """report.md (and isolation.png) at the study's root; the confirm stage's report in confirm/."""
     from actbench import figures as figs
 
