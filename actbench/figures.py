@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from actbench.results import as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
+from actbench.results import TEST_ACC, TRAIN_LOSS, VAL_LOSS, as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
 from actbench.stats import GAMMA, READING_MIN_SEEDS, TOO_FEW, gmean_positive, mean_ci
 from actbench.tags import DEAD, LOSS, PROBES, SATURATED, report_tag
 
@@ -193,13 +193,13 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
 @_drawing
 def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
     """Training and validation loss per epoch: mean over seeds with a +-1 std band."""
-    if not any(_aligned(s.runs, "train_loss")[0].size for s in series):
+    if not any(_aligned(s.runs, TRAIN_LOSS)[0].size for s in series):
         return None, "skipped: no run recorded loss curves"
     style = styles(series)
     fig = _new_figure(figsize=(11, 4.6))
     axes = fig.subplots(1, 2, sharex=True)
     counts: dict = {}
-    for ax, key, title in zip(axes, ["train_loss", "val_loss"], ["training loss", "validation loss"]):
+    for ax, key, title in zip(axes, [TRAIN_LOSS, VAL_LOSS], ["training loss", "validation loss"]):
         for s in series:
             epochs, mat = _aligned(s.runs, key)
             if not epochs.size:
@@ -472,7 +472,7 @@ class Figure(NamedTuple):
 
 
 def make_all(
-    out_dir: Path, series: list[Series], metric: str = "test_acc", metric_label: str = "test acc (%)", baseline: str = "relu"
+    out_dir: Path, series: list[Series], metric: str = TEST_ACC, metric_label: str = "test acc (%)", baseline: str = "relu"
 ) -> list[Figure]:
     """Every figure into out_dir, each with the tag it has in TensorBoard (the group of what it shows)."""
     out_dir = Path(out_dir)

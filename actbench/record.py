@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from actbench import hparams_tab
 from actbench.files import atomic_write
 from actbench.logs import say, warn
-from actbench.results import METRICS_FILE, SCHEMA, Status, read_metrics
+from actbench.results import METRICS_FILE, SCHEMA, TEST_ACC, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Status, read_metrics
 from actbench.stats import nanmedian
 from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
@@ -309,7 +309,7 @@ class Recorder(Callback):
             logger.experiment.flush()
             curves = run.metrics["curves"]
             final.update(
-                {key: curves[key][-1] for key in ("train_loss", "train_acc", "val_loss", "val_acc") if curves.get(key)},
+                {key: curves[key][-1] for key in (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC) if curves.get(key)},
                 epochs=len(curves.get("epoch", [])),
                 steps=trainer.global_step,
             )
@@ -318,7 +318,7 @@ class Recorder(Callback):
             timing_k = dict(timing, epoch_s_median=nanmedian(curves.get("epoch_s", [])), members=len(self.runs))
             run.end(Status.FINISHED, **timing_k)
             if self.speaks:
-                say(f"{run.name}: test accuracy {100 * final.get('test_acc', float('nan')):.2f}%  logs: {run.dir}")
+                say(f"{run.name}: test accuracy {100 * final.get(TEST_ACC, float('nan')):.2f}%  logs: {run.dir}")
 
     def fail(self, error: BaseException) -> None:
         """Mark every unfinished run of the pack failed, keeping its curves and the traceback; or

@@ -24,6 +24,9 @@ from actbench.conf import option
 from actbench.errors import UserError
 from actbench.results import (
     FINAL_KEYS,
+    TEST_ACC,
+    TRAIN_LOSS,
+    VAL_LOSS,
     Config,
     Run,
     dead_final,
@@ -92,7 +95,7 @@ def _show(x: float, metric: str, sign: bool = True) -> str:
     return _fmt(scale * x if x is not None else None, spec)
 
 
-def summarize(configs: list[Config], metric: str = "test_acc") -> list[dict]:
+def summarize(configs: list[Config], metric: str = TEST_ACC) -> list[dict]:
     """One row per configuration with runs in the table, best first by the metric's mean."""
     rows = []
     for c in configs:
@@ -108,8 +111,8 @@ def summarize(configs: list[Config], metric: str = "test_acc") -> list[dict]:
                 "std": std,
                 "ci_low": lo,
                 "ci_high": hi,
-                "train_loss": stats.nanmean(c.values("train_loss")),
-                "val_loss": stats.nanmean(c.values("val_loss")),
+                TRAIN_LOSS: stats.nanmean(c.values(TRAIN_LOSS)),
+                VAL_LOSS: stats.nanmean(c.values(VAL_LOSS)),
                 "epoch_s": stats.nanmedian([r.epoch_s() for r in c.runs]),
                 "dead_mean": stats.nanmean([d[0] for d in dead]),
                 "dead_max": stats.nanmean([d[1] for d in dead]),
@@ -157,7 +160,7 @@ def _compare_pair(c: Config, b: Config, metric: str, effect: float | None, alpha
     return out
 
 
-def compare(configs: list[Config], metric: str = "test_acc", baseline: str = "relu", effect: float | None = None,
+def compare(configs: list[Config], metric: str = TEST_ACC, baseline: str = "relu", effect: float | None = None,
             alpha: float = stats.ALPHA, power: float = stats.POWER, tuned: tuple = ()) -> tuple[list[Comparison], str | None]:
     """Every configuration (table order) against its baseline, Holm-corrected together; `effect`
     (the difference worth detecting, in the metric's own units) sets seeds_needed. The second
@@ -204,7 +207,7 @@ def power_sentence(cmp: Comparison, metric: str, effect: float | None, power: fl
             f" ({detects})")
 
 
-def verdict(cmp: Comparison, keys: list[str], metric: str = "test_acc", baseline: str = "relu", alpha: float = stats.ALPHA,
+def verdict(cmp: Comparison, keys: list[str], metric: str = TEST_ACC, baseline: str = "relu", alpha: float = stats.ALPHA,
             effect: float | None = None, power: float = stats.POWER) -> str:
     """One line, e.g. 'gelu vs relu: +0.42 pp test acc, 95% CI [...] (paired t, n=3, p=0.031, Holm p=0.093):
     not distinguishable from relu at alpha=0.05; underpowered: about 12 seeds would ...'; effect in metric units."""
@@ -248,7 +251,7 @@ def _fmt(x: float, spec: str) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def markdown_table(rows: list[dict], keys: list[str], metric: str = "test_acc") -> str:
+def markdown_table(rows: list[dict], keys: list[str], metric: str = TEST_ACC) -> str:
     """The results table, one line per configuration."""
     scale, unit = (100, " %") if is_fraction(metric) else (1, "")
     name = metric.replace("_", " ")
@@ -264,7 +267,7 @@ def markdown_table(rows: list[dict], keys: list[str], metric: str = "test_acc") 
         ci = f"[{_fmt(scale * r['ci_low'], spec)}, {_fmt(scale * r['ci_high'], spec)}]" if r["n"] > 1 else "—"
         cells = [str(c.get(k, "—")) for k in keys]
         cells += [n, _fmt(scale * r["mean"], spec), _fmt(scale * r["std"], spec), ci]
-        cells += [_fmt(r["train_loss"], ".4f"), _fmt(r["val_loss"], ".4f"), _fmt(r["epoch_s"], ".2f")]
+        cells += [_fmt(r[TRAIN_LOSS], ".4f"), _fmt(r[VAL_LOSS], ".4f"), _fmt(r["epoch_s"], ".2f")]
         if probes:
             dead = f"{_fmt(100 * r['dead_mean'], '.1f')}% / {_fmt(100 * r['dead_max'], '.1f')}%"
             cells += [dead if not math.isnan(r["dead_mean"]) else "—", _fmt(r["grad_ratio"], ".3g")]

@@ -24,8 +24,10 @@ from actbench.tags import ACC, DEAD, GRAD_RATIO, LOSS, PREFIX, TEST, TRAIN, VAL,
 
 SCHEMA = 1  # metrics.json's layout; a file of a newer one reads as corrupt, older ones stay readable
 METRICS_FILE = "metrics.json"
-# metrics.json's `final`: train_loss, train_acc, val_loss, ... test_acc (the tags' names there), then the counts
-FINAL_KEYS = (*(json_name(metric_tag(m, split)) for split in (TRAIN, VAL, TEST) for m in (LOSS, ACC)), "epochs", "steps")
+# metrics.json's names of a run's losses and accuracies (the tags' names there), in `curves` and `final`
+TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC = (json_name(metric_tag(m, s)) for s in (TRAIN, VAL, TEST) for m in (LOSS, ACC))
+# metrics.json's `final`: those, then the counts
+FINAL_KEYS = (TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, TEST_LOSS, TEST_ACC, "epochs", "steps")
 # what a report may rank by (`Run.value`): a final metric, or a run's seconds from `timing`
 METRICS = (*(k for k in FINAL_KEYS if k not in ("epochs", "steps")), "epoch_s_median", "fit_s", "startup_s", "wall_s")
 PROBE_ALIASES: dict[str, tuple[str, ...]] = {}  # a probe tag -> the names older metrics.json files have for it
@@ -219,7 +221,7 @@ class Config:
         return {s: float(np.mean(v)) for s, v in seeds.items() if s is not None}
 
 
-def group_runs(runs: list[Run], metric: str = "test_acc") -> list[Config]:
+def group_runs(runs: list[Run], metric: str = TEST_ACC) -> list[Config]:
     """Group runs by their overrides minus seed, keeping the key order of the overrides."""
     # Keys come from readable metrics.json only: a dir-name parse may spell keys differently.
     source = [r for r in runs if r.metrics] or runs

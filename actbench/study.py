@@ -21,12 +21,12 @@ from pathlib import Path
 
 from actbench.errors import ConfigError
 from actbench.packing import is_member_key, override_key
-from actbench.results import Status, read_metrics
+from actbench.results import VAL_ACC, VAL_LOSS, Status, read_metrics
 from actbench.runs import identity_overrides, run_name
 
 STUDY_FILE = "study.json"
 STAGES = ("tune", "confirm")
-SELECT = {"val_loss": False, "val_acc": True}  # metric -> higher is better
+SELECT = {VAL_LOSS: False, VAL_ACC: True}  # metric -> higher is better
 LR_KEY = "optimizer.lr"
 
 
@@ -35,7 +35,7 @@ class Settings:
     lrs: tuple[float, ...]
     tune_seeds: tuple[int, ...]
     seeds: tuple[int, ...]
-    select: str = "val_loss"
+    select: str = VAL_LOSS
     max_extend: int = 2
     nuisance: dict = field(default_factory=dict)  # key -> {low, high, log}; empty: the learning-rate grid
     trials: int = 0
@@ -72,7 +72,7 @@ def settings(study) -> Settings:
     tune, seeds = ints("tune_seeds"), ints("seeds")
     if set(tune) & set(seeds):
         raise ConfigError(f"study.tune_seeds and study.seeds share {sorted(set(tune) & set(seeds))}: the confirming seeds must play no part in the choice")
-    select = node.get("select", "val_loss")
+    select = node.get("select", VAL_LOSS)
     if select not in SELECT:
         raise ConfigError(f"study.select={select!r}: must be one of {', '.join(SELECT)}")
     extend = node.get("max_extend", 2)

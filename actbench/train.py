@@ -146,7 +146,7 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
     diverged runs are skipped with a line each. Read only once the runs are owned: what their files
     say may change until then."""
     from actbench.checkpoints import resume_point
-    from actbench.results import Status, read_metrics
+    from actbench.results import TEST_ACC, Status, read_metrics
 
     todo: dict[tuple | None, list] = {}
     for r in runs:
@@ -161,7 +161,7 @@ def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
                 "give this sweep another name= or delete that directory"
             )
         if done and done.get("status") in (Status.FINISHED, Status.DIVERGED):
-            acc = done.get("final", {}).get("test_acc")
+            acc = done.get("final", {}).get(TEST_ACC)
             what = f"test accuracy {100 * acc:.2f}%" if acc is not None else done["status"]
             if speak:
                 say(f"{r.name}: already {done['status']} ({what}), skipped")
@@ -227,7 +227,7 @@ def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = 
 
 def run(cfg: DictConfig):
     from actbench.checks import validate
-    from actbench.results import Status, read_metrics
+    from actbench.results import VAL_ACC, Status, read_metrics
 
     global _jobs_started
     _jobs_started += 1
@@ -256,7 +256,7 @@ def run(cfg: DictConfig):
     if failed and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise SystemExit(1)  # in a sweep, the report lists the failed runs and the next rerun retries them
     finals = [read_metrics(r.dir) or {} for r in runs]
-    accs = [m.get("final", {}).get("val_acc") for m in finals if m.get("status") == Status.FINISHED]
+    accs = [m.get("final", {}).get(VAL_ACC) for m in finals if m.get("status") == Status.FINISHED]
     accs = [a for a in accs if a is not None]
     return sum(accs) / len(accs) if accs else float("nan")  # for Hydra sweepers that optimise
 
