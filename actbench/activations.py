@@ -25,12 +25,14 @@ def gelu_sigmoid(x: Tensor) -> Tensor:
 def build(cfg) -> Callable[[Tensor], Tensor]:
     """Instantiate an activation config: a Module class gets its parameters as constructor
     arguments, a function gets them bound with functools.partial."""
-    from hydra.utils import get_object, instantiate
+    from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
+
+    from actbench.checks import locate
 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
-    target = get_object(cfg._target_)
+    target = locate(cfg._target_, "activation._target_")
     if inspect.isclass(target):
         fn = instantiate(cfg)
     else:

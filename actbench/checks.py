@@ -1,4 +1,5 @@
-"""Checks on the composed config, before anything is built: one line per problem, naming the key."""
+"""Checks on the composed config, before anything is built: one line per problem, naming the key.
+The model's own keys are checked by the rules its class states (`PackedNet.RULES`)."""
 
 from __future__ import annotations
 
@@ -7,62 +8,73 @@ import math
 from omegaconf import DictConfig, OmegaConf
 
 from actbench.errors import ConfigError
-from actbench.convnet import NORMS
-from actbench.model import INITS
 from actbench.ownership import MODES
 from actbench.results import METRICS as REPORT_METRICS
 
 
-def _int(v) -> bool:
+def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v) -> bool:
+def is_num(v) -> bool:
     """A finite number: a learning rate of 1e999 is no setting, and would only end as a diverged run."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def locate(path: str, key: str):
+    """The object a `_target_` names (`key` says where it was set), or one line saying why it
+    cannot be found; hydra.utils' own lookup logs a multi-line error before it raises."""
+    import logging
+
+    from hydra.utils import get_object
+
+    log = logging.getLogger("hydra.utils")
+    disabled, log.disabled = log.disabled, True
+    try:
+        return get_object(path)
+    except Exception as e:  # noqa: BLE001 - importing a user's module may raise anything; its message says what
+        raise ConfigError(f"{key}={path!r}: {' '.join(str(e).split())}") from None
+    finally:
+        log.disabled = disabled
+
+
 # key -> (test, what it must be)
 RULES = {
-    "seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "model.depth": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "model.width": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
-    "model.dropout": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "model.channels": (lambda v: isinstance(v, list) and bool(v) and all(_int(c) and c >= 1 for c in v),
-                       "a non-empty list of integers >= 1, e.g. [16,32]"),
-    "model.norm": (lambda v: v in NORMS, f"one of {', '.join(NORMS)}"),
-    "optimizer.lr": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "data.batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "data.eval_batch_size": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
-    "data.val_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "data.probe_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    "optimizer.lr": (lambda v: is_num(v) and v > 0, "a number > 0"),
+    "data.batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "data.eval_batch_size": (lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or an integer >= 1"),
+    "data.val_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "data.probe_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     "data.normalize": (lambda v: v in ("scale", "standardize"), "scale or standardize"),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
-    "trainer.max_epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "trainer.log_every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "steps_per_execution": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "trainer.max_epochs": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.log_every_n_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "steps_per_execution": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
-    "probes.activations.dead_tol": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "probes.activations.saturation_tol": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "probes.gradients.every_n_steps": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
-    "diverged_loss": (lambda v: _num(v) and v > 0, "a number > 0"),
-    "max_pack": (lambda v: v is None or (_int(v) and v >= 1), "null or an integer >= 1"),
-    "threads": (lambda v: v == "auto" or (_int(v) and v >= 1), "auto or an integer >= 1"),
+    "probes.activations.dead_tol": (lambda v: is_num(v) and v >= 0, "a number >= 0"),
+    "probes.activations.saturation_tol": (lambda v: is_num(v) and v >= 0, "a number >= 0"),
+    "probes.gradients.every_n_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "diverged_loss": (lambda v: is_num(v) and v > 0, "a number > 0"),
+    "max_pack": (lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
+    "threads": (lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or an integer >= 1"),
     "ownership.mode": (lambda v: v in MODES, f"{', '.join(MODES[:-1])} or {MODES[-1]}"),
-    "ownership.lease_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
-    "ownership.renew_s": (lambda v: _num(v) and v > 0, "a number of seconds > 0"),
+    "ownership.lease_s": (lambda v: is_num(v) and v > 0, "a number of seconds > 0"),
+    "ownership.renew_s": (lambda v: is_num(v) and v > 0, "a number of seconds > 0"),
     # the report's settings, checked before training rather than after the sweep
     "report.metric": (lambda v: v in REPORT_METRICS, f"one of {', '.join(REPORT_METRICS)}"),
-    "report.effect": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
-    "report.alpha": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
-    "report.power": (lambda v: _num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "report.effect": (lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"),
+    "report.alpha": (lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "report.power": (lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
 }
 
 
 def validate(cfg: DictConfig) -> None:
+    from actbench.model import model_class
+
     absent = object()
-    for key, (ok, what) in RULES.items():
+    own = model_class(cfg).RULES if cfg.get("model") is not None else {}
+    for key, (ok, what) in {**RULES, **{f"model.{k}": rule for k, rule in own.items()}}.items():
         value = OmegaConf.select(cfg, key, default=absent)  # a probe switched off (null) leaves its keys absent
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value)
@@ -78,7 +90,7 @@ def validate(cfg: DictConfig) -> None:
     seeds = cfg.get("seeds")
     if seeds is not None:
         seeds = OmegaConf.to_object(seeds) if OmegaConf.is_config(seeds) else seeds
-        if not isinstance(seeds, list) or not seeds or not all(_int(s) and s >= 0 for s in seeds):
+        if not isinstance(seeds, list) or not seeds or not all(is_int(s) and s >= 0 for s in seeds):
             raise ConfigError(f"seeds={seeds!r}: must be null or a non-empty list of integers >= 0, e.g. seeds=[0,1,2]")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"seeds={seeds!r}: each seed may appear once")

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
+from actbench.checks import is_int, is_num, locate
 from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
+from actbench.errors import ConfigError
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
@@ -109,23 +111,36 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
 
 class PackedNet(nn.Module):
     """The protocol of a packed model: what train, placement, run identity and the probes ask of it.
+    A new model is one subclass (in any importable module), one conf/model/*.yaml naming it as
+    `_target_`, and tests; PackedMLP and actbench/convnet.py are the examples.
 
     Construction: `Model(seeds, activation, **cfg.model, input_shape=..., n_classes=...)`, where
     `activation` maps pre-activations elementwise with the members on dim 0 (one function, or
-    actbench.activations.PerMember). A subclass provides:
+    actbench.activations.PerMember). For members to train in a pack exactly as apart:
+
+    - every parameter and buffer stacks the members along dim 0 as K equal chunks (`per_seed`
+      views one; checkpoints split by chunking, and a resumed or lone member is one chunk);
+    - member k's initial weights come from its own `generator(seed, "init")` (see `init_layer`),
+      so they do not depend on its pack;
+    - dropout goes through `drop`, which draws each member's masks from its own stream.
+
+    A subclass provides:
 
     - `forward(x, record=None)`: x [K, B, *input_shape] -> logits [K, B, classes]; a lone member's
       x may come as [B, *input_shape] (`step_losses`) and gives [B, classes]. `record`, if given,
       receives (z, f(z)) for every hidden activation, z as [K, n, units] or [K, n, C, H, W]: the
-      probes' dead units or channels, saturation and histograms come from these.
+      probes' dead units or channels, saturation and histograms come from these (hidden layer i,
+      counted from 1, in the order recorded).
     - `probe_weights()`: the weights whose gradient norms the probes follow, input side first,
       the output layer last (their first-over-last ratio is the vanishing-gradient signature).
-    - `member(k)`: member k as torch's own layers (an nn.Sequential holding its weights), to
-      export a trained member and to check the packed maths against torch's.
+    - `member(k)`: member k as torch's own layers (an nn.Module holding its weights; ours are
+      nn.Sequential), to export a trained member and to check the packed maths against torch's.
     - class methods on the model's config node: `hparams` (its flat hyperparameters for
-      logging), `n_params` and `bytes_per_member` (one more member's memory, for sizing packs),
+      logging, each under its config key, so that a swept `model.KEY` is a column of the HParams
+      tab), `n_params` and `bytes_per_member` (one more member's memory, for sizing packs),
       `flops_per_sample` (a forward pass, for choosing threads), `draws_random` (whether a
       training step draws random numbers, which a CUDA graph would freeze), and the attributes
+      `RULES` (what each of its config keys must be, checked before anything is built),
       `EVAL_BATCH` (its evaluation batch for data.eval_batch_size=auto) and `MIXES_ACTIVATIONS`
       (whether members of different activations gain by sharing a pack).
 
@@ -168,6 +183,12 @@ class PackedNet(nn.Module):
         mask = torch.stack([torch.empty(rows, device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
         return h * mask.view(h.shape) / keep
 
+    # the model's config keys and what each must be (key -> (test, what it must be)), checked as
+    # `model.KEY` before anything is built; a subclass adds its own to these
+    RULES: dict = {
+        "init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
+        "dropout": (lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    }
     EVAL_BATCH = 10_000  # data.eval_batch_size=auto: examples per evaluation batch that suit this model
     MIXES_ACTIVATIONS = True  # whether members of different activations share a pack (it must pay)
 
@@ -228,9 +249,10 @@ def copy_into(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Modul
 
 def model_class(cfg) -> type[PackedNet]:
     """The class `cfg.model` names, which states the model's facts before one is built."""
-    from hydra.utils import get_class
-
-    return get_class(cfg.model._target_)
+    cls = locate(cfg.model._target_, "model._target_")
+    if not (isinstance(cls, type) and issubclass(cls, PackedNet)):
+        raise ConfigError(f"model._target_={cfg.model._target_!r}: must name a subclass of actbench.model.PackedNet")
+    return cls
 
 
 def eval_batch_size(cfg) -> int:
@@ -242,6 +264,12 @@ def eval_batch_size(cfg) -> int:
 class PackedMLP(PackedNet):
     """K independent MLPs: input -> width x depth -> classes, one per packed member, as one
     module; a dense layer's weight is [K*out, in], so a lone member's is nn.Linear's."""
+
+    RULES = {
+        **PackedNet.RULES,
+        "depth": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "width": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    }
 
     def __init__(
         self,

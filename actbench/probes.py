@@ -79,7 +79,7 @@ def layer_stats(
     saturation_tol: float = SATURATION_TOL,
 ) -> dict[str, Tensor]:
     """`unit_stats` of every hidden layer of a `probe_forward` record, under the TensorBoard
-    tags `probes/dead/layer{i}`, `probes/saturated/layer{i}`, `probes/dact_mean/layer{i}` (i = 1..depth), each [K]."""
+    tags `probes/dead/layer{i}`, `probes/saturated/layer{i}`, `probes/dact_mean/layer{i}` (i from 1, in the record's order), each [K]."""
     out = {}
     for i, (z, _) in enumerate(record, start=1):
         for name, value in unit_stats(fn, z, dead_tol, saturation_tol).items():

@@ -54,12 +54,13 @@ GRAD_RATIO, GRAD_RATIO_STEP = f"{PREFIX}grad_ratio", f"{PREFIX}grad_ratio_step" 
 
 
 def layer_tag(stat: str, i: int) -> str:
-    """`probes/dead/layer{i}` and the like, for hidden layer i = 1..depth."""
+    """`probes/dead/layer{i}` and the like, for the i-th hidden activation a model records (from 1)."""
     return f"{PREFIX}{stat}/layer{i}"
 
 
 def grad_norm_tag(j: int, kind: str = GRAD_NORM) -> str:
-    """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for weight matrix j = 1..depth+1, the output layer's last."""
+    """`probes/grad_norm/w{j}` (or `probes/grad_norm_step/w{j}`), for the j-th of the model's
+    `probe_weights()` (from 1; the output layer's is the last)."""
     return f"{PREFIX}{kind}/w{j}"
 
 

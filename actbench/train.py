@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, follow, still_owned
 from actbench.errors import UserError
@@ -74,7 +74,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from actbench.checkpoints import PerSeedCheckpointIO
-    from actbench.model import Classifier, eval_batch_size
+    from actbench.model import Classifier, eval_batch_size, model_class
     from actbench.record import Recorder, process_started
 
     cfg = runs[0].cfg
@@ -123,9 +123,11 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
         # DDP expects one backward per forward: one optimizer step per Lightning step, no graph
         data.steps = 1
     graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
-    net = instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
-    module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
     try:
+        # inside: a model that fails to build (a user's, say) is recorded as failed with its traceback
+        params = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}
+        net = model_class(cfg)(seeds, act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES, **params)
+        module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):
             trainer.test(module, datamodule=data, verbose=False)
@@ -216,7 +218,7 @@ def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = 
                 raise
             except Exception as e:  # noqa: BLE001 - recorded as failed (traceback in metrics.json); the sweep goes on
                 failed += pack
-                warn(f"{pack[0].name}: failed: {type(e).__name__}: {e} (details in its metrics.json)")
+                warn(f"{pack[0].name}: failed: {type(e).__name__}: {' '.join(str(e).split())} (details in its metrics.json)")
             finally:
                 os.environ.pop(LEADER_ENV, None)
                 # a run's trainer, module and data reference each other; free their hundreds of MB

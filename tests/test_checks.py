@@ -1,9 +1,12 @@
 """actbench.checks: every knob users type is checked before anything is built."""
 
+import sys
+from pathlib import Path
+
 import pytest
 from conftest import compose_cfg as cfg
 
-from actbench.checks import validate
+from actbench.checks import locate, validate
 from actbench.conf import CONF_DIR
 from actbench.errors import ConfigError
 
@@ -31,6 +34,9 @@ def test_a_switched_off_probe_is_not_checked():
         ("model.width=1.5", "model.width=1.5: must be an integer >= 1"),
         ("model.init=xavier", "model.init='xavier': must be one of torch, glorot, kaiming, lecun"),
         ("model.dropout=1", "model.dropout=1: must be a number in [0, 1)"),
+        ("model=cnn model.norm=layer", "model.norm='layer': must be one of none, batch"),
+        ("model=cnn model.channels=[16,0]", "model.channels=[16, 0]: must be a non-empty list of integers >= 1, e.g. [16,32]"),
+        ("model._target_=torch.nn.Linear", "model._target_='torch.nn.Linear': must name a subclass of actbench.model.PackedNet"),
         ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
         ("optimizer.lr=fast", "optimizer.lr='fast': must be a number > 0"),
         ("optimizer.lr=1e999", "optimizer.lr=inf: must be a number > 0"),
@@ -54,7 +60,7 @@ def test_a_switched_off_probe_is_not_checked():
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as e:
-        validate(cfg(override))
+        validate(cfg(*override.split()))
     assert str(e.value) == message
 
 
@@ -67,3 +73,23 @@ def test_bad_seed_lists(seeds, problem):
 def test_seed_zero_and_packs_are_fine():
     validate(cfg("seed=0"))
     validate(cfg("seeds=[0,1,2]", "max_pack=2"))
+
+
+def test_a_model_states_the_rules_of_its_own_keys(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # tests/models.py, as a user's module
+    validate(cfg("model._target_=models.Blocks", "+model.blocks=2"))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg("model._target_=models.Blocks", "+model.blocks=0"))
+    assert str(e.value) == "model.blocks=0: must be an integer >= 1"
+    sys.modules.pop("models", None)
+
+
+@pytest.mark.parametrize("target, why", [("no_such_module.Net", "No module named 'no_such_module'"),
+                                         ("actbench.model.NoSuchNet", "Are you sure that 'NoSuchNet' is importable")])
+def test_a_target_that_cannot_be_found_is_one_line(target, why, caplog):
+    with pytest.raises(ConfigError) as e:
+        validate(cfg(f"model._target_={target}"))
+    assert str(e.value).startswith(f"model._target_={target!r}: ") and why in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="activation._target_"):
+        locate(target, "activation._target_")
+    assert not caplog.records  # hydra's own multi-line log of the failure is kept quiet

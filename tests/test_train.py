@@ -263,6 +263,13 @@ def test_crashed_run_is_recorded_failed_and_retried(tiny_run, tmp_path):
     assert retry.returncode == 0 and metrics(tmp_path / "runs" / "tiny" / "default")["status"] == "finished"
 
 
+def test_a_model_that_fails_to_build_is_recorded_failed_with_its_reason(tiny_run, tmp_path):
+    broken = run_cli(*tiny_run, "model._target_=models.Broken", env={"PYTHONPATH": TESTS})
+    assert broken.returncode == 1 and "planted model failure (details in its metrics.json)" in broken.stderr
+    m = metrics(tmp_path / "runs" / "tiny" / "model._target_=models.Broken")
+    assert m["status"] == "failed" and m["error"] == "RuntimeError: planted model failure" and "models.py" in m["traceback"]
+
+
 def test_a_failed_run_of_another_configuration_is_refused_if_it_has_a_checkpoint_else_retried(tiny_run, tmp_path):
     boom = ["trainer.max_epochs=2", "+callbacks.boom._target_=callbacks.RaiseAt"]
     with_ckpt = run_cli(*tiny_run, "seed=0", *boom, "+callbacks.boom.step=20", env={"PYTHONPATH": TESTS})  # in epoch 2
