@@ -333,10 +333,14 @@ def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
 
 
 def _depth_key(series: list[Series]) -> str | None:
-    """The swept key named like *depth whose value differs between configurations."""
-    keys = {k for s in series for k in s.variant if k.split(".")[-1] == "depth"}
-    for k in sorted(keys):
-        if len({str(s.variant.get(k)) for s in series}) > 1:
+    """The swept key, numeric, along which the number of layers the probes follow changes: the
+    MLP's model.depth, or a model's own (model.blocks, say)."""
+    for k in sorted({k for s in series for k in s.variant}):
+        values = {s.variant.get(k) for s in series}
+        if len(values) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        layers = {v: {len(grad_norm_tags(r)) for s in series if s.variant.get(k) == v for r in s.runs} for v in values}
+        if len({frozenset(n) for n in layers.values()}) > 1:
             return k
     return None
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from actbench import figures, report, results
-from conftest import write_run, write_sweep
+from conftest import make_metrics, write_run, write_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -138,3 +138,13 @@ def test_the_report_shows_its_figures_first_in_tensorboard(figure_sweep):
     for tag in shown:
         group = tag.split("/")[0]
         assert all(tag < other for other in logged if other.startswith(group + "/"))
+
+
+def test_the_depth_axis_is_the_swept_key_that_changes_the_layers_probed():
+    def series(key, values, layers):
+        runs = [[make_metrics({"model.depth": n}, 0.88)] for n in layers]
+        return [figures.Series(f"relu, {key}={v}", "relu", {key: v}, runs=r) for v, r in zip(values, runs)]
+
+    assert figures._depth_key(series("model.blocks", [2, 4], [2, 4])) == "model.blocks"  # a model's own depth
+    assert figures._depth_key(series("optimizer.lr", [1e-3, 1e-2], [1, 1])) is None  # numeric, same layers
+    assert figures._depth_key(series("model.depth", [1, 3], [1, 3])) == "model.depth"
