@@ -46,14 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actbench import data as ab_data  # noqa: E402
-from actbench.conf import CONF_DIR  # noqa: E402
-from actbench.convnet import PackedConvNet  # noqa: E402
-from actbench.model import PackedMLP, param_groups  # noqa: E402
+from actbench.checks import locate  # noqa: E402
+from actbench.conf import CONF_DIR, option  # noqa: E402
+from actbench.model import param_groups  # noqa: E402
 from actbench.results import load_runs  # noqa: E402
 
-MODELS = {"mlp": PackedMLP, "cnn": PackedConvNet}  # with their default settings, as conf/model/ has them
-
-REAL_DIRS = ["/usr/share/datasets/fashion-mnist"]
+MODELS = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))  # each with its settings in conf/model/
+REAL_DIRS = option("data", "fashion_mnist")["system_dirs"]
 CLI_EPOCHS = 5  # the packed-vs-sequential command lines run the blog's 5 epochs, start-up included
 SWEEPS = {  # as users type them; each is timed from the command to its report
     "the design card's": ["-m", "activation=relu,gelu,sigmoid,leaky"],
@@ -93,7 +92,9 @@ def bench_data(tmp: Path, root: str) -> tuple[list[str], dict]:
 
 def reference_model(seed: int, device, model: str = "mlp") -> nn.Module:
     """torch's own layers (nn.Linear, nn.Conv2d, ...) holding exactly actbench's initial weights for this seed."""
-    return MODELS[model]([seed], nn.ReLU()).member(0).to(device)
+    settings = option("model", model)
+    cls = locate(settings.pop("_target_"), "model._target_")
+    return cls([seed], nn.ReLU(), **settings).member(0).to(device)
 
 
 def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000, model="mlp", channels_last=False):
@@ -261,7 +262,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run; the first of each run is a warm-up")
     ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
-    ap.add_argument("--model", default="mlp", choices=list(MODELS), help="the blog's MLP or the ConvNet (model=cnn)")
+    ap.add_argument("--model", default="mlp", choices=MODELS, help="a file of conf/model/: the blog's MLP, the ConvNet (cnn), ...")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for the reference and actbench (threads=); default: what threads=auto picks (1 for the MLP)")
     ap.add_argument("--packed", type=int, default=0, help="also compare K packed seeds with K sequential runs")
@@ -278,10 +279,13 @@ def main() -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     torch.set_flush_denormal(True)
-    if args.threads is None:  # as threads=auto decides: one for the MLP's small steps, the cores for the ConvNet's
-        from actbench.placement import usable_cpus
+    if args.threads is None:  # what threads=auto decides for one run of this model
+        from hydra import compose, initialize_config_dir
 
-        args.threads = 1 if args.model == "mlp" else usable_cpus()
+        from actbench.placement import cpu_threads
+
+        with initialize_config_dir(str(CONF_DIR), version_base=None):
+            args.threads = cpu_threads(compose("train", overrides=[f"model={args.model}"]), 1)
     torch.set_num_threads(args.threads)
     from actbench.placement import keep_freed_memory, undo_nvml_check
 
