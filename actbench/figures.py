@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from actbench.results import TEST_ACC, TRAIN_LOSS, VAL_LOSS, as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
 from actbench.stats import GAMMA, READING_MIN_SEEDS, TOO_FEW, gmean_positive, mean_ci
@@ -44,6 +45,7 @@ COLORS = {
 }
 SPARE_COLORS = ["#DDCC77", "#CC6677", "#88CCEE", "#117733", "#F0E442", "#777777"]
 LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3))]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DPI = 130
 
 
@@ -62,18 +64,40 @@ class Series:
     reading: str = ""  # the report's reading of that interval (stats.TOO_FEW ... when it has none)
 
 
-def styles(series: list[Series]) -> dict[str, tuple[str, object]]:
-    """label -> (colour, linestyle): colour by activation, line style by the other keys."""
+class Style(NamedTuple):
+    """How one configuration is drawn: colour and marker by activation, line style by the other
+    keys. Activations drawn earlier get wider lines and larger markers, so that one whose curve
+    lies on another's (gelu and gelu_tanh) still shows around it."""
+
+    color: str
+    linestyle: object
+    marker: str
+    rank: int  # the activation's place among the series' activations
+
+    def line(self, scale: float = 1.0) -> dict:
+        """Keyword arguments of Axes.plot."""
+        shrink = 1.0 - 0.22 * (self.rank % 4)
+        # every other activation's markers hollow: a filled one under them still shows through
+        edge = {"fillstyle": "none", "mew": 1.4 * scale} if self.rank % 2 else {"mec": "white", "mew": 0.5}
+        return {"color": self.color, "linestyle": self.linestyle, "marker": self.marker, **edge,
+                "lw": 3.0 * shrink * scale, "ms": 8.0 * shrink * scale}
+
+
+def styles(series: list[Series]) -> dict[str, Style]:
+    """label -> its Style."""
     spare = itertools.cycle(SPARE_COLORS)
     colors: dict = {}
     variants: dict = {}
     for s in series:
         if s.activation not in colors:
             colors[s.activation] = COLORS.get(str(s.activation)) or next(spare)
+    ranks = {a: i for i, a in enumerate(colors)}
     for s in sorted(series, key=_variant_order):
         variants.setdefault(_variant_id(s), len(variants))
     return {
-        s.label: (colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)]) for s in series
+        s.label: Style(colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)],
+                       MARKERS[ranks[s.activation] % len(MARKERS)], ranks[s.activation])
+        for s in series
     }
 
 
@@ -175,7 +199,7 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
 
     variants = list(dict.fromkeys(_variant_label(s) for s in sorted(series, key=_variant_order)))
     if len(variants) <= 1:
-        handles = [Line2D([], [], color=style[s.label][0], ls=style[s.label][1], lw=2, marker="o", ms=3) for s in series]
+        handles = [Line2D([], [], **style[s.label].line()) for s in series]
         labels = [s.label + (f" (n={counts[s.label]})" if counts else "") for s in series]
         fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), frameon=False)
         return
@@ -184,9 +208,10 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
         first.setdefault(s.activation, s)
         first.setdefault(_variant_label(s), s)
     acts = list(dict.fromkeys(s.activation for s in series))
-    fig.legend([Line2D([], [], color=style[first[a].label][0], lw=2.5) for a in acts], [str(a) for a in acts],
+    fig.legend([Line2D([], [], color=style[first[a].label].color, marker=style[first[a].label].marker, lw=2.5) for a in acts],
+               [str(a) for a in acts],
                loc="outside right upper", title="activation (colour)", frameon=False)
-    fig.legend([Line2D([], [], color="0.25", ls=style[first[v].label][1], lw=1.8) for v in variants], variants,
+    fig.legend([Line2D([], [], color="0.25", ls=style[first[v].label].linestyle, lw=1.8) for v in variants], variants,
                loc="outside right lower", title="line style", frameon=False)
 
 
@@ -205,10 +230,9 @@ def loss_curves(series: list[Series], path: Path) -> tuple[Path | None, str]:
             if not epochs.size:
                 continue
             mean, std = _mean_std(mat)
-            color, ls = style[s.label]
             counts[s.label] = int(np.sum(~np.isnan(mat).all(axis=1)))
-            ax.plot(epochs, mean, color=color, linestyle=ls, lw=1.8, marker="o", ms=3)
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+            ax.plot(epochs, mean, **style[s.label].line(0.8))
+            ax.fill_between(epochs, mean - std, mean + std, color=style[s.label].color, alpha=0.15, lw=0)
         ax.set(title=title, xlabel="epoch", ylabel="cross-entropy loss")
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle("Loss per epoch: line = mean over seeds, band = ±1 std over seeds")
@@ -227,7 +251,7 @@ def metric_points(series: list[Series], path: Path, metric_label: str = "test ac
     fig = _new_figure(figsize=(8, 1.2 + 0.42 * len(series)))
     ax = fig.subplots()
     for i, s in enumerate(series):
-        color, _ = style[s.label]
+        color = style[s.label].color
         y = np.array(s.values, dtype=float)
         ax.scatter(y, i + rng.uniform(-0.18, 0.18, len(y)), s=22, color=color, alpha=0.6, lw=0, zorder=2)
         mean, _, low, _ = mean_ci(y)
@@ -258,7 +282,7 @@ def improvement(series: list[Series], path: Path, baseline: str = "relu") -> tup
     fig = _new_figure(figsize=(8, 1.5 + 0.36 * len(rows)))
     ax = fig.subplots()
     for i, (s, hollow) in enumerate(zip(rows, unread)):
-        color, _ = style[s.label]
+        color = style[s.label].color
         low, high = s.p_improve_ci
         if math.isfinite(low) and math.isfinite(high):
             ax.barh(i, high - low, left=low, height=0.6, lw=1 if hollow else 0, zorder=2, edgecolor=color,
@@ -302,7 +326,7 @@ def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
         except Exception as e:  # noqa: BLE001 - e.g. a user's module not importable here: the others are still drawn
             unknown.append(f"{s.activation} ({type(e).__name__}: {e})")
     style = styles(series)
-    color = {s.activation: style[s.label][0] for s in series}
+    color = {s.activation: style[s.label].color for s in series}
     x = torch.linspace(-4, 4, 801)
     fig = _new_figure(figsize=(14, 4.4))
     axes = fig.subplots(1, 3)
@@ -365,7 +389,7 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
     ax = dict(zip(panels, np.ravel(fig.subplots(rows, cols))))
 
     for s in with_probes:
-        line = {"color": style[s.label][0], "linestyle": style[s.label][1], "lw": 1.8, "marker": "o", "ms": 3.5}
+        line = style[s.label].line()
         runs = [r for r in s.runs if has_probes(r)]
         for kind in fractions:
             epochs, per_run = _layer_mean(runs, kind)
@@ -376,9 +400,13 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
         if layers:
             with _quiet():
                 ax["grad_norm"].semilogy(layers, gmean_positive(norms, axis=0), **line)
+    tols = {str(OmegaConf.select(OmegaConf.create(r.get("config") or {}), "probes.activations.saturation_tol"))
+            for s in with_probes for r in s.runs}
+    threshold = tols.pop() if len(tols) == 1 and "None" not in tols else "the threshold"
+    titles = {DEAD: "dead units or channels (mean over layers, seeds)",
+              SATURATED: f"|f'| < {threshold}: saturated, or a ReLU's\nflat side (mean over layers, seeds)"}
     for kind in fractions:
-        ax[kind].set(title=f"{kind} units or channels (mean over layers, seeds)", xlabel="epoch (0 = at initialisation)",
-                     ylabel=f"{kind} fraction")
+        ax[kind].set(title=titles[kind], xlabel="epoch (0 = at initialisation)", ylabel=f"{kind} fraction")
         ax[kind].yaxis.set_major_formatter(PercentFormatter(1.0))
         ax[kind].xaxis.set_major_locator(MaxNLocator(integer=True))
     ax["grad_norm"].set(title="weight-gradient norm per layer, final epoch", xlabel="layer (last = output layer)",
@@ -416,9 +444,8 @@ def _ratio_vs_depth(ax, series: list[Series], depth: str, style: dict) -> None:
         y = [s.grad_ratio for s in members]
         extra = json.loads(rest)
         name = str(activation) + ("".join(f", {k}={v}" for k, v in extra.items()))
-        color = style[members[0].label][0]
-        linestyle = style[members[0].label][1] if extra else "-"
-        ax.semilogy(x, y, color=color, linestyle=linestyle, lw=1.8, marker="o", ms=4, label=name)
+        line = style[members[0].label].line()
+        ax.semilogy(x, y, **{**line, "linestyle": line["linestyle"] if extra else "-"}, label=name)
     ax.axhline(1.0, color="grey", lw=0.8, linestyle=":")
     ax.set(title="gradient ratio vs depth (geometric mean\nover epochs 1..E and seeds)", xlabel=depth,
            ylabel="‖∇W1‖ / ‖∇W_last‖")
@@ -439,13 +466,13 @@ def isolation(arms: list[dict], path: Path, score_label: str = "val loss", edges
     fig = _new_figure(figsize=(8.5, 5.2))
     ax = fig.subplots()
     for a in drawn:
-        color, ls = style[a["arm"]]
+        color = style[a["arm"]].color
         pts = sorted((pt for pt in a["points"] if pt.get("score") is not None and math.isfinite(pt["score"])), key=lambda pt: pt["lr"])
         lr = np.array([pt["lr"] for pt in pts])
         mean = np.array([pt["score"] for pt in pts])
         low = np.array([min(pt["per_seed"] or [pt["score"]]) for pt in pts])
         high = np.array([max(pt["per_seed"] or [pt["score"]]) for pt in pts])
-        ax.plot(lr, mean, color=color, linestyle=ls, lw=1.8, marker="o", ms=4, label=a["arm"])
+        ax.plot(lr, mean, **style[a["arm"]].line(0.8), label=a["arm"])
         ax.fill_between(lr, low, high, color=color, alpha=0.15, lw=0)
         failed = [pt["lr"] for pt in a["points"] if pt.get("bad")]
         for x in failed:
