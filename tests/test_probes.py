@@ -221,3 +221,14 @@ def test_probes_none_records_no_probes_and_same_training(tiny_run, tmp_path):
     assert ma["probes"]["epoch"] == [0, 1] and mb["probes"] == {}
     assert ma["curves"]["train_loss"] == mb["curves"]["train_loss"]  # probing changes nothing about training
     assert ma["final"]["test_acc"] == mb["final"]["test_acc"]
+
+
+def test_histogram_sample_sees_every_position_of_a_feature_map():
+    from actbench.probes import HISTOGRAM_VALUES, histogram_sample
+
+    # 128 images x 64 channels x 28 x 28 = 49 x HISTOGRAM_VALUES: a stride of 49 would see 16 of the 784 positions
+    z = torch.arange(28 * 28, dtype=torch.float32).expand(1, 128, 64, 28 * 28).reshape(1, 128, 64, 28, 28)
+    sample = histogram_sample(z)
+    assert sample.shape == (1, HISTOGRAM_VALUES)
+    assert len(sample.unique()) == 28 * 28  # every pixel position is represented
+    assert torch.equal(sample, histogram_sample(z))  # the same picks at every call
