@@ -309,7 +309,7 @@ def comparisons_table(comparisons: list[Comparison], keys: list[str], metric: st
     unit = unit.strip()
     u = f" ({unit})" if unit else ""
     header = ["configuration", "vs", "test", "n", f"diff{u}", "95% CI, t", "95% CI, bootstrap", "p", "Holm p",
-              "Wilcoxon p", "P(better) [95% CI]", "reading", f"MDE{u}"]
+              "Wilcoxon p", "P(better) [95% CI]", "P(better) reading", f"MDE{u}"]
     header += [f"seeds for {_show(effect, metric, sign=False)}{shown(metric)[1]}"] if effect else []
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for c in comparisons:
