@@ -473,7 +473,7 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
     )
     if "grad ratio" in table:
         md.append(
-            "Dead: fraction of hidden units dead at the final epoch, mean over hidden layers / the worst layer, "
+            "Dead: fraction of hidden units (of a convolution: channels) dead at the final epoch, mean over hidden layers / the worst layer, "
             "averaged over seeds. Grad ratio: |grad W1| / |grad W_last| (first over output layer), "
             "geometric mean over epochs 1..E and over seeds; far below 1 means vanishing gradients."
         )
