@@ -1,11 +1,12 @@
-"""Where and with what a run trains: CPU threads, one GPU per job when jobs share a machine,
-how many packed seeds fit in memory, whether the CUDA-graph step applies, and which side owns
-requeueing on SLURM.
+"""Where and with what a run trains: CPU threads (and whether other processes leave them the
+cores), one GPU per job when jobs share a machine, how many packed seeds fit in memory, whether
+the CUDA-graph step applies, and which side owns requeueing on SLURM.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -61,6 +62,44 @@ def cpu_threads(cfg: DictConfig, n_seeds: int) -> int:
     flops = 3 * cfg.data.batch_size * n_seeds * model_class(cfg).flops_per_sample(cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
     cores = max(1, usable_cpus() // side_by_side_jobs())
     return 1 if flops < SMALL_STEP_FLOPS else cores
+
+
+def cpu_clock() -> tuple[float, float, float] | None:
+    """(busy seconds of the CPUs this process may use, this process's own CPU seconds, wall
+    seconds), for `busy_elsewhere`; None where Linux's /proc/stat is not there."""
+    try:
+        mine = os.sched_getaffinity(0)
+        rows = [line.split() for line in Path("/proc/stat").read_text().splitlines() if line.startswith("cpu")]
+    except (OSError, AttributeError):
+        return None
+    busy = 0
+    for row in rows:
+        if row[0] != "cpu" and int(row[0][3:]) in mine:
+            ticks = [int(t) for t in row[1:9]]  # user nice system idle iowait irq softirq steal
+            busy += sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
+def busy_elsewhere(before, after) -> float | None:
+    """How many of this process's CPUs other processes kept busy between two `cpu_clock`
+    readings; None when unknown or too short a time to tell."""
+    if before is None or after is None or after[2] - before[2] < 0.2:
+        return None
+    return max(0.0, (after[0] - before[0] - (after[1] - before[1])) / (after[2] - before[2]))
+
+
+def contention(threads: int, others: float | None, cores: int) -> str | None:
+    """A line for a run whose threads would share their cores with other processes' work. Torch's
+    threads wait for each other by spinning, so on a busy machine two threads can be several
+    times slower than one (measured on 2 cores with two other busy processes: 45.8 s an epoch
+    against 13.2 s). Not decided for the user: the thread count changes how sums are split, and
+    with it a run's last bits."""
+    if others is None or threads <= 1 or threads + others <= cores + 0.5:
+        return None
+    return (f"other processes kept about {others:.1f} of the {cores} CPUs this run may use busy; its {threads} "
+            "threads will wait on each other there (an epoch can take several times longer): threads=1, "
+            "or fewer processes at once, is likely faster")
 
 
 def usable_cpus() -> int:

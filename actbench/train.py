@@ -30,7 +30,8 @@ from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, foll
 from actbench.errors import UserError
 from actbench.logs import error, say, warn
 from actbench.placement import (
-    cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device, undo_nvml_check, use_cuda_graph,
+    busy_elsewhere, contention, cpu_clock, cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device,
+    undo_nvml_check, usable_cpus, use_cuda_graph,
 )
 from actbench.runs import plan_runs, write_member_hydra_dirs  # (registers the run-name resolver)
 
@@ -80,7 +81,9 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     cfg = runs[0].cfg
     undo_nvml_check()
     seeds = [r.seed for r in runs]
-    torch.set_num_threads(cpu_threads(cfg, len(seeds)))
+    threads = cpu_threads(cfg, len(seeds))
+    torch.set_num_threads(threads)
+    clock = cpu_clock()  # until training starts: what other processes leave of the cores
     torch.set_flush_denormal(bool(cfg.flush_denormal))
     if cfg.keep_freed_memory:
         keep_freed_memory()
@@ -123,6 +126,10 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
         # DDP expects one backward per forward: one optimizer step per Lightning step, no graph
         data.steps = 1
     graph = trainer.world_size == 1 and use_cuda_graph(cfg, trainer.strategy.root_device)
+    if trainer.strategy.root_device.type == "cpu" and trainer.is_global_zero:
+        busy = contention(threads, busy_elsewhere(clock, cpu_clock()), usable_cpus())
+        if busy:
+            warn(f"{runs[0].name}: {busy}")
     try:
         # inside: a model that fails to build (a user's, say) is recorded as failed with its traceback
         params = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}

@@ -1,0 +1,36 @@
+"""actbench.placement: what other processes leave of the cores (more placement tests sit with the
+runs they place, in test_train.py)."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from actbench import placement
+
+
+def test_busy_elsewhere_counts_other_processes_cpu_not_this_ones():
+    # (machine busy s, own CPU s, wall s): over 2 s the CPUs were busy 3 s, 1 s of it this process's
+    assert placement.busy_elsewhere((10.0, 5.0, 100.0), (13.0, 6.0, 102.0)) == pytest.approx(1.0)
+    assert placement.busy_elsewhere((10.0, 5.0, 100.0), (11.0, 6.0, 102.0)) == 0.0  # all of it ours
+    assert placement.busy_elsewhere((10.0, 5.0, 100.0), (13.0, 6.0, 100.1)) is None  # too short to tell
+    assert placement.busy_elsewhere(None, (13.0, 6.0, 102.0)) is None  # not on Linux
+
+
+@pytest.mark.parametrize("threads, others, cores, warned", [
+    (2, 1.0, 2, True), (2, 0.3, 2, False), (1, 2.0, 2, False), (8, 0.4, 8, False), (8, 2.0, 8, True), (2, None, 2, False),
+])
+def test_a_busy_machine_gets_a_line_only_when_threads_would_share_cores(threads, others, cores, warned):
+    line = placement.contention(threads, others, cores)
+    assert (line is not None) == warned
+    if warned:
+        assert "threads=1" in line and "\n" not in line
+
+
+@pytest.mark.skipif(placement.cpu_clock() is None, reason="no /proc/stat here")
+def test_cpu_clock_sees_another_process_burn_a_core():
+    before = placement.cpu_clock()
+    subprocess.run([sys.executable, "-c", "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"], check=True)
+    time.sleep(0.05)
+    assert placement.busy_elsewhere(before, placement.cpu_clock()) >= 0.5
