@@ -4,9 +4,11 @@ The model's own keys are checked by the rules its class states (`PackedNet.RULES
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from actbench.conf import CONF_DIR
 from actbench.errors import ConfigError
 from actbench.ownership import MODES
 from actbench.results import METRICS as REPORT_METRICS
@@ -36,6 +38,47 @@ def locate(path: str, key: str):
         raise ConfigError(f"{key}={path!r}: {' '.join(str(e).split())}") from None
     finally:
         log.disabled = disabled
+
+
+def no_such(group: str, value, valid) -> ConfigError:
+    """The error for a choice of a config group that names no file of it (`activation=relux`)."""
+    return ConfigError(f"{group}={value!r}: no such {group}; valid: {', '.join(sorted(valid))}")
+
+
+def _config_dirs(argv: list[str]) -> list[Path] | None:
+    """conf/ and the folders a command adds to Hydra's search path (--config-dir, and
+    hydra.searchpath's file:// entries); None when it adds one of another kind."""
+    dirs = [CONF_DIR]
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(Path(argv[i + 1]))
+        elif arg.startswith("--config-dir="):
+            dirs.append(Path(arg.partition("=")[2]))
+        elif arg.lstrip("+").startswith("hydra.searchpath="):
+            for entry in arg.partition("=")[2].strip("[]").split(","):
+                if not entry.strip().startswith("file://"):
+                    return None
+                dirs.append(Path(entry.strip().removeprefix("file://")))
+    return dirs
+
+
+def check_choices(argv: list[str]) -> None:
+    """Each config-group choice typed on the command line (`activation=relux`, `model=cnn,mlp`)
+    names a file of its group: one line if not, before Hydra would answer with a page of its own.
+    Choices Hydra's grammar computes (`choice(...)`, globs) and Hydra's own groups are left to Hydra."""
+    dirs = _config_dirs(argv)
+    if dirs is None:
+        return
+    for arg in argv:
+        group, eq, value = arg.lstrip("+").partition("=")
+        if not eq or not group.isidentifier() or any(c in value for c in "()[]{}*$'\""):
+            continue  # a value, not a choice; Hydra's own groups (hydra/launcher=...) have options in its plugins
+        valid = {f.stem for d in dirs for f in (d / group).glob("*.yaml")}
+        if not valid and not (CONF_DIR / group).is_dir():
+            continue  # not a config group
+        for choice in filter(None, (v.strip() for v in value.split(","))):
+            if choice not in valid and choice != "null":
+                raise no_such(group, choice, valid)
 
 
 # key -> (test, what it must be)

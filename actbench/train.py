@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -304,12 +305,25 @@ class SweepWithoutMultirun(HydraCallback):
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")  # actbench/conf, inside the package
-def main(cfg: DictConfig):
+def hydra_main(cfg: DictConfig):
     try:
         return run(cfg)
     except UserError as e:
         error(f"actbench: error: {e}")
         raise SystemExit(2) from None
+
+
+def main():
+    """The command: the config-group choices typed are checked first (one line for an unknown
+    one, where Hydra would print a page), then Hydra composes and runs."""
+    from actbench.checks import check_choices
+
+    try:
+        check_choices(sys.argv[1:])
+    except UserError as e:
+        error(f"actbench: error: {e}")
+        raise SystemExit(2) from None
+    hydra_main()
 
 
 if __name__ == "__main__":

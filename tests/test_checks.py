@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from conftest import compose_cfg as cfg
 
-from actbench.checks import locate, validate
+from actbench.checks import check_choices, locate, validate
 from actbench.conf import CONF_DIR
 from actbench.errors import ConfigError
 
@@ -93,3 +93,18 @@ def test_a_target_that_cannot_be_found_is_one_line(target, why, caplog):
     with pytest.raises(ConfigError, match="activation._target_"):
         locate(target, "activation._target_")
     assert not caplog.records  # hydra's own multi-line log of the failure is kept quiet
+
+
+def test_choices_typed_are_checked_against_conf_and_the_folders_a_command_adds(tmp_path):
+    check_choices(["-m", "activation=relu,gelu", "model=cnn", "hydra/launcher=submitit_slurm", "optimizer.lr=1e-3,3e-3"])
+    with pytest.raises(ConfigError) as e:
+        check_choices(["-m", "activation=relu,relux"])
+    assert str(e.value).startswith("activation='relux': no such activation; valid: elu, gelu, ")
+    (tmp_path / "activation").mkdir()
+    (tmp_path / "activation" / "mine.yaml").write_text("_target_: torch.nn.Hardswish\n")
+    check_choices(["--config-dir", str(tmp_path), "activation=mine"])
+    check_choices([f"hydra.searchpath=[file://{tmp_path}]", "activation=mine,relu"])
+    check_choices(["hydra.searchpath=[pkg://my_package.conf]", "activation=theirs"])  # left to Hydra
+    with pytest.raises(ConfigError, match="'mine'"):
+        check_choices(["activation=mine"])
+    check_choices(["-m", "activation=choice(relu,gelu)", "+experiment=blog"])  # Hydra's grammar, a group added

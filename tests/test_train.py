@@ -203,11 +203,13 @@ def test_bad_values_get_one_line_before_training(tiny_run, tmp_path, override, m
     assert not list((tmp_path / "runs").rglob("metrics.json"))
 
 
-@pytest.mark.parametrize("group, valid", [("activation", "gelu_tanh"), ("optimizer", "adamw"), ("experiment", "keras_parity")])
-def test_unknown_names_list_the_valid_ones(tiny_run, group, valid):
-    r = run_cli(*tiny_run, f"{group}=nope")
-    assert r.returncode != 0 and f"Could not find '{group}/nope'" in r.stderr and valid in r.stderr
-    assert "Traceback" not in r.stderr
+@pytest.mark.parametrize("group, valid", [("activation", "gelu_tanh"), ("optimizer", "adamw"), ("experiment", "keras_parity, tiny")])
+@pytest.mark.parametrize("multirun", [False, True])
+def test_unknown_names_get_one_line_with_the_valid_ones(tiny_run, group, valid, multirun):
+    r = run_cli(*(["-m"] if multirun else []), *tiny_run, f"{group}=nope" + (",blog" if group == "experiment" and multirun else ""))
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith(f"actbench: error: {group}='nope': no such {group}; valid: ") and valid in line
 
 
 def test_missing_data_is_one_line_naming_both_ways(tiny_run, tmp_path):

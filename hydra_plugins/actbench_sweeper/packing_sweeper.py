@@ -59,7 +59,7 @@ class PackingSweeper(BasicSweeper):
         differ in, are checked without composing each (a composition costs ~0.1 s)."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from actbench.checks import RULES, validate
+        from actbench.checks import RULES, no_such, validate
         from actbench.errors import ConfigError
         from actbench.packing import MEMBERS_KEY, override_key, parse_value
 
@@ -79,7 +79,7 @@ class PackingSweeper(BasicSweeper):
                     for o in parser.parse_overrides(list(member)):
                         key, value = o.key_or_group, o.value()
                         if key == "activation" and value not in activations:
-                            raise ConfigError(f"activation={value!r}: no such activation; valid: {', '.join(sorted(activations))}")
+                            raise no_such("activation", value, activations)
                         if key == "seed" and not RULES["seed"][0](value):
                             raise ConfigError(f"seed={value!r}: must be {RULES['seed'][1]}")
         except ConfigError as e:
