@@ -50,6 +50,8 @@ def _config_dirs(argv: list[str]) -> list[Path] | None:
     hydra.searchpath's file:// entries); None when it adds one of another kind."""
     dirs = [CONF_DIR]
     for i, arg in enumerate(argv):
+        if arg.startswith(("--config-path", "-cp", "--config-name", "-cn")):
+            return None  # another primary config: its own defaults and search path
         if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
             dirs.append(Path(argv[i + 1]))
         elif arg.startswith("--config-dir="):
@@ -73,7 +75,7 @@ def check_choices(argv: list[str]) -> None:
         group, eq, value = arg.lstrip("+").partition("=")
         if not eq or not group.isidentifier() or any(c in value for c in "()[]{}*$'\""):
             continue  # a value, not a choice; Hydra's own groups (hydra/launcher=...) have options in its plugins
-        valid = {f.stem for d in dirs for f in (d / group).glob("*.yaml")}
+        valid = {str(f.relative_to(d / group).with_suffix("")) for d in dirs for f in (d / group).rglob("*.yaml")}
         if not valid and not (CONF_DIR / group).is_dir():
             continue  # not a config group
         for choice in filter(None, (v.strip() for v in value.split(","))):

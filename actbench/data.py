@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import os
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -413,7 +412,7 @@ def main(argv=None) -> int:
             source = {k: cfg.data[k] for k in ("root", "system_dirs", "download", "cache_dir", "verify_checksum")}
         finally:
             hydra_cfg.cfg = before
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
         print(f"actbench: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     try:

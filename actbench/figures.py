@@ -76,7 +76,7 @@ class Style(NamedTuple):
 
     def line(self, scale: float = 1.0) -> dict:
         """Keyword arguments of Axes.plot."""
-        shrink = 1.0 - 0.22 * (self.rank % 4)
+        shrink = max(0.4, 1.0 - 0.15 * self.rank)
         # every other activation's markers hollow: a filled one under them still shows through
         edge = {"fillstyle": "none", "mew": 1.4 * scale} if self.rank % 2 else {"mec": "white", "mew": 0.5}
         return {"color": self.color, "linestyle": self.linestyle, "marker": self.marker, **edge,
@@ -208,7 +208,7 @@ def _legend(fig, series: list[Series], style: dict, counts: dict | None = None) 
         first.setdefault(s.activation, s)
         first.setdefault(_variant_label(s), s)
     acts = list(dict.fromkeys(s.activation for s in series))
-    fig.legend([Line2D([], [], color=style[first[a].label].color, marker=style[first[a].label].marker, lw=2.5) for a in acts],
+    fig.legend([Line2D([], [], **{**style[first[a].label].line(), "linestyle": "-"}) for a in acts],
                [str(a) for a in acts],
                loc="outside right upper", title="activation (colour)", frameon=False)
     fig.legend([Line2D([], [], color="0.25", ls=style[first[v].label].linestyle, lw=1.8) for v in variants], variants,
@@ -360,8 +360,11 @@ def _depth_key(series: list[Series]) -> str | None:
     """The swept key, numeric, along which the number of layers the probes follow changes: the
     MLP's model.depth, or a model's own (model.blocks, say)."""
     for k in sorted({k for s in series for k in s.variant}):
-        values = {s.variant.get(k) for s in series}
-        if len(values) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raw = [s.variant.get(k) for s in series]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            continue  # a list (model.channels), a name, a key some configurations lack
+        values = set(raw)
+        if len(values) < 2:
             continue
         layers = {v: {len(grad_norm_tags(r)) for s in series if s.variant.get(k) == v for r in s.runs} for v in values}
         if len({frozenset(n) for n in layers.values()}) > 1:

@@ -25,7 +25,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, follow, still_owned
 from actbench.errors import UserError
@@ -72,11 +72,12 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     agree on everything but their seeds and activations; `claims` (the `ownership.Claims` that make
     this process their owner) are checked at every epoch's end."""
     import torch
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from actbench.checkpoints import PerSeedCheckpointIO
-    from actbench.model import Classifier, eval_batch_size, model_class
+    from actbench.model import Classifier, eval_batch_size
     from actbench.record import Recorder, process_started
 
     cfg = runs[0].cfg
@@ -133,8 +134,10 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
             warn(f"{runs[0].name}: {busy}")
     try:
         # inside: a model that fails to build (a user's, say) is recorded as failed with its traceback
-        params = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}
-        net = model_class(cfg)(seeds, act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES, **params)
+        try:
+            net = instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
+        except InstantiationException as e:
+            raise e.__cause__ or e  # the model's own error, with its traceback, not Hydra's wrapping of it
         module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):

@@ -49,7 +49,7 @@ from actbench import data as ab_data  # noqa: E402
 from actbench.checks import locate  # noqa: E402
 from actbench.conf import CONF_DIR, option  # noqa: E402
 from actbench.model import param_groups  # noqa: E402
-from actbench.results import load_runs  # noqa: E402
+from actbench.results import TEST_ACC, VAL_LOSS, load_runs  # noqa: E402
 
 MODELS = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))  # each with its settings in conf/model/
 REAL_DIRS = option("data", "fashion_mnist")["system_dirs"]
@@ -226,16 +226,16 @@ def same_science(packed_dir: Path, apart_dir: Path) -> None:
     """Packing changes how fast, not what: each packed member against its pack=false twin."""
     twins = {r.name: r for r in load_runs(apart_dir)}
     packed = {r.name: r for r in load_runs(packed_dir)}
-    worst = {"test_acc": 0.0, "val_loss": 0.0}
+    worst = {TEST_ACC: 0.0, VAL_LOSS: 0.0}
     # a run on one side only, or without a finite value, is a difference too (NaN compares as no maximum)
     unmatched = sorted(set(packed) ^ set(twins))
     for name in set(packed) & set(twins):
         for metric in worst:
             gap = abs(packed[name].value(metric) - twins[name].value(metric))
             worst[metric] = max(worst[metric], gap) if math.isfinite(gap) else math.inf
-    ok = not unmatched and worst["test_acc"] <= 2e-3 and worst["val_loss"] <= 1e-3
-    print(f"{'':4s}{len(twins)} runs vs their pack=false twins: max |test acc difference| {worst['test_acc']:.1e}, "
-          f"max |val loss difference| {worst['val_loss']:.1e}"
+    ok = not unmatched and worst[TEST_ACC] <= 2e-3 and worst[VAL_LOSS] <= 1e-3
+    print(f"{'':4s}{len(twins)} runs vs their pack=false twins: max |test acc difference| {worst[TEST_ACC]:.1e}, "
+          f"max |val loss difference| {worst[VAL_LOSS]:.1e}"
           + (f", without a twin: {', '.join(unmatched)}" if unmatched else "") + f" -> {'agree' if ok else 'DIFFER'}", flush=True)
 
 

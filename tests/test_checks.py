@@ -77,11 +77,11 @@ def test_seed_zero_and_packs_are_fine():
 
 def test_a_model_states_the_rules_of_its_own_keys(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parent))  # tests/models.py, as a user's module
+    monkeypatch.delitem(sys.modules, "models", raising=False)  # and forgotten again after the test
     validate(cfg("model._target_=models.Blocks", "+model.blocks=2"))
     with pytest.raises(ConfigError) as e:
         validate(cfg("model._target_=models.Blocks", "+model.blocks=0"))
     assert str(e.value) == "model.blocks=0: must be an integer >= 1"
-    sys.modules.pop("models", None)
 
 
 @pytest.mark.parametrize("target, why", [("no_such_module.Net", "No module named 'no_such_module'"),
@@ -108,3 +108,7 @@ def test_choices_typed_are_checked_against_conf_and_the_folders_a_command_adds(t
     with pytest.raises(ConfigError, match="'mine'"):
         check_choices(["activation=mine"])
     check_choices(["-m", "activation=choice(relu,gelu)", "+experiment=blog"])  # Hydra's grammar, a group added
+    (tmp_path / "activation" / "family").mkdir()
+    (tmp_path / "activation" / "family" / "deep.yaml").write_text("_target_: torch.nn.ReLU\n")
+    check_choices(["-cd", str(tmp_path), "activation=family/deep"])  # an option in a group's subfolder
+    check_choices(["--config-name", "mine", "activation=anything"])  # another primary config: Hydra's to check

@@ -148,3 +148,11 @@ def test_the_depth_axis_is_the_swept_key_that_changes_the_layers_probed():
     assert figures._depth_key(series("model.blocks", [2, 4], [2, 4])) == "model.blocks"  # a model's own depth
     assert figures._depth_key(series("optimizer.lr", [1e-3, 1e-2], [1, 1])) is None  # numeric, same layers
     assert figures._depth_key(series("model.depth", [1, 3], [1, 3])) == "model.depth"
+
+
+def test_a_swept_list_valued_key_leaves_the_depth_axis_out_and_the_figure_in(tmp_path):
+    runs = [[make_metrics({"model.depth": 2}, 0.88)] for _ in range(2)]
+    series = [figures.Series(f"relu, model.channels={c}", "relu", {"model.channels": c}, runs=r) for c, r in zip([[8, 16], [16, 32]], runs)]
+    assert figures._depth_key(series) is None
+    path, note = figures.probes(series, tmp_path / "probes.png")
+    assert path == tmp_path / "probes.png" and note == ""
