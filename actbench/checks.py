@@ -83,23 +83,25 @@ def check_choices(argv: list[str]) -> None:
                 raise no_such(group, choice, valid)
 
 
+POSITIVE_INT = (lambda v: is_int(v) and v >= 1, "an integer >= 1")  # the rule of a count or size
+
 # key -> (test, what it must be)
 RULES = {
     "seed": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     "optimizer.lr": (lambda v: is_num(v) and v > 0, "a number > 0"),
-    "data.batch_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "data.batch_size": POSITIVE_INT,
     "data.eval_batch_size": (lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or an integer >= 1"),
-    "data.val_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    "data.probe_size": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "data.val_size": POSITIVE_INT,
+    "data.probe_size": POSITIVE_INT,
     "data.normalize": (lambda v: v in ("scale", "standardize"), "scale or standardize"),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
-    "trainer.max_epochs": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    "trainer.log_every_n_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-    "steps_per_execution": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.max_epochs": POSITIVE_INT,
+    "trainer.log_every_n_steps": POSITIVE_INT,
+    "steps_per_execution": POSITIVE_INT,
     "cuda_graph": (lambda v: v in ("auto", True, False), "auto, true or false"),
     "probes.activations.dead_tol": (lambda v: is_num(v) and v >= 0, "a number >= 0"),
     "probes.activations.saturation_tol": (lambda v: is_num(v) and v >= 0, "a number >= 0"),
-    "probes.gradients.every_n_steps": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+    "probes.gradients.every_n_steps": POSITIVE_INT,
     "diverged_loss": (lambda v: is_num(v) and v > 0, "a number > 0"),
     "max_pack": (lambda v: v is None or (is_int(v) and v >= 1), "null or an integer >= 1"),
     "threads": (lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or an integer >= 1"),

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from actbench.activations import PerMember
+from actbench.checks import POSITIVE_INT, is_int
 from actbench.data import INPUT_SHAPE, N_CLASSES, generator
-from actbench.checks import is_int
 from actbench.model import PackedNet, copy_into, init_layer, linear
 
 NORMS = ("none", "batch")
@@ -37,7 +37,7 @@ class PackedConvNet(PackedNet):
         **PackedNet.RULES,
         "channels": (lambda v: isinstance(v, list) and bool(v) and all(is_int(c) and c >= 1 for c in v),
                      "a non-empty list of integers >= 1, e.g. [16,32]"),
-        "width": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "width": POSITIVE_INT,
         "norm": (lambda v: v in NORMS, f"one of {', '.join(NORMS)}"),
     }
     EVAL_BATCH = 500  # a 5000-image batch's feature maps (250 MB) run at a third of the speed of ten of 500

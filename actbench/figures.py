@@ -22,9 +22,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from omegaconf import OmegaConf
 
-from actbench.results import TEST_ACC, TRAIN_LOSS, VAL_LOSS, as_float, grad_norm_tags, has_probes, layer_tags, probe_epochs, probe_values
+from actbench.results import (
+    TEST_ACC,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    as_float,
+    grad_norm_tags,
+    has_probes,
+    layer_tags,
+    probe_epochs,
+    probe_values,
+    recorded_config,
+)
 from actbench.stats import GAMMA, READING_MIN_SEEDS, TOO_FEW, gmean_positive, mean_ci
 from actbench.tags import DEAD, LOSS, PROBES, SATURATED, report_tag
 
@@ -71,8 +81,11 @@ class Style(NamedTuple):
 
     color: str
     linestyle: object
-    marker: str
     rank: int  # the activation's place among the series' activations
+
+    @property
+    def marker(self) -> str:
+        return MARKERS[self.rank % len(MARKERS)]
 
     def line(self, scale: float = 1.0) -> dict:
         """Keyword arguments of Axes.plot."""
@@ -95,8 +108,7 @@ def styles(series: list[Series]) -> dict[str, Style]:
     for s in sorted(series, key=_variant_order):
         variants.setdefault(_variant_id(s), len(variants))
     return {
-        s.label: Style(colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)],
-                       MARKERS[ranks[s.activation] % len(MARKERS)], ranks[s.activation])
+        s.label: Style(colors[s.activation], LINESTYLES[variants[_variant_id(s)] % len(LINESTYLES)], ranks[s.activation])
         for s in series
     }
 
@@ -320,7 +332,7 @@ def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
     for s in series:
         if s.activation is None or str(s.activation) in built:
             continue
-        recorded = next((r.get("config", {}).get("activation") for r in s.runs if r.get("config", {}).get("activation")), None)
+        recorded = next((a for r in s.runs if (a := recorded_config(r, "activation"))), None)
         try:
             built[str(s.activation)] = acts.build(recorded) if recorded else acts.from_name(str(s.activation))
         except Exception as e:  # noqa: BLE001 - e.g. a user's module not importable here: the others are still drawn
@@ -403,9 +415,8 @@ def probes(series: list[Series], path: Path) -> tuple[Path | None, str]:
         if layers:
             with _quiet():
                 ax["grad_norm"].semilogy(layers, gmean_positive(norms, axis=0), **line)
-    tols = {str(OmegaConf.select(OmegaConf.create(r.get("config") or {}), "probes.activations.saturation_tol"))
-            for s in with_probes for r in s.runs}
-    threshold = tols.pop() if len(tols) == 1 and "None" not in tols else "the threshold"
+    tols = {recorded_config(r, "probes.activations.saturation_tol") for s in with_probes for r in s.runs}
+    threshold = f"{tols.pop():g}" if len(tols) == 1 and None not in tols else "the threshold"
     titles = {DEAD: "dead units or channels (mean over layers, seeds)",
               SATURATED: f"|f'| < {threshold}: saturated, or a ReLU's\nflat side (mean over layers, seeds)"}
     for kind in fractions:

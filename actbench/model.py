@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.checks import is_int, is_num, locate
+from actbench.checks import POSITIVE_INT, is_num, locate
 from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
 from actbench.errors import ConfigError
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
@@ -267,8 +267,8 @@ class PackedMLP(PackedNet):
 
     RULES = {
         **PackedNet.RULES,
-        "depth": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-        "width": (lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        "depth": POSITIVE_INT,
+        "width": POSITIVE_INT,
     }
 
     def __init__(

@@ -281,6 +281,16 @@ def layer_tags(m: dict, stat: str) -> list[str]:
     return tags
 
 
+def recorded_config(m: dict, key: str):
+    """The value at a dotted key of the config a run recorded (metrics.json's `config`), or None."""
+    node = m.get("config") or {}
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def grad_norm_tags(m: dict) -> list[str]:
     """The per-weight-matrix gradient-norm tags present in m, the first layer's first."""
     tags = []
