@@ -127,6 +127,12 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value)
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
+    model = model_class(cfg) if cfg.get("model") is not None else None
+    if hasattr(model, "check"):
+        from hydra.utils import get_class
+
+        data = get_class(cfg.data._target_)
+        model.check(data.INPUT_SHAPE, data.N_CLASSES)
     lease_s, renew_s = (OmegaConf.select(cfg, f"ownership.{k}") for k in ("lease_s", "renew_s"))
     if lease_s is not None and renew_s is not None and not lease_s > 2 * renew_s:
         # one late renewal (a slow server, a paused process) must not hand a live run to another

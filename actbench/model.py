@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from actbench.checks import POSITIVE_INT, is_num, locate
 from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
 from actbench.errors import ConfigError
+from actbench.model_facts import PlainModel
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
@@ -97,7 +98,9 @@ def step_losses(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, T
     a CPU) every extra autograd view of a tensor costs a measurable share."""
     if x.shape[0] == 1:
         logits = net(x[0])
-        loss = F.cross_entropy(logits, y[0])
+        # the packed reduction (per example, then each member's mean), not F.cross_entropy's own
+        # mean, which rounds differently: a member's loss is then the same bits packed or alone
+        loss = F.cross_entropy(logits, y[0], reduction="none").mean()
         return loss, logits.detach().unsqueeze(0), loss.detach().view(1)
     logits = net(x)
     losses = cross_entropy(logits, y)
@@ -247,12 +250,15 @@ def copy_into(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Modul
     return layer
 
 
-def model_class(cfg) -> type[PackedNet]:
-    """The class `cfg.model` names, which states the model's facts before one is built."""
+def model_class(cfg) -> type[PackedNet] | PlainModel:
+    """What `cfg.model` names, with the model's facts before one is built: a plain model's found
+    from it (`PlainModel`), a hand-packed one's as its class states them."""
     cls = locate(cfg.model._target_, "model._target_")
-    if not (isinstance(cls, type) and issubclass(cls, PackedNet)):
-        raise ConfigError(f"model._target_={cfg.model._target_!r}: must name a subclass of actbench.model.PackedNet")
-    return cls
+    if isinstance(cls, type) and issubclass(cls, PackedNet):
+        return cls
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        return PlainModel(cls, cfg)
+    raise ConfigError(f"model._target_={cfg.model._target_!r}: must name a torch.nn.Module class")
 
 
 def eval_batch_size(cfg) -> int:
@@ -477,8 +483,10 @@ class Classifier(LightningModule):
                 "loss": torch.stack([losses for _, _, losses in kept]),
                 "acc": torch.cat([accuracy(torch.stack([lg for lg, _, _ in p]), torch.stack([y for _, y, _ in p])) for p in parts if p]),
             }
-        self.epoch_log[metric_tag(LOSS, TRAIN)] = steps["loss"].mean(0)
-        self.epoch_log[metric_tag(ACC, TRAIN)] = steps["acc"].mean(0)
+        # each member's steps as one contiguous row: a column's mean would sum in an order that
+        # depends on the pack's size, and a member's epoch loss would differ packed and alone
+        self.epoch_log[metric_tag(LOSS, TRAIN)] = steps["loss"].t().contiguous().mean(1)
+        self.epoch_log[metric_tag(ACC, TRAIN)] = steps["acc"].t().contiguous().mean(1)
         return steps
 
     # ------------------------------------------------------------------ evaluation

@@ -135,7 +135,11 @@ def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
     for group in groups.values():
         name = optimizer_name(group[0].cfg)
         size = limit or len(group)
-        if len(group) > 1 and name not in ELEMENTWISE_OPTIMIZERS:
+        cannot = getattr(model_class(group[0].cfg), "unpackable", lambda: [])()
+        if len(group) > 1 and cannot:
+            why = f"cannot pack {', '.join(cannot)} (its parameters sit beside sub-layers): training these {len(group)} runs one after another"
+            size = 1
+        elif len(group) > 1 and name not in ELEMENTWISE_OPTIMIZERS:
             why = (f"optimizer {name} mixes the values of a weight matrix, so packed runs would not train as apart; "
                    f"training these {len(group)} runs one after another (elementwise optimizers pack: {', '.join(ELEMENTWISE_OPTIMIZERS[:4])}, ...)")
             size = 1

@@ -181,12 +181,20 @@ def plan_runs(cfg: DictConfig):
     return runs
 
 
+# A model rewritten in plain PyTorch that computes the bits of its hand-packed predecessor keeps the
+# predecessor's name in a run's identity, so that sweeps made before it still skip their finished runs.
+PREDECESSORS = {"actbench.models.mlp.MLP": "actbench.model.PackedMLP"}
+
+
 def config_hash(config: dict, exclude) -> str:
     """What a run computes, as a short hash of its resolved config minus the keys that only say
     where or how fast it runs: a finished run is only skipped for the same computation."""
     import json
 
     exclude = set(exclude)
+    model = config.get("model")
+    if isinstance(model, dict) and model.get("_target_") in PREDECESSORS:
+        config = {**config, "model": {**model, "_target_": PREDECESSORS[model["_target_"]]}}
 
     def strip(node, prefix=""):
         if not isinstance(node, dict):

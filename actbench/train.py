@@ -67,6 +67,25 @@ def build_activation(runs):
     return activations.PerMember([built[activation_key(r.cfg)] for r in runs])
 
 
+def build_net(runs, act, data):
+    """The pack's model: a plain model packed by actbench, each member with its own activation; or
+    a hand-packed model built with the pack's activation."""
+    from hydra.utils import instantiate
+
+    from actbench.model import PlainModel, model_class
+    from actbench.model_facts import activation_factory
+    from actbench.packing import activation_key
+
+    cfg = runs[0].cfg
+    seeds = [r.seed for r in runs]
+    model = model_class(cfg)
+    if not isinstance(model, PlainModel):
+        return instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
+    factories: dict = {}
+    members = [factories.setdefault(activation_key(r.cfg), activation_factory(r.cfg.activation)) for r in runs]
+    return model.pack(cfg.model, seeds, members, data.INPUT_SHAPE, data.N_CLASSES)
+
+
 def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     """Train and test one pack of runs (often a pack of one) that start from the same point and
     agree on everything but their seeds and activations; `claims` (the `ownership.Claims` that make
@@ -135,7 +154,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     try:
         # inside: a model that fails to build (a user's, say) is recorded as failed with its traceback
         try:
-            net = instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
+            net = build_net(runs, act, data)
         except InstantiationException as e:
             raise e.__cause__ or e  # the model's own error, with its traceback, not Hydra's wrapping of it
         module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)

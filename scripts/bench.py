@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 from actbench import data as ab_data  # noqa: E402
 from actbench.checks import locate  # noqa: E402
 from actbench.conf import CONF_DIR, option  # noqa: E402
-from actbench.model import param_groups  # noqa: E402
+from actbench.model import PackedNet, param_groups  # noqa: E402
+from actbench.packer import Packed  # noqa: E402
 from actbench.results import TEST_ACC, VAL_LOSS, load_runs  # noqa: E402
 
 MODELS = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))  # each with its settings in conf/model/
@@ -94,7 +95,11 @@ def reference_model(seed: int, device, model: str = "mlp") -> nn.Module:
     """torch's own layers (nn.Linear, nn.Conv2d, ...) holding exactly actbench's initial weights for this seed."""
     settings = option("model", model)
     cls = locate(settings.pop("_target_"), "model._target_")
-    return cls([seed], nn.ReLU(), **settings).member(0).to(device)
+    if issubclass(cls, PackedNet):
+        return cls([seed], nn.ReLU(), **settings).member(0).to(device)
+    init = settings.pop("init", "torch")
+    shape, classes = ab_data.INPUT_SHAPE, ab_data.N_CLASSES
+    return Packed(lambda act: cls(act, shape, classes, **settings), [seed], [nn.ReLU], shape, init).member(0).to(device)
 
 
 def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000, model="mlp", channels_last=False):

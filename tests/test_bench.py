@@ -27,16 +27,21 @@ def test_reference_and_actbench_compute_the_same_first_losses(tmp_path):
 
 
 def test_reference_model_starts_from_actbench_weights():
+    from omegaconf import OmegaConf
     from torch import nn
 
-    from actbench.model import PackedMLP
+    from actbench.conf import option
+    from actbench.model import model_class
+    from actbench.model_facts import activation_factory
 
     ref = bench.reference_model(3, torch.device("cpu"))
-    ours = PackedMLP([3], nn.ReLU())
-    linears = [m for m in ref if isinstance(m, nn.Linear)]
-    assert len(linears) == len(ours.weights) == 2
-    for lin, w, b in zip(linears, ours.weights, ours.biases):
-        assert torch.equal(lin.weight, w) and torch.equal(lin.bias, b)
+    cfg = OmegaConf.create({"model": option("model", "mlp"), "activation": {"_target_": "torch.nn.ReLU"},
+                            "data": {"_target_": "actbench.data.FashionMNIST"}})
+    ours = model_class(cfg).pack(cfg.model, [3], [activation_factory(cfg.activation)], (1, 28, 28), 10)
+    assert sum(isinstance(m, nn.Linear) for m in ref.modules()) == 2
+    assert ref.state_dict().keys() == ours.model.state_dict().keys()
+    for key, value in ref.state_dict().items():
+        assert torch.equal(value, ours.model.state_dict()[key])
 
 
 def test_same_science_compares_each_member_with_its_twin(tmp_path, capsys):

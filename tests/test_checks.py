@@ -36,7 +36,9 @@ def test_a_switched_off_probe_is_not_checked():
         ("model.dropout=1", "model.dropout=1: must be a number in [0, 1)"),
         ("model=cnn model.norm=layer", "model.norm='layer': must be one of none, batch"),
         ("model=cnn model.channels=[16,0]", "model.channels=[16, 0]: must be a non-empty list of integers >= 1, e.g. [16,32]"),
-        ("model._target_=torch.nn.Linear", "model._target_='torch.nn.Linear': must name a subclass of actbench.model.PackedNet"),
+        ("model._target_=torch.nn.Linear", "model._target_='torch.nn.Linear': a model is constructed as Model(activation, "
+                                          "input_shape, n_classes, **its keys); Linear takes (in_features, out_features, bias, device, dtype)"),
+        ("model._target_=math.sqrt", "model._target_='math.sqrt': must name a torch.nn.Module class"),
         ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
         ("optimizer.lr=fast", "optimizer.lr='fast': must be a number > 0"),
         ("optimizer.lr=1e999", "optimizer.lr=inf: must be a number > 0"),
