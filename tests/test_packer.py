@@ -155,3 +155,14 @@ def test_the_readmes_own_model_from_a_folder_outside_the_checkout_runs_packed_wi
         assert {layer_tag(DEAD, 1), layer_tag(DEAD, 2), GRAD_RATIO} <= set(mp["probes"])
     bad = run_cli(*tiny_run, "model=lnmlp", "model.depth=0", env=env)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == "actbench: error: model.depth=0: must be at least 1"
+
+
+def test_a_sweep_made_with_the_hand_packed_mlp_keeps_its_identity():
+    """The plain MLP computes the hand-packed one's bits, so its runs hash as that one's did: a
+    sweep directory written before is skipped as finished, not refused as another configuration."""
+    from actbench.runs import config_hash
+
+    config = {"seed": 0, "model": {"_target_": "actbench.models.mlp.MLP", "depth": 1, "width": 128, "init": "torch", "dropout": 0.0}}
+    before = {**config, "model": {**config["model"], "_target_": "actbench.model.PackedMLP"}}
+    other = {**config, "model": {**config["model"], "width": 64}}
+    assert config_hash(config, []) == config_hash(before, []) != config_hash(other, [])
