@@ -22,57 +22,13 @@ from torch import Tensor, nn
 from actbench.checks import POSITIVE_INT, is_num, locate
 from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
 from actbench.errors import ConfigError
-from actbench.model_facts import PlainModel
+from actbench.model_facts import Elementwise, PlainModel
+from actbench.packer import INITS, PackedLinear, init_layer
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
-INITS = ("torch", "glorot", "kaiming", "lecun")
 # optimizers whose update of each weight depends on that weight's own gradient history only:
 # with them, the members of a pack train exactly as apart
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
-
-
-def init_layer(w: Tensor, b: Tensor | None, scheme: str, gen: torch.Generator) -> None:
-    """Initialise one member's layer in place: w [out, in] (dense) or [out, in, kh, kw] (a
-    convolution, whose fans count its receptive field, as torch's and Keras's do), b [out] or
-    None (a layer without bias)."""
-    fan_in, fan_out = w[0].numel(), w.shape[0] * w[0][0].numel()
-    if scheme == "torch":  # nn.Linear's and nn.Conv2d's default: U(+-1/sqrt(fan_in)) for weight and bias
-        bound = 1.0 / math.sqrt(fan_in)
-        w.uniform_(-bound, bound, generator=gen)
-        if b is not None:
-            b.uniform_(-bound, bound, generator=gen)
-        return
-    if scheme == "glorot":  # Keras Dense and Conv2D default: glorot-uniform weights, zero bias
-        bound = math.sqrt(6.0 / (fan_in + fan_out))
-        w.uniform_(-bound, bound, generator=gen)
-    elif scheme == "kaiming":  # He normal, fan_in, gain sqrt(2)
-        w.normal_(0.0, math.sqrt(2.0 / fan_in), generator=gen)
-    elif scheme == "lecun":  # LeCun normal, what SELU assumes
-        w.normal_(0.0, math.sqrt(1.0 / fan_in), generator=gen)
-    else:
-        raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {scheme!r}")
-    if b is not None:
-        b.zero_()
-
-
-class PackedLinear(torch.autograd.Function):
-    """z = h @ W^T + b for K members at once: h [K, B, in], W [K, out, in], b [K, 1, out].
-
-    The same maths as baddbmm on W's transpose, but its backward computes the weight gradient
-    directly in W's [K, out, in] layout; autograd's would be [K, in, out], and transposing it
-    back costs a copy of every weight gradient at every step (half a packed step on a CPU)."""
-
-    @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        ctx.save_for_backward(h, w)
-        return torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b, h, w.transpose(1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        h, w = ctx.saved_tensors
-        grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
-        grad_b = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
-        return grad_h, torch.bmm(grad.transpose(1, 2), h), grad_b
 
 
 def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -228,17 +184,6 @@ class PackedNet(nn.Module):
         """One more member's memory, roughly: weights with their gradients and two Adam moments,
         and the activations of the largest pass over `rows` examples."""
         raise NotImplementedError
-
-
-class Elementwise(nn.Module):
-    """A plain function of one tensor (an activation `_target_` that is not a module), as a module."""
-
-    def __init__(self, fn: Callable[[Tensor], Tensor]):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
 
 
 def copy_into(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:

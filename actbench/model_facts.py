@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from actbench.errors import ConfigError
-from actbench.packer import INITS, Packed, unpackable
+from actbench.packer import INITS, Packed, build_noting_activations, unpackable
 
 ACTBENCH_KEYS = ("_target_", "init")  # the keys of a model's config node that are not its constructor's
 EVAL_FLOATS = 32_000_000  # an evaluation batch's activations, in floats (about 128 MB): bigger batches run no faster
@@ -110,17 +110,19 @@ class PlainModel:
 
     def hparams(self, cfg_model) -> dict:
         """The model's flat hyperparameters for logging, each under its config key."""
-        out = {"model": model_name(self.cls)}
-        for k, v in OmegaConf.to_container(cfg_model, resolve=True).items():
-            if k != "_target_":
-                out[k] = "-".join(str(x) for x in v) if isinstance(v, (list, tuple)) else v if isinstance(v, (int, float, str, bool)) else str(v)
-        return out
+        def flat(v):  # what TensorBoard's HParams tab takes: a list as `16-32`, anything else not a scalar as text
+            if isinstance(v, (list, tuple)):
+                return "-".join(str(x) for x in v)
+            return v if isinstance(v, (int, float, str, bool)) else str(v)
+
+        node = OmegaConf.to_container(cfg_model, resolve=True)
+        return {"model": model_name(self.cls), **{k: flat(v) for k, v in node.items() if k != "_target_"}}
 
     def n_params(self, cfg_model, input_shape, n_classes) -> int:
-        return sum(p.numel() for p in self.on_meta(cfg_model, input_shape, n_classes).parameters())
+        return self._forward_facts(cfg_model, input_shape, n_classes)[2]
 
-    def _forward_facts(self, cfg_model, input_shape, n_classes) -> tuple[int, int]:
-        """(FLOPs of one example's forward pass, floats of every layer's output for it)."""
+    def _forward_facts(self, cfg_model, input_shape, n_classes) -> tuple[int, int, int]:
+        """(FLOPs of one example's forward pass, floats of every layer's output for it, parameters)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         model = self.on_meta(cfg_model, input_shape, n_classes)
@@ -132,7 +134,7 @@ class PlainModel:
             model(torch.zeros(1, *input_shape, device="meta"))
         for h in hooks:
             h.remove()
-        return counter.get_total_flops(), sum(outputs)
+        return counter.get_total_flops(), sum(outputs), sum(p.numel() for p in model.parameters())
 
     def flops_per_sample(self, cfg_model, input_shape, n_classes) -> int:
         return self._forward_facts(cfg_model, input_shape, n_classes)[0]
@@ -141,24 +143,18 @@ class PlainModel:
         """One more member's memory, roughly: weights with their gradients and two Adam moments,
         and the layers' outputs of the largest pass over `rows` examples (their derivatives, for
         the probes, counted with them)."""
-        floats = self._forward_facts(cfg_model, input_shape, n_classes)[1]
-        return 4 * (4 * self.n_params(cfg_model, input_shape, n_classes) + rows * floats)
+        _, floats, params = self._forward_facts(cfg_model, input_shape, n_classes)
+        return 4 * (4 * params + rows * floats)
 
     def unpackable(self) -> list[str]:
         """The layers of this config's model that a pack cannot hold (its runs then train one by one)."""
         from hydra.utils import get_class
 
         data = get_class(self.cfg.data._target_)
-        made: set[int] = set()
-        factory = activation_factory(self.cfg.activation)
-
-        def activation() -> nn.Module:
-            made.add(id(m := factory()))
-            return m
-
         with torch.device("meta"):
-            model = self.builder(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES)(activation)
-        return unpackable(model, made)
+            model, made = build_noting_activations(self.builder(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES),
+                                                   activation_factory(self.cfg.activation))
+        return unpackable(model, {id(m) for m in made})
 
     def draws_random(self, cfg_model) -> bool:
         from hydra.utils import get_class

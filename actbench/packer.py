@@ -253,6 +253,17 @@ class MemberLoop(Twin):
         return super()._apply(fn, recurse)
 
 
+def build_noting_activations(build: Callable, activation: Callable[[], nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
+    """A model built with `activation`, and the activation modules it made, in the order it made them."""
+    made: list[nn.Module] = []
+
+    def noted() -> nn.Module:
+        made.append(activation())
+        return made[-1]
+
+    return build(noted), made
+
+
 def unpackable(model: nn.Module, activations: set[int]) -> list[str]:
     """The modules a pack cannot hold: those with their own parameters beside sub-layers."""
     out = []
@@ -278,14 +289,8 @@ class Packed(nn.Module):
             raise ValueError(f"model.init must be one of {', '.join(INITS)}, got {init!r}")
         self.seeds, self.build, self.member_activations = list(seeds), build, list(activations)
         k = len(self.seeds)
-        made: list[nn.Module] = []
-
-        def first_member_activation() -> nn.Module:
-            made.append(activations[0]())
-            return made[-1]
-
         with torch.random.fork_rng(devices=[]):  # the model's own initialisation is replaced below
-            model = build(first_member_activation)
+            model, made = build_noting_activations(build, activations[0])
         sites = {id(m): i for i, m in enumerate(made)}
         if k > 1 and (bad := unpackable(model, set(sites))):
             raise Unpackable(f"cannot pack {', '.join(bad)}: its parameters sit beside sub-layers")
