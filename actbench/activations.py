@@ -38,53 +38,46 @@ def build(cfg) -> Callable[[Tensor], Tensor]:
     else:
         params = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
         fn = functools.partial(target, **params) if params else target
-    if isinstance(fn, nn.Module) and any(True for _ in fn.parameters()):
-        # A learnable activation would be shared by every packed seed and skip the optimizer's
-        # per-layer bookkeeping; actbench compares fixed nonlinearities.
-        raise ValueError(f"activation {cfg._target_} has learnable parameters; actbench supports fixed activations only")
     if not is_elementwise(fn):
         # probes take f'(z) elementwise, and a pack lays seeds along an axis the function must not mix
         raise ValueError(f"activation {cfg._target_} does not act elementwise (like softmax); actbench compares elementwise nonlinearities")
     return fn
 
 
-class PerMember(nn.Module):
-    """Each packed member's own activation: z [K, ...] -> f_k(z[k]) for every member k, with
-    neighbouring members of the same activation applied in one call. Elementwise like each f_k,
-    so probes differentiate it as any activation."""
+class SwishBeta(nn.Module):
+    """x * sigmoid(beta * x) with beta learned, one per place the model applies it (Ramachandran
+    et al. 2017, "Searching for Activation Functions"); beta = 1 is SiLU, large beta nears ReLU."""
 
-    def __init__(self, fns: list[Callable[[Tensor], Tensor]]):
+    def __init__(self, beta: float = 1.0):
         super().__init__()
-        self.spans: list[tuple[int, int, Callable]] = []
-        for k, fn in enumerate(fns):
-            if self.spans and self.spans[-1][2] is fn:
-                start, _, _ = self.spans[-1]
-                self.spans[-1] = (start, k + 1, fn)
-            else:
-                self.spans.append((k, k + 1, fn))
-        # registered, so that a module activation's buffers follow the net to its device
-        self.fns = nn.ModuleList(dict.fromkeys(f for _, _, f in self.spans if isinstance(f, nn.Module)))
+        self.beta = nn.Parameter(torch.tensor(float(beta)))
 
-    def forward(self, z: Tensor, dim: int = 0, per_member: int = 1) -> Tensor:
-        """z with the members along `dim`, `per_member` entries each (dim 0 and 1 for [K, B, ...];
-        a ConvNet's [B, K*C, H, W] has dim 1 and C)."""
-        if len(self.spans) == 1:
-            return self.spans[0][2](z)
-        # split, not slicing: its backward is one concatenation, where each slice's would be a
-        # zero-filled copy of the whole gradient, summed
-        parts = z.split([(b - a) * per_member for a, b, _ in self.spans], dim=dim)
-        return torch.cat([fn(part) for part, (_, _, fn) in zip(parts, self.spans)], dim=dim)
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.beta * x)
 
 
 def is_elementwise(fn: Callable[[Tensor], Tensor]) -> bool:
-    """Whether f(x)[i] depends on x[i] alone: shuffling the input shuffles the output the same way."""
+    """Whether f(x)[i] depends on x[i] alone: shuffling the input shuffles the output the same way.
+    An activation with a parameter per channel (PReLU's `num_parameters`, on dim 1) may treat each
+    channel its own way; it must still leave every other input out of an output (its Jacobian on a
+    small input is diagonal)."""
     gen = torch.Generator().manual_seed(0)
+    channels = max((p.numel() for p in fn.parameters()), default=1) if isinstance(fn, nn.Module) else 1
+    if channels > 1:
+        z = torch.randn(2, channels, 3, generator=gen)
+        jac = torch.autograd.functional.jacobian(lambda t: fn(t.clone()), z).reshape(z.numel(), -1)
+        return jac.shape == (z.numel(), z.numel()) and torch.equal(jac, torch.diag(torch.diagonal(jac)))
     z = torch.randn(2, 3, 5, generator=gen)
     perm = torch.randperm(z.numel(), generator=gen)
     with torch.no_grad():
         direct = fn(z.clone()).flatten()[perm]
         shuffled = fn(z.flatten()[perm].view(z.shape).clone()).flatten()
     return direct.shape == shuffled.shape and torch.allclose(direct, shuffled, atol=1e-6, equal_nan=True)
+
+
+def is_learnable(fn) -> bool:
+    """Whether an activation has parameters of its own, learned with the model's."""
+    return isinstance(fn, nn.Module) and any(True for _ in fn.parameters())
 
 
 def names() -> list[str]:

@@ -1,5 +1,5 @@
 """Checks on the composed config, before anything is built: one line per problem, naming the key.
-The model's own keys are checked by the rules its class states (`PackedNet.RULES`)."""
+The model's own keys are checked by its constructor (`PlainModel.check`)."""
 
 from __future__ import annotations
 

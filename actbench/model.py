@@ -1,17 +1,11 @@
-"""The packed models and the LightningModule that trains them.
-
-A packed model trains K members at once, member k with its own seed and activation; `PackedNet`
-writes down what every model must state and do, `PackedMLP` is the blog's MLP, and
-actbench/convnet.py holds the ConvNet. Every batch is laid out [K, B, ...]; every parameter and
-buffer stacks the members along its first dimension as K equal chunks, so that a lone member's
-tensors are exactly a plain model's (nn.Linear's, nn.Conv2d's) and a checkpoint splits by
-chunking. `step_losses` is the one place where a lone member takes a plain model's path. Each
-member's initial weights come from its own generator, so they do not depend on its pack.
+"""The LightningModule that trains a pack (actbench/packer.py: K members of a plain model as one),
+and what one training step is: `step_losses` (forward, each member's loss) and the step functions
+of `Classifier` (backward, optimizer). Batches are laid out [K, B, ...]; a lone member's
+step takes its plain model's path with [B, ...].
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -19,25 +13,15 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.checks import POSITIVE_INT, is_num, locate
-from actbench.data import INPUT_SHAPE, N_CLASSES, derive_seed, generator
+from actbench.checks import locate
 from actbench.errors import ConfigError
-from actbench.model_facts import Elementwise, PlainModel
-from actbench.packer import INITS, PackedLinear, init_layer
+from actbench.model_facts import PlainModel
+from actbench.packer import Packed
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 # optimizers whose update of each weight depends on that weight's own gradient history only:
 # with them, the members of a pack train exactly as apart
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
-
-
-def linear(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    """Each member's affine layer: h [K, B, in], w [K*out, in], b [K*out] or None -> [K, B, out].
-    A lone member's training step passes h as [B, in] (see `step_losses`) and gets nn.Linear's kernel."""
-    if h.dim() == 2:
-        return F.linear(h, w, b)
-    k = h.shape[0]
-    return PackedLinear.apply(h, w.view(k, -1, w.shape[1]), None if b is None else b.view(k, 1, -1))
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
@@ -69,138 +53,17 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class PackedNet(nn.Module):
-    """The protocol of a packed model: what train, placement, run identity and the probes ask of it.
-    A new model is one subclass (in any importable module), one conf/model/*.yaml naming it as
-    `_target_`, and tests; PackedMLP and actbench/convnet.py are the examples.
-
-    Construction: `Model(seeds, activation, **cfg.model, input_shape=..., n_classes=...)`, where
-    `activation` maps pre-activations elementwise with the members on dim 0 (one function, or
-    actbench.activations.PerMember). For members to train in a pack exactly as apart:
-
-    - every parameter and buffer stacks the members along dim 0 as K equal chunks (`per_seed`
-      views one; checkpoints split by chunking, and a resumed or lone member is one chunk);
-    - member k's initial weights come from its own `generator(seed, "init")` (see `init_layer`),
-      so they do not depend on its pack;
-    - dropout goes through `drop`, which draws each member's masks from its own stream.
-
-    A subclass provides:
-
-    - `forward(x, record=None)`: x [K, B, *input_shape] -> logits [K, B, classes]; a lone member's
-      x may come as [B, *input_shape] (`step_losses`) and gives [B, classes]. `record`, if given,
-      receives (z, f(z)) for every hidden activation, z as [K, n, units] or [K, n, C, H, W]: the
-      probes' dead units or channels, saturation and histograms come from these (hidden layer i,
-      counted from 1, in the order recorded).
-    - `probe_weights()`: the weights whose gradient norms the probes follow, input side first,
-      the output layer last (their first-over-last ratio is the vanishing-gradient signature).
-    - `member(k)`: member k as torch's own layers (an nn.Module holding its weights; ours are
-      nn.Sequential), to export a trained member and to check the packed maths against torch's.
-    - class methods on the model's config node: `hparams` (its flat hyperparameters for
-      logging, each under its config key, so that a swept `model.KEY` is a column of the HParams
-      tab), `n_params` and `bytes_per_member` (one more member's memory, for sizing packs),
-      `flops_per_sample` (a forward pass, for choosing threads), `draws_random` (whether a
-      training step draws random numbers, which a CUDA graph would freeze), and the attributes
-      `RULES` (what each of its config keys must be, checked before anything is built),
-      `EVAL_BATCH` (its evaluation batch for data.eval_batch_size=auto) and `MIXES_ACTIVATIONS`
-      (whether members of different activations gain by sharing a pack).
-
-    It inherits the members' bookkeeping: `seeds`, `n_seeds`, `per_seed`, and per-member dropout
-    streams re-derived from (seed, epoch) by `start_epoch`, drawn by `drop`.
-    """
-
-    def __init__(self, seeds: list[int], activation: Callable[[Tensor], Tensor], dropout: float = 0.0):
-        super().__init__()
-        self.seeds, self.activation, self.dropout = list(seeds), activation, float(dropout)
-        self._dropout_gens: list[torch.Generator] = []
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.seeds)
-
-    def per_seed(self, t: Tensor) -> Tensor:
-        """A parameter, buffer or gradient, viewed as [K, ...]: member k's own tensor at [k]."""
-        return t.view(self.n_seeds, -1, *t.shape[1:])
-
-    def start_epoch(self, epoch: int, shard: tuple[int, int] = (0, 1)) -> None:
-        """Re-derive each member's dropout stream from (seed, epoch): a resumed run draws the same
-        masks. Under DDP each device, holding its own share of the batch, gets its own stream."""
-        if self.dropout > 0:
-            device = next(self.parameters()).device
-            extra = (shard[0],) if shard[1] > 1 else ()
-            self._dropout_gens = [
-                torch.Generator(device=device).manual_seed(derive_seed(s, "dropout", epoch, *extra)) for s in self.seeds
-            ]
-
-    def drop(self, h: Tensor) -> Tensor:
-        """Dropout with each member's own masks, for h [K, B, ...] (or a lone member's [B, ...])."""
-        if not (self.dropout > 0 and self.training):
-            return h
-        keep = 1.0 - self.dropout
-        if not self._dropout_gens:
-            self.start_epoch(0)
-        # a lone member's h may come with or without its member dimension: the same values either way
-        rows = h.shape[1:] if self.n_seeds > 1 else (h.numel(),)
-        mask = torch.stack([torch.empty(rows, device=h.device).bernoulli_(keep, generator=g) for g in self._dropout_gens])
-        return h * mask.view(h.shape) / keep
-
-    # the model's config keys and what each must be (key -> (test, what it must be)), checked as
-    # `model.KEY` before anything is built; a subclass adds its own to these
-    RULES: dict = {
-        "init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
-        "dropout": (lambda v: is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
-    }
-    EVAL_BATCH = 10_000  # data.eval_batch_size=auto: examples per evaluation batch that suit this model
-    MIXES_ACTIVATIONS = True  # whether members of different activations share a pack (it must pay)
-
-    def member_activation(self, k: int) -> nn.Module:
-        """Member k's own activation, as a module."""
-        from actbench.activations import PerMember
-
-        fn = self.activation
-        if isinstance(fn, PerMember):
-            fn = next(f for a, b, f in fn.spans if a <= k < b)
-        return fn if isinstance(fn, nn.Module) else Elementwise(fn)
-
-    @classmethod
-    def draws_random(cls, cfg) -> bool:
-        return bool(cfg.get("dropout", 0))
-
-    def probe_weights(self) -> list[Tensor]:
-        raise NotImplementedError
-
-    @classmethod
-    def hparams(cls, cfg) -> dict:
-        raise NotImplementedError
-
-    @classmethod
-    def n_params(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        raise NotImplementedError
-
-    @classmethod
-    def flops_per_sample(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        raise NotImplementedError
-
-    @classmethod
-    def bytes_per_member(cls, cfg, rows: int, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        """One more member's memory, roughly: weights with their gradients and two Adam moments,
-        and the activations of the largest pass over `rows` examples."""
-        raise NotImplementedError
+    """The protocol of hand-packed models, removed: its subclasses are refused in one line
+    (`model_class`); a model is now plain PyTorch, packed by actbench (actbench/packer.py)."""
 
 
-def copy_into(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
-    """torch's layer with one member's weight and bias."""
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
-
-
-def model_class(cfg) -> type[PackedNet] | PlainModel:
-    """What `cfg.model` names, with the model's facts before one is built: a plain model's found
-    from it (`PlainModel`), a hand-packed one's as its class states them."""
+def model_class(cfg) -> PlainModel:
+    """What `cfg.model` names, with the model's facts found from it before one is built."""
     cls = locate(cfg.model._target_, "model._target_")
     if isinstance(cls, type) and issubclass(cls, PackedNet):
-        return cls
+        raise ConfigError(f"model._target_={cfg.model._target_!r} is a hand-packed PackedNet, which actbench no longer "
+                          "packs: write it as a plain nn.Module, Model(activation, input_shape, n_classes, **keys) "
+                          "(README: Add your own model)")
     if isinstance(cls, type) and issubclass(cls, nn.Module):
         return PlainModel(cls, cfg)
     raise ConfigError(f"model._target_={cfg.model._target_!r}: must name a torch.nn.Module class")
@@ -212,104 +75,6 @@ def eval_batch_size(cfg) -> int:
     return model_class(cfg).EVAL_BATCH if value == "auto" else int(value)
 
 
-class PackedMLP(PackedNet):
-    """K independent MLPs: input -> width x depth -> classes, one per packed member, as one
-    module; a dense layer's weight is [K*out, in], so a lone member's is nn.Linear's."""
-
-    RULES = {
-        **PackedNet.RULES,
-        "depth": POSITIVE_INT,
-        "width": POSITIVE_INT,
-    }
-
-    def __init__(
-        self,
-        seeds: list[int],
-        activation: Callable[[Tensor], Tensor],
-        depth: int = 1,
-        width: int = 128,
-        init: str = "torch",
-        dropout: float = 0.0,
-        input_shape=INPUT_SHAPE,
-        n_classes: int = N_CLASSES,
-    ):
-        super().__init__(seeds, activation, dropout)
-        self.depth, self.init, self.input_shape = depth, init, tuple(input_shape)
-        k = len(self.seeds)
-        sizes = [math.prod(input_shape)] + [width] * depth + [n_classes]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(k * o, i)) for i, o in zip(sizes, sizes[1:]))
-        self.biases = nn.ParameterList(nn.Parameter(torch.empty(k * o)) for o in sizes[1:])
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        for k, seed in enumerate(self.seeds):
-            gen = generator(seed, "init")
-            for w, b in zip(self.weights, self.biases):
-                init_layer(self.per_seed(w)[k], self.per_seed(b)[k], self.init, gen)
-
-    def _apply(self, fn, recurse=True):
-        self._pairs = None  # parameters may be replaced (device moves keep them, but be safe)
-        return super()._apply(fn, recurse)
-
-    def layers(self) -> list[tuple[Tensor, Tensor]]:
-        """(weight, bias) per layer; cached, since ParameterList lookups cost microseconds each and
-        a whole training step of the blog's model costs about 600."""
-        if getattr(self, "_pairs", None) is None:
-            self._pairs = list(zip(self.weights, self.biases))
-        return self._pairs
-
-    def forward(self, x: Tensor, record: list | None = None) -> Tensor:
-        *hidden, (w_out, b_out) = self.layers()
-        n = len(self.input_shape)
-        # images to rows (a view of an input that needs no gradient); rows stay rows
-        h = x.flatten(-n) if tuple(x.shape[-n:]) == self.input_shape else x
-        for w, b in hidden:
-            z = linear(h, w, b)
-            h = self.activation(z.clone() if record is not None else z)  # an in-place activation must not overwrite what is recorded
-            if record is not None:
-                record.append((z, h))
-            h = self.drop(h)
-        return linear(h, w_out, b_out)
-
-    def probe_weights(self) -> list[Tensor]:
-        return list(self.weights)
-
-    def member(self, k: int) -> nn.Sequential:
-        act, (*hidden, last) = self.member_activation(k), self.layers()
-        layers: list[nn.Module] = [nn.Flatten()]
-        for w, b in hidden:
-            w_k = self.per_seed(w)[k]
-            layers += [copy_into(nn.Linear(w_k.shape[1], w_k.shape[0]), w_k, self.per_seed(b)[k]), act]
-            if self.dropout > 0:
-                layers.append(nn.Dropout(self.dropout))
-        w_k = self.per_seed(last[0])[k]
-        return nn.Sequential(*layers, copy_into(nn.Linear(w_k.shape[1], w_k.shape[0]), w_k, self.per_seed(last[1])[k]))
-
-    @classmethod
-    def hparams(cls, cfg) -> dict:
-        return {"model": "mlp", "depth": int(cfg.depth), "width": int(cfg.width), "init": str(cfg.init), "dropout": float(cfg.dropout)}
-
-    @classmethod
-    def _sizes(cls, cfg, input_shape, n_classes) -> list[int]:
-        return [math.prod(input_shape)] + [int(cfg.width)] * int(cfg.depth) + [n_classes]
-
-    @classmethod
-    def n_params(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        sizes = cls._sizes(cfg, input_shape, n_classes)
-        return sum(i * o + o for i, o in zip(sizes, sizes[1:]))
-
-    @classmethod
-    def flops_per_sample(cls, cfg, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        return 2 * cls.n_params(cfg, input_shape, n_classes)
-
-    @classmethod
-    def bytes_per_member(cls, cfg, rows: int, input_shape=INPUT_SHAPE, n_classes: int = N_CLASSES) -> int:
-        width, depth = int(cfg.width), int(cfg.depth)
-        activations = rows * (math.prod(input_shape) + 3 * width * depth + 2 * n_classes)  # inputs, z, f(z), f'(z) for probes
-        return 4 * (4 * cls.n_params(cfg, input_shape, n_classes) + activations)
-
-
 # Fused CPU Adam updates a tensor's SIMD-vector body and its scalar tail with slightly different
 # rounding, so an element's update depends on where it sits in its tensor: a member whose share
 # of a tensor is not a whole number of vectors (a classifier bias of 10) sits elsewhere in a pack
@@ -317,21 +82,29 @@ class PackedMLP(PackedNet):
 SIMD_ELEMENTS = 64  # a multiple of every CPU's float32 vector width (AVX-512: 16)
 
 
-def param_groups(params, members: int = 1, fused: bool = False) -> list:
-    """The parameters as an optimizer's groups. With a fused optimizer, those whose per-member size
-    is not a whole number of SIMD_ELEMENTS (biases, batch norm's scales: a few hundred numbers) get
-    the same maths tensor by tensor (fused=False, foreach=False), which rounds every element
-    alike: a packed member's update is then its lone run's, bit for bit."""
-    params = list(params)
-    if not fused:
-        return params
-    aligned = [p for p in params if (p.numel() // members) % SIMD_ELEMENTS == 0]
-    rest = [p for p in params if (p.numel() // members) % SIMD_ELEMENTS]
-    return [{"params": aligned}] + ([{"params": rest, "fused": False, "foreach": False}] if rest else [])
+def param_groups(params, members: int = 1, fused: bool = False, weight_decay: float = 0.0) -> list:
+    """The parameters as an optimizer's groups.
+
+    With weight decay, only weight matrices and kernels (two dimensions or more) decay, as in
+    nanoGPT: biases, norms' scales and shifts and a learnable activation's parameters do not.
+    With a fused optimizer, those whose per-member size is not a whole number of SIMD_ELEMENTS
+    (biases, batch norm's scales: a few hundred numbers) get the same maths tensor by tensor
+    (fused=False, foreach=False), which rounds every element alike: a packed member's update is
+    then its lone run's, bit for bit."""
+    groups = [{"params": list(params)}]
+    if weight_decay:
+        every = groups[0]["params"]
+        groups = [{"params": [p for p in every if p.dim() >= 2]}, {"params": [p for p in every if p.dim() < 2], "weight_decay": 0.0}]
+    if fused:
+        groups = [{**g, "params": [p for p in g["params"] if (p.numel() // members) % SIMD_ELEMENTS == 0]} for g in groups] + \
+                 [{**g, "params": [p for p in g["params"] if (p.numel() // members) % SIMD_ELEMENTS], "fused": False, "foreach": False}
+                  for g in groups]
+    groups = [g for g in groups if g["params"]]
+    return groups[0]["params"] if len(groups) == 1 and len(groups[0]) == 1 else groups
 
 
 class Classifier(LightningModule):
-    """Trains a PackedNet with manual optimisation: each Lightning step runs the chunk of
+    """Trains a pack with manual optimisation: each Lightning step runs the chunk of
     optimizer steps its batch holds (Keras's steps_per_execution), so per-step framework cost
     is paid once per chunk; trainer.global_step counts every optimizer step.
 
@@ -345,7 +118,7 @@ class Classifier(LightningModule):
     record and probe; `train_epoch_steps` gives the per-step curves.
     """
 
-    def __init__(self, net: PackedNet, optimizer: Callable, cuda_graph: bool = False):
+    def __init__(self, net: Packed, optimizer: Callable, cuda_graph: bool = False):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
@@ -359,8 +132,9 @@ class Classifier(LightningModule):
             from actbench.cuda_graph import capturable_optimizer
 
             return capturable_optimizer(self.optimizer_factory, self.net.parameters())
-        fused = bool(getattr(self.optimizer_factory, "keywords", {}).get("fused"))
-        return self.optimizer_factory(param_groups(self.net.parameters(), self.net.n_seeds, fused))
+        keys = getattr(self.optimizer_factory, "keywords", {})
+        return self.optimizer_factory(param_groups(self.net.parameters(), self.net.n_seeds, bool(keys.get("fused")),
+                                                   float(keys.get("weight_decay") or 0.0)))
 
     # ------------------------------------------------------------------ training
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -48,7 +49,8 @@ def activation_factory(cfg_activation) -> Callable[[], nn.Module]:
             with torch.device("cpu"):  # checked on real numbers, even while a model is built on meta
                 built.append(activations.build(cfg_activation))
         fn = built[0]
-        return copy.deepcopy(fn) if isinstance(fn, nn.Module) else Elementwise(fn)
+        # on the device the model is being built on (meta, for facts): a learnable one's parameters too
+        return copy.deepcopy(fn).to(torch.get_default_device()) if isinstance(fn, nn.Module) else Elementwise(fn)
 
     return make
 
@@ -64,7 +66,6 @@ class PlainModel:
     attributes a hand-packed model used to state)."""
 
     RULES = {"init": (lambda v: v in INITS, f"one of {', '.join(INITS)}")}
-    MIXES_ACTIVATIONS = True  # folded members split off as contiguous rows: mixing costs nothing
 
     def __init__(self, cls: type, cfg):
         self.cls, self.cfg = cls, cfg
@@ -89,9 +90,9 @@ class PlainModel:
             return self.builder(cfg_model, input_shape, n_classes)(activation_factory(self.cfg.activation))
 
     def check(self, input_shape, n_classes) -> None:
-        """The model's refusal of its keys (its constructor's ValueError or TypeError), as one line
-        before anything trains; other failures are left for the run to record. A message that
-        starts `key=value:` for one of its keys names it `model.key`."""
+        """The model's refusal of its keys (its constructor's ValueError or TypeError), or any other
+        failure to build it on the meta device (with where it was raised), as one line before
+        anything trains. A message that starts `key=value:` for one of its keys names it `model.key`."""
         import inspect
 
         params = inspect.signature(self.cls).parameters
@@ -105,6 +106,12 @@ class PlainModel:
             if message.split("=", 1)[0] in self.cfg.model:
                 raise ConfigError(f"model.{message}") from None
             raise ConfigError(f"model ({self.cfg.model._target_}): {message}") from None
+        except Exception as e:  # noqa: BLE001 - a user's model may raise anything; where it did is what helps
+            import traceback
+
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            raise ConfigError(f"model ({self.cfg.model._target_}) fails to build: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())} ({Path(where.filename).name}:{where.lineno})") from None
 
     # ---------------------------------------------------------------- facts
 
@@ -125,7 +132,7 @@ class PlainModel:
         """(FLOPs of one example's forward pass, floats of every layer's output for it, parameters)."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        model = self.on_meta(cfg_model, input_shape, n_classes)
+        model = self.on_meta(cfg_model, input_shape, n_classes).eval()  # batch norm refuses a training batch of one
         outputs = [math.prod(input_shape)]
         hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel() if torch.is_tensor(o) else 0))
                  for m in model.modules() if not any(True for _ in m.children())]

@@ -7,11 +7,12 @@ layer that holds weights, draws random numbers or is an activation is swapped fo
 that unfolds [K*B, ...] to [K, B, ...] inside:
 
 - `nn.Linear`: one batched product for all members (`PackedLinear`);
+- `nn.Conv1d/2d/3d`: each member's convolution on its rows (in channels-last for a 2-D one);
 - the activations the model made by calling `activation()`: each member's own, members of one
   activation in one call;
 - `nn.Dropout`: each member's masks from its own stream, re-derived from (seed, epoch);
 - any other layer with parameters or buffers and no sub-layers (LayerNorm, BatchNorm, Embedding,
-  Conv, a user's own): run member by member with that member's tensors (`MemberLoop`).
+  a user's own): run member by member with that member's tensors (`MemberLoop`).
 
 Every twin stores each parameter and buffer as K equal chunks along dim 0, so a member's tensors
 are its chunk, a checkpoint splits by chunking, and a pack of one holds the plain layer's shapes.
@@ -78,13 +79,15 @@ class PackedLinear(torch.autograd.Function):
         h, w = ctx.saved_tensors
         grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
         grad_b = grad.sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
+        if torch.get_num_threads() > 1:  # threads split a batched product's sums otherwise than one member's
+            return grad_h, torch.stack([g.t().mm(x) for g, x in zip(grad, h)]), grad_b
         return grad_h, torch.bmm(grad.transpose(1, 2), h), grad_b
 
 
 def stacked(t: Tensor, k: int) -> Tensor:
     """K copies of a layer's tensor as K equal chunks along dim 0 ([K] for a scalar)."""
     t = t.detach()
-    return t.unsqueeze(0).expand(k, *t.shape).reshape(k * t.shape[0], *t.shape[1:]) if t.dim() else t.expand(k).clone()
+    return t.repeat(k, *[1] * (t.dim() - 1)) if t.dim() else t.expand(k).clone()  # a copy, never a view of t
 
 
 class Twin(nn.Module):
@@ -113,10 +116,54 @@ class LinearTwin(Twin):
         return out.view(*h.shape[:-1], -1)
 
 
-class ActivationTwin(Twin):
-    """One place where the model applies its activation: each member's own on its rows, neighbouring
-    members of one activation in one call. While `record` is a list it receives (z, f(z)), each
-    [K, B, ...], for the probes."""
+class ConvTwin(Twin):
+    """nn.Conv1d/2d/3d for K members: weight [K*out, in/groups, *kernel], each member's own
+    convolution on its rows, a 2-D one in channels-last (oneDNN's fast layout on a CPU, as a tuned
+    plain loop has it). Member by member, not as one grouped convolution: a grouped one sums the
+    weight's gradient in another order than a lone one (up to 1e-3 apart, measured on an AMD
+    EPYC), and a member must compute its lone bits."""
+
+    def __init__(self, layer: nn.modules.conv._ConvNd, k: int):
+        super().__init__()
+        self.k, self.layer = k, [layer]  # the template: its stride, padding and padding mode
+        self.format = torch.channels_last if layer.weight.dim() == 4 else torch.contiguous_format
+        self.weight = nn.Parameter(stacked(layer.weight, k).contiguous(memory_format=self.format))
+        self.bias = None if layer.bias is None else nn.Parameter(stacked(layer.bias, k))
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.layer[0]._conv_forward
+        x = x.contiguous(memory_format=self.format)
+        if self.k == 1:
+            return conv(x, self.weight, self.bias)
+        biases = [None] * self.k if self.bias is None else self.bias.chunk(self.k)
+        return torch.cat([conv(part, w, b) for part, w, b in zip(x.chunk(self.k), self.weight.chunk(self.k), biases)])
+
+
+class Site:
+    """What an activation twin shares: while `record` is a list it receives (z, f(z), the twin), z
+    and f(z) as [K, B, ...], for the probes; `as_function` applies the members' activations of
+    this place to z laid out [K, ...] (the probes' derivative)."""
+
+    k: int
+    record: list | None = None
+
+    def apply_members(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def recorded(self, z: Tensor) -> Tensor:
+        if self.record is None:
+            return self.apply_members(z)
+        h = self.apply_members(z.clone())  # an in-place activation must not overwrite what is recorded
+        self.record.append((z.view(self.k, -1, *z.shape[1:]), h.view(self.k, -1, *h.shape[1:]), self))
+        return h
+
+    def as_function(self) -> Callable[[Tensor], Tensor]:
+        return lambda z: self.apply_members(z.reshape(-1, *z.shape[2:])).view(z.shape)
+
+
+class ActivationTwin(Site, Twin):
+    """One place where the model applies a fixed activation: each member's own on its rows,
+    neighbouring members of one activation in one call."""
 
     def __init__(self, fns: list[nn.Module]):
         super().__init__()
@@ -128,7 +175,6 @@ class ActivationTwin(Twin):
             else:
                 self.spans.append((i, i + 1, fn))
         self.fns = nn.ModuleList(dict.fromkeys(f for _, _, f in self.spans))  # buffers follow the device
-        self.record: list | None = None
 
     def apply_members(self, z: Tensor) -> Tensor:
         if len(self.spans) == 1:
@@ -140,15 +186,7 @@ class ActivationTwin(Twin):
         return torch.cat([fn(part) for part, (_, _, fn) in zip(parts, self.spans)])
 
     def forward(self, z: Tensor) -> Tensor:
-        if self.record is None:
-            return self.apply_members(z)
-        h = self.apply_members(z.clone())  # an in-place activation must not overwrite what is recorded
-        self.record.append((z.view(self.k, -1, *z.shape[1:]), h.view(self.k, -1, *h.shape[1:])))
-        return h
-
-    def as_function(self) -> Callable[[Tensor], Tensor]:
-        """The members' activations on z laid out [K, ...] (the probes' derivative)."""
-        return lambda z: self.apply_members(z.reshape(-1, *z.shape[2:])).view(z.shape)
+        return self.recorded(z)
 
 
 class DropoutStreams:
@@ -193,7 +231,7 @@ def trace(build: Callable, activation: Callable[[], nn.Module], input_shape) -> 
     by name, in the order its forward first calls them; those whose input does not follow the
     batch, such as a position embedding's). ([], set()) where the model does not run on meta."""
     with torch.device("meta"):
-        model = build(activation)
+        model = build(activation).eval()  # batch norm refuses a training batch of one
     leaves = {m: name for name, m in model.named_modules() if not any(True for _ in m.children())}
     seen: list[dict[str, int | None]] = [{}, {}]
     try:
@@ -253,6 +291,18 @@ class MemberLoop(Twin):
         return super()._apply(fn, recurse)
 
 
+class LearnableTwin(Site, MemberLoop):
+    """One place where the model applies a learnable activation (PReLU's slope, a learned beta):
+    each member's own parameters, stacked as any layer's, applied to its rows. A pack holds one
+    activation config when it is learnable (actbench.packing), so one template serves all members."""
+
+    def apply_members(self, z: Tensor) -> Tensor:
+        return MemberLoop.forward(self, z)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.recorded(z)
+
+
 def build_noting_activations(build: Callable, activation: Callable[[], nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
     """A model built with `activation`, and the activation modules it made, in the order it made them."""
     made: list[nn.Module] = []
@@ -309,16 +359,23 @@ class Packed(nn.Module):
         self.model = self._twin(model, sites, per_site, names)
         twins = dict(self.model.named_modules())
         # the weight matrices in the order the forward uses them (registration order where unknown)
-        self.weights = [twins[n] for n in order if isinstance(twins.get(n), LinearTwin)] or \
-            [m for m in self.model.modules() if isinstance(m, LinearTwin)]
+        self.weights = [twins[n] for n in order if isinstance(twins.get(n), (LinearTwin, ConvTwin))] or \
+            [m for m in self.model.modules() if isinstance(m, (LinearTwin, ConvTwin))]
         self.reset_parameters(init)
 
     def _twin(self, module: nn.Module, sites: dict[int, int], per_site: list, names: dict) -> nn.Module:
         k = self.n_seeds
         if id(module) in sites:
-            return ActivationTwin(per_site[sites[id(module)]])
+            fns = per_site[sites[id(module)]]
+            if any(True for _ in fns[0].parameters()):
+                if len(set(map(id, fns))) > 1:
+                    raise Unpackable("a learnable activation packs only with members of the same activation")
+                return LearnableTwin(fns[0], k, self.batch)
+            return ActivationTwin(fns)
         if isinstance(module, nn.Linear):
             return LinearTwin(module, k)
+        if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
+            return ConvTwin(module, k)
         if isinstance(module, nn.Dropout):
             self.dropouts.append(DropoutTwin(module.p, self.streams))
             return self.dropouts[-1]
@@ -345,11 +402,8 @@ class Packed(nn.Module):
         for i, seed in enumerate(self.seeds):
             gen = generator(seed, "init")
             for j, m in enumerate(self.model.modules()):
-                if isinstance(m, LinearTwin):
+                if isinstance(m, (LinearTwin, ConvTwin)):
                     init_layer(m.member_tensor(m.weight, i), None if m.bias is None else m.member_tensor(m.bias, i), init, gen)
-                elif isinstance(m, MemberLoop) and isinstance(m.layer[0], nn.modules.conv._ConvNd):
-                    bias = getattr(m, "bias", None)
-                    init_layer(m.member_tensor(m.weight, i), None if bias is None else m.member_tensor(bias, i), init, gen)
                 elif isinstance(m, MemberLoop) and hasattr(m.layer[0], "reset_parameters"):
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(derive_seed(seed, "init", j))
@@ -365,7 +419,7 @@ class Packed(nn.Module):
     def forward(self, x: Tensor, record: list | None = None) -> Tensor:
         lone = x.dim() == self.input_dims + 1  # a lone member's batch, without the member dimension
         folded = x if lone else x.flatten(0, 1)
-        twins = [m for m in self.model.modules() if isinstance(m, ActivationTwin)] if record is not None else []
+        twins = [m for m in self.model.modules() if isinstance(m, Site)] if record is not None else []
         for t in twins:
             t.record = record
         self.batch.rows = folded.shape[0]
@@ -375,11 +429,6 @@ class Packed(nn.Module):
             for t in twins:
                 t.record = None
         return out if lone else out.view(self.n_seeds, -1, *out.shape[1:])
-
-    @property
-    def activation(self) -> Callable[[Tensor], Tensor]:
-        twins = [m for m in self.model.modules() if isinstance(m, ActivationTwin)]
-        return twins[0].as_function() if twins else (lambda z: z)
 
     def probe_weights(self) -> list[Tensor]:
         """The weight matrices the gradient probe follows, in the order the forward uses them."""

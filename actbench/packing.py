@@ -100,6 +100,19 @@ def shared_part(cfg) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
+_LEARNABLE: dict[str, bool] = {}
+
+
+def learnable(cfg) -> bool:
+    """Whether a run's activation has parameters of its own (PReLU, swish_beta)."""
+    from actbench import activations
+
+    key = activation_key(cfg)
+    if key not in _LEARNABLE:
+        _LEARNABLE[key] = activations.is_learnable(activations.build(cfg.activation))
+    return _LEARNABLE[key]
+
+
 def activation_key(cfg) -> str:
     import json
 
@@ -117,8 +130,8 @@ def optimizer_name(cfg) -> str:
 
 def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
     """A job's runs (that start from the same point) as the packs they train in: members that
-    disagree on anything but seed and activation go to separate packs (and so do activations,
-    for a model that does not gain by mixing them), members of one activation sit side by side
+    disagree on anything but seed and activation go to separate packs (and so does a learnable
+    activation, from every other), members of one activation sit side by side
     (one activation call for all of them), and no pack holds more than `limit`.
     With an optimizer that mixes the values of a weight matrix, every run trains alone; the
     second value then says why, in one line."""
@@ -128,8 +141,9 @@ def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
 
     groups: dict[str, list] = {}
     for run in runs:
-        mixes = model_class(run.cfg).MIXES_ACTIVATIONS
-        groups.setdefault(shared_part(run.cfg) + ("" if mixes else activation_key(run.cfg)), []).append(run)
+        # a learnable activation's members hold parameters a fixed one's do not: its own pack
+        own = activation_key(run.cfg) if learnable(run.cfg) else ""
+        groups.setdefault(shared_part(run.cfg) + own, []).append(run)
     why = None
     packs = []
     for group in groups.values():

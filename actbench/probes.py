@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from actbench.activations import derivative
 from actbench.conf import option
-from actbench.tags import ACT, DACT_MEAN, DEAD, GRAD_NORM_STEP, GRAD_RATIO, GRAD_RATIO_STEP, PREACT, SATURATED, grad_norm_tag, layer_tag
+from actbench.tags import ACT, ACT_PARAM, DACT_MEAN, DEAD, GRAD_NORM_STEP, GRAD_RATIO, GRAD_RATIO_STEP, PREACT, SATURATED, grad_norm_tag, layer_tag
 
 # |f'(z)| at or below DEAD_TOL on every probe example: the unit is dead; below SATURATION_TOL:
 # saturated. Set, with why, in conf/probes/default.yaml; functions called outside a run default to them.
@@ -37,14 +37,15 @@ DEAD_TOL, SATURATION_TOL = (float(option("probes")["activations"][k]) for k in (
 
 
 @torch.no_grad()
-def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """(z, f(z)) of every hidden activation for inputs x [K, n, ...], in eval mode (no dropout,
-    batch norm with its running statistics); the net's previous mode is restored. Each z and f(z)
-    is [K, n, units] for a dense layer, [K, n, channels, height, width] for a convolution."""
+def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor, nn.Module]]:
+    """(z, f(z), the place) of every hidden activation for inputs x [K, n, ...], in eval mode (no
+    dropout, batch norm with its running statistics); the net's previous mode is restored. Each z
+    and f(z) is [K, n, units] for a dense layer, [K, n, channels, height, width] for a
+    convolution; the place (actbench.packer.Site) gives its members' activation as a function."""
     was_training = net.training
     net.eval()
     try:
-        record: list[tuple[Tensor, Tensor]] = []
+        record: list[tuple[Tensor, Tensor, nn.Module]] = []
         net(x, record=record)
     finally:
         net.train(was_training)
@@ -72,18 +73,30 @@ def unit_stats(
     }
 
 
-def layer_stats(
-    fn: Callable[[Tensor], Tensor],
-    record: list[tuple[Tensor, Tensor]],
-    dead_tol: float = DEAD_TOL,
-    saturation_tol: float = SATURATION_TOL,
-) -> dict[str, Tensor]:
-    """`unit_stats` of every hidden layer of a `probe_forward` record, under the TensorBoard
-    tags `probes/dead/layer{i}`, `probes/saturated/layer{i}`, `probes/dact_mean/layer{i}` (i from 1, in the record's order), each [K]."""
+def layer_stats(record: list, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL) -> dict[str, Tensor]:
+    """`unit_stats` of every hidden layer of a `probe_forward` record, each with its own place's
+    activation, under the TensorBoard tags `probes/dead/layer{i}`, `probes/saturated/layer{i}`,
+    `probes/dact_mean/layer{i}` (i from 1, in the record's order), each [K]."""
     out = {}
-    for i, (z, _) in enumerate(record, start=1):
-        for name, value in unit_stats(fn, z, dead_tol, saturation_tol).items():
+    for i, (z, _, site) in enumerate(record, start=1):
+        for name, value in unit_stats(site.as_function(), z, dead_tol, saturation_tol).items():
             out[layer_tag(name, i)] = value
+    return out
+
+
+def activation_parameters(record: list) -> dict[str, Tensor]:
+    """The learned values of every learnable activation in a `probe_forward` record, per member
+    [K]: `probes/act_{name}/layer{i}` for one value per place (PReLU's slope, a learned beta),
+    `probes/act_{name}_{mean,min,max}/layer{i}` for several (a PReLU per channel)."""
+    out = {}
+    for i, (z, _, site) in enumerate(record, start=1):
+        for name, p in site.named_parameters():
+            per = p.detach().float().view(z.shape[0], -1)  # [K, values]
+            if per.shape[1] == 1:
+                out[layer_tag(f"{ACT_PARAM}_{name}", i)] = per[:, 0]
+            else:
+                for stat, value in (("mean", per.mean(1)), ("min", per.amin(1)), ("max", per.amax(1))):
+                    out[layer_tag(f"{ACT_PARAM}_{name}_{stat}", i)] = value
     return out
 
 
@@ -143,7 +156,8 @@ class ActivationProbe(Callback):
     """At initialisation (epoch 0) and after every epoch, one forward pass of the probe set
     (`trainer.datamodule.probe_set()`, a fixed seeded subset of each seed's training data) in
     eval mode, and per hidden layer i: `probes/dead/layer{i}`, `probes/saturated/layer{i}` and
-    `probes/dact_mean/layer{i}` into `epoch_log` (so TensorBoard and metrics.json get them), and
+    `probes/dact_mean/layer{i}`, and a learnable activation's values (`activation_parameters`),
+    into `epoch_log` (so TensorBoard and metrics.json get them), and
     histograms `probes/preact/layer{i}` (z) and `probes/act/layer{i}` (f(z)) to TensorBoard only.
     The probe forward touches no random stream, so training is the same with or without it."""
 
@@ -159,11 +173,12 @@ class ActivationProbe(Callback):
     def measure(self, trainer, pl_module) -> None:
         net = pl_module.net
         record = probe_forward(net, self._probe_set(trainer))
-        pl_module.epoch_log.update(layer_stats(net.activation, record, self.dead_tol, self.saturation_tol))
+        pl_module.epoch_log.update(layer_stats(record, self.dead_tol, self.saturation_tol))
+        pl_module.epoch_log.update(activation_parameters(record))
         if self.histograms:
             step = trainer.global_step
             writers = _writers(trainer)
-            for i, (z, h) in enumerate(record, start=1):
+            for i, (z, h, _) in enumerate(record, start=1):
                 for tag, values in ((layer_tag(PREACT, i), z), (layer_tag(ACT, i), h)):
                     host = histogram_sample(values).cpu().numpy()  # one copy for all seeds
                     for k, writer in enumerate(writers):

@@ -183,7 +183,7 @@ def plan_runs(cfg: DictConfig):
 
 # A model rewritten in plain PyTorch that computes the bits of its hand-packed predecessor keeps the
 # predecessor's name in a run's identity, so that sweeps made before it still skip their finished runs.
-PREDECESSORS = {"actbench.models.mlp.MLP": "actbench.model.PackedMLP"}
+PREDECESSORS = {"actbench.models.mlp.MLP": "actbench.model.PackedMLP", "actbench.models.cnn.ConvNet": "actbench.convnet.PackedConvNet"}
 
 
 def config_hash(config: dict, exclude) -> str:

@@ -49,6 +49,7 @@ PROBES = "probes"
 PREFIX = f"{PROBES}/"
 DEAD, SATURATED, DACT_MEAN = "dead", "saturated", "dact_mean"  # per hidden layer, see layer_tag
 PREACT, ACT = "preact", "act"  # histograms per hidden layer, TensorBoard only
+ACT_PARAM = "act"  # a learnable activation's values per hidden layer: act_{parameter}[_{mean,min,max}], see layer_tag
 GRAD_NORM, GRAD_NORM_STEP = "grad_norm", "grad_norm_step"  # per weight matrix, see grad_norm_tag; _step: every sample, TensorBoard only
 GRAD_RATIO, GRAD_RATIO_STEP = f"{PREFIX}grad_ratio", f"{PREFIX}grad_ratio_step"  # first over last
 

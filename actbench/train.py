@@ -48,42 +48,29 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*log_every_n_steps.*")
 
 
-def build_activation(runs):
-    """The pack's activation: each distinct activation config built once; several become a
-    `PerMember` that gives every member its own."""
-    from actbench import activations
-    from actbench.packing import activation_key
-
-    built: dict[str, object] = {}
-    for run in runs:
-        key = activation_key(run.cfg)
-        if key not in built:
-            try:
-                built[key] = activations.build(run.cfg.activation)
-            except (ImportError, AttributeError, TypeError, ValueError) as e:
-                raise UserError(f"activation: {e}") from None
-    if len(built) == 1:
-        return next(iter(built.values()))
-    return activations.PerMember([built[activation_key(r.cfg)] for r in runs])
-
-
-def build_net(runs, act, data):
-    """The pack's model: a plain model packed by actbench, each member with its own activation; or
-    a hand-packed model built with the pack's activation."""
-    from hydra.utils import instantiate
-
-    from actbench.model import PlainModel, model_class
+def activations_of(runs) -> list:
+    """Each member's `activation()`: one factory per distinct activation config, built once here,
+    so that a bad one is one line before anything is written."""
     from actbench.model_facts import activation_factory
     from actbench.packing import activation_key
 
-    cfg = runs[0].cfg
-    seeds = [r.seed for r in runs]
-    model = model_class(cfg)
-    if not isinstance(model, PlainModel):
-        return instantiate(cfg.model, seeds=seeds, activation=act, input_shape=data.INPUT_SHAPE, n_classes=data.N_CLASSES)
     factories: dict = {}
-    members = [factories.setdefault(activation_key(r.cfg), activation_factory(r.cfg.activation)) for r in runs]
-    return model.pack(cfg.model, seeds, members, data.INPUT_SHAPE, data.N_CLASSES)
+    for r in runs:
+        if activation_key(r.cfg) not in factories:
+            make = factories[activation_key(r.cfg)] = activation_factory(r.cfg.activation)
+            try:
+                make()
+            except (ImportError, AttributeError, TypeError, ValueError) as e:
+                raise UserError(f"activation: {e}") from None
+    return [factories[activation_key(r.cfg)] for r in runs]
+
+
+def build_net(runs, members: list, data):
+    """The pack: the configured plain model, packed by actbench with each member's activation."""
+    from actbench.model import model_class
+
+    cfg = runs[0].cfg
+    return model_class(cfg).pack(cfg.model, [r.seed for r in runs], members, data.INPUT_SHAPE, data.N_CLASSES)
 
 
 def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
@@ -111,7 +98,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
 
     data = instantiate(cfg.data, seeds=seeds, steps_per_execution=int(cfg.steps_per_execution), eval_batch_size=eval_batch_size(cfg))
     data.prepare()  # bad or missing data fails here, before anything is written
-    act = build_activation(runs)
+    members = activations_of(runs)
 
     # max_queue: with TensorBoard's default of 10 every add_scalar waits on the writer thread (~75 us
     # per event instead of ~40); a packed run writes thousands per epoch. The recorder flushes each epoch.
@@ -154,7 +141,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     try:
         # inside: a model that fails to build (a user's, say) is recorded as failed with its traceback
         try:
-            net = build_net(runs, act, data)
+            net = build_net(runs, members, data)
         except InstantiationException as e:
             raise e.__cause__ or e  # the model's own error, with its traceback, not Hydra's wrapping of it
         module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)

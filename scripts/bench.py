@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from actbench import data as ab_data  # noqa: E402
 from actbench.checks import locate  # noqa: E402
 from actbench.conf import CONF_DIR, option  # noqa: E402
-from actbench.model import PackedNet, PlainModel, param_groups  # noqa: E402
+from actbench.model import PlainModel, param_groups  # noqa: E402
 from actbench.results import TEST_ACC, VAL_LOSS, load_runs  # noqa: E402
 
 MODELS = sorted(f.stem for f in (CONF_DIR / "model").glob("*.yaml"))  # each with its settings in conf/model/
@@ -94,8 +94,6 @@ def reference_model(seed: int, device, model: str = "mlp") -> nn.Module:
     """torch's own layers (nn.Linear, nn.Conv2d, ...) holding exactly actbench's initial weights for this seed."""
     settings = option("model", model)
     cls = locate(settings.pop("_target_"), "model._target_")
-    if issubclass(cls, PackedNet):
-        return cls([seed], nn.ReLU(), **settings).member(0).to(device)
     return PlainModel(cls, None).pack(settings, [seed], [nn.ReLU], ab_data.INPUT_SHAPE, ab_data.N_CLASSES).member(0).to(device)
 
 

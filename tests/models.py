@@ -1,28 +1,47 @@
 """Test-only models, named by runs through `model._target_=models.<Class>` (tests/ on PYTHONPATH)."""
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actbench.checks import POSITIVE_INT
-from actbench.model import PackedMLP
+from actbench.model_facts import Elementwise
+from actbench.models.mlp import MLP
+from actbench.packer import LinearTwin, Packed
 
 
-class Blocks(PackedMLP):
-    """The MLP under a key of its own, with its own rule: a model states what its keys must be."""
+def packed_mlp(seeds, activation, *, input_shape=(784,), init: str = "torch", **keys) -> Packed:
+    """actbench's pack of the plain MLP on rows of 784 pixels: `activation` (a module or a function
+    of one tensor) for every member, or a list of one per member."""
+    acts = activation if isinstance(activation, list) else [activation] * len(seeds)
 
-    RULES = {**PackedMLP.RULES, "blocks": POSITIVE_INT}
+    def factory(fn):
+        return lambda: copy.deepcopy(fn) if isinstance(fn, nn.Module) else Elementwise(fn)
 
-    def __init__(self, seeds, activation, blocks: int = 1, **kw):
-        super().__init__(seeds, activation, depth=blocks, **kw)
+    made = {id(fn): factory(fn) for fn in acts}
+    return Packed(lambda act: MLP(act, input_shape, 10, **keys), seeds, [made[id(fn)] for fn in acts], input_shape, init)
 
 
-class Broken(PackedMLP):
-    """A model whose constructor fails: the run must be recorded as failed, with the reason."""
+def dense(net: Packed) -> list[LinearTwin]:
+    """A pack's dense layers, in the order the model registers them."""
+    return [m for m in net.modules() if isinstance(m, LinearTwin)]
 
-    def __init__(self, seeds, activation, **kw):
+
+class Blocks(MLP):
+    """The MLP under a key of its own, which its constructor checks: a refusal names the key."""
+
+    def __init__(self, activation, input_shape, n_classes, blocks: int = 1, **kw):
+        if not (isinstance(blocks, int) and blocks >= 1):
+            raise ValueError(f"blocks={blocks!r}: must be an integer >= 1")
+        super().__init__(activation, input_shape, n_classes, **{**kw, "depth": blocks})
+
+
+class Broken(nn.Module):
+    """A model whose constructor fails for a reason of its own (not a refused key)."""
+
+    def __init__(self, activation, input_shape, n_classes, **kw):
         raise RuntimeError("planted model failure")
 
 

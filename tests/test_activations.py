@@ -72,9 +72,19 @@ def test_build_accepts_a_plain_function_with_bound_arguments():
     assert bare(torch.tensor([0.5])).item() == pytest.approx(math.tanh(0.5))
 
 
-def test_build_refuses_learnable_activations():
-    with pytest.raises(ValueError, match="learnable"):
-        activations.build({"_target_": "torch.nn.PReLU"})
+def test_learnable_activations_build_with_their_initial_values():
+    prelu, swish = activations.from_name("prelu"), activations.from_name("swish_beta")
+    assert activations.is_learnable(prelu) and prelu.weight.tolist() == [0.25]
+    assert prelu(torch.tensor([-2.0, 3.0])).tolist() == [-0.5, 3.0]
+    assert activations.is_learnable(swish) and swish.beta.item() == 1.0
+    assert torch.allclose(swish(X), torch.nn.functional.silu(X))  # beta = 1 is SiLU
+    per_channel = activations.build({"_target_": "torch.nn.PReLU", "num_parameters": 4})  # a slope per channel of dim 1
+    assert per_channel.weight.shape == (4,) and not activations.is_learnable(torch.relu)
+
+
+def test_a_learnable_module_that_mixes_its_inputs_is_refused():
+    with pytest.raises(ValueError, match="elementwise"):
+        activations.build({"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 3})
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -102,16 +112,3 @@ def test_in_place_activations_get_their_derivative():
     z = torch.tensor([-1.0, 2.0])
     assert activations.derivative(fn, z).tolist() == pytest.approx([math.exp(-1), 1.0])
     assert z.tolist() == [-1.0, 2.0]
-
-
-def test_per_member_gives_each_member_its_own_activation_and_gradient():
-    relu, gelu = torch.nn.ReLU(), torch.nn.GELU()
-    per = activations.PerMember([relu, relu, gelu, activations.gelu_sigmoid])
-    assert [(a, b) for a, b, _ in per.spans] == [(0, 2), (2, 3), (3, 4)]  # neighbours of one activation share a call
-    z = torch.randn(4, 5, 7, dtype=torch.float64, requires_grad=True)
-    out = per(z)
-    expected = torch.cat([relu(z[:2]), gelu(z[2:3]), activations.gelu_sigmoid(z[3:])])
-    assert torch.equal(out, expected)
-    d = activations.derivative(per, z)
-    for k, fn in enumerate([relu, relu, gelu, activations.gelu_sigmoid]):
-        assert torch.allclose(d[k], activations.derivative(fn, z[k]))

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from models import packed_mlp
 from torch import nn
 
 from actbench.cuda_graph import GraphedStep, capturable_optimizer
-from actbench.model import PackedMLP, cross_entropy, step_losses
+from actbench.model import cross_entropy, step_losses
 from conftest import compose_cfg as cfg
 from conftest import metrics, run_cli
 
@@ -47,11 +48,11 @@ def test_capturable_only_where_the_optimizer_has_it():
 
 def test_after_a_failed_capture_the_remaining_steps_are_eager_and_counted():
     torch.manual_seed(0)
-    net = PackedMLP([0], nn.ReLU())
+    net = packed_mlp([0], nn.ReLU())
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     step, wrapped = GraphedStep(net, step_losses), Counting(opt)
     step.failed = "an activation that syncs with the host"  # as a failed capture leaves it
-    ref = PackedMLP([0], nn.ReLU())
+    ref = packed_mlp([0], nn.ReLU())
     ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-3)
     for _ in range(3):
         x, y = torch.randn(1, 32, 784), torch.randint(0, 10, (1, 32))
@@ -72,7 +73,7 @@ def test_graphed_steps_match_eager_steps(activation):
     batches = [(torch.randn(2, 32, 784, device=dev), torch.randint(0, 10, (2, 32), device=dev)) for _ in range(12)]
 
     def train(graphed):
-        net = PackedMLP([0, 1], activation).to(dev)
+        net = packed_mlp([0, 1], activation).to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
         step, wrapped, losses = GraphedStep(net, step_losses), Counting(opt), []
         for x, y in batches:
@@ -101,7 +102,7 @@ def test_dropped_gradients_are_given_back_to_the_graph():
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    net = PackedMLP([0], nn.ReLU()).to(dev)
+    net = packed_mlp([0], nn.ReLU()).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, capturable=True, fused=True)
     step, wrapped = GraphedStep(net, step_losses), Counting(opt)
     for _ in range(WARMUP_STEPS + 2):

@@ -2,20 +2,24 @@
 
 from pathlib import Path
 
+import math
+
 import models
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from actbench.model import PackedMLP, param_groups, step_losses
+from actbench.model import param_groups, step_losses
 from actbench.model_facts import PlainModel, activation_factory
+from actbench.models.cnn import ConvNet
 from actbench.models.mlp import MLP
-from actbench.packer import LinearTwin, Packed, Unpackable
+from actbench.packer import ActivationTwin, DropoutTwin, LinearTwin, Packed, PackedLinear, Unpackable
 from actbench.tags import DEAD, GRAD_RATIO, layer_tag
 
 ACTS = {name: OmegaConf.create({"_target_": target}) for name, target in
-        [("relu", "torch.nn.ReLU"), ("gelu", "torch.nn.GELU"), ("sigmoid", "torch.nn.Sigmoid")]}
+        [("relu", "torch.nn.ReLU"), ("gelu", "torch.nn.GELU"), ("sigmoid", "torch.nn.Sigmoid"), ("prelu", "torch.nn.PReLU"),
+         ("swish_beta", "actbench.activations.SwishBeta")]}
 SHAPE = (1, 8, 8)
 
 
@@ -48,14 +52,23 @@ def batch(k: int, shape=SHAPE, n: int = 12):
 
 CASES = [
     (MLP, {"depth": 2, "width": 64, "dropout": 0.3}),
+    (ConvNet, {"channels": [4, 8], "width": 16, "norm": "batch", "dropout": 0.3}),
+    (ConvNet, {"channels": [4, 8], "width": 16}),
     (models.NormNet, {}),
     (models.TinyTransformer, {}),
 ]
 
 
-@pytest.mark.parametrize("cls, keys", CASES, ids=[c.__name__ for c, _ in CASES])
-def test_each_packed_member_trains_bit_for_bit_as_alone(cls, keys):
-    torch.set_num_threads(1)
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cls, keys", CASES, ids=[c.__name__ + ("_bn" if keys.get("norm") == "batch" else "") for c, keys in CASES])
+def test_each_packed_member_trains_bit_for_bit_as_alone(cls, keys, threads):
     seeds, names = [3, 4, 5], ["relu", "gelu", "relu"]
     x, y = batch(3)
     packed = pack(cls, seeds, names, **keys)
@@ -67,14 +80,6 @@ def test_each_packed_member_trains_bit_for_bit_as_alone(cls, keys):
         for key, value in alone.state_dict().items():
             assert torch.equal(packed.per_seed(state[key])[k].reshape(value.shape), value), f"member {k}'s {key}"
     assert not torch.equal(losses[:, 0], losses[:, 2])  # same activation, other seed: other weights, masks, data
-
-
-def test_the_plain_mlp_packs_to_the_bits_of_the_hand_packed_one():
-    """Until the hand-packed MLP goes: the same initial weights, dropout masks and training."""
-    seeds, x, y = [0, 1], *batch(2, (1, 28, 28))
-    new = pack(MLP, seeds, ["relu", "relu"], shape=(1, 28, 28), depth=2, width=64, dropout=0.2)
-    old = PackedMLP(seeds, nn.ReLU(), depth=2, width=64, dropout=0.2)
-    assert torch.equal(train(new, x, y), train(old, x, y))
 
 
 def test_member_k_is_the_plain_model_with_its_own_weights_and_activation():
@@ -108,9 +113,9 @@ def test_probe_record_gives_every_activation_site_per_member():
     packed = pack(models.TinyTransformer, [0, 1], ["relu", "gelu"])
     record = []
     packed(torch.randn(2, 5, *SHAPE), record=record)
-    (z, h), = record
+    (z, h, site), = record
     assert z.shape == (2, 5, 8, 32) and torch.equal(h[0], torch.relu(z[0])) and torch.equal(h[1], nn.GELU()(z[1]))
-    assert torch.equal(packed.activation(z), h)
+    assert torch.equal(site.as_function()(z), h)
 
 
 def test_facts_are_found_from_the_model():
@@ -166,3 +171,76 @@ def test_a_sweep_made_with_the_hand_packed_mlp_keeps_its_identity():
     before = {**config, "model": {**config["model"], "_target_": "actbench.model.PackedMLP"}}
     other = {**config, "model": {**config["model"], "width": 64}}
     assert config_hash(config, []) == config_hash(before, []) != config_hash(other, [])
+
+
+@pytest.mark.parametrize("init, bound, bias_zero", [("torch", 1 / math.sqrt(784), False), ("glorot", math.sqrt(6 / (784 + 128)), True)])
+def test_uniform_inits_have_their_bounds(init, bound, bias_zero):
+    first = models.dense(models.packed_mlp([0], nn.ReLU(), init=init))[0]
+    w, b = first.weight, first.bias
+    assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    assert (b == 0).all() if bias_zero else b.abs().max() > 0
+
+
+@pytest.mark.parametrize("init, std", [("kaiming", math.sqrt(2 / 784)), ("lecun", math.sqrt(1 / 784))])
+def test_normal_inits_have_their_std(init, std):
+    first = models.dense(models.packed_mlp([0], nn.ReLU(), init=init))[0]
+    assert first.weight.std().item() == pytest.approx(std, rel=0.02) and (first.bias == 0).all()
+
+
+def test_dropout_masks_come_from_seed_and_epoch():
+    def masks(seeds, epoch, rows=4):
+        net = models.packed_mlp(seeds, nn.Identity(), width=64, dropout=0.5).train()
+        net.start_epoch(epoch)
+        drop = next(m for m in net.modules() if isinstance(m, DropoutTwin))
+        return drop(torch.ones(len(seeds) * rows, 64)).view(len(seeds), rows, 64)
+
+    assert torch.equal(masks([3], 0)[0], masks([1, 3], 0)[1])
+    assert not torch.equal(masks([3], 0), masks([3], 1))
+    assert set(masks([3], 0).unique().tolist()) == {0.0, 2.0}  # kept units are scaled by 1/(1-p)
+    net = models.packed_mlp([0], nn.ReLU(), dropout=0.5).eval()
+    x = torch.randn(1, 3, 784)
+    assert torch.equal(net(x), net(x))  # none in eval mode
+
+
+def test_packed_linear_gradients_match_autograd():
+    h = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, 7, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(PackedLinear.apply, (h, w, b))
+    assert torch.allclose(PackedLinear.apply(h, w, b), torch.baddbmm(b, h, w.transpose(1, 2)))
+
+
+def test_each_member_gets_its_own_activation_and_derivative():
+    from actbench.activations import derivative, gelu_sigmoid
+    from actbench.model_facts import Elementwise
+
+    relu, gelu, sig = nn.ReLU(), nn.GELU(), Elementwise(gelu_sigmoid)
+    twin = ActivationTwin([relu, relu, gelu, sig])
+    assert [(a, b) for a, b, _ in twin.spans] == [(0, 2), (2, 3), (3, 4)]  # neighbours of one activation share a call
+    z = torch.randn(4, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(twin(z.flatten(0, 1)).view(z.shape), torch.cat([relu(z[:2]), gelu(z[2:3]), sig(z[3:])]))
+    d = derivative(twin.as_function(), z)
+    for k, fn in enumerate([relu, relu, gelu, sig]):
+        assert torch.allclose(d[k], derivative(fn, z[k]))
+
+
+@pytest.mark.parametrize("cls, keys, name", [(MLP, {"depth": 2, "width": 64}, "prelu"), (ConvNet, {"channels": [4, 8], "width": 16, "norm": "batch"}, "swish_beta")])
+def test_a_learnable_activation_trains_its_own_parameters_per_member_and_place(cls, keys, name, threads):
+    seeds, x, y = [3, 4], *batch(2)
+    packed = pack(cls, seeds, [name, name], **keys)
+    losses = train(packed, x, y)
+    sites = [(n, t) for n, t in packed.named_parameters() if t.numel() == len(seeds)]  # one value per member and place
+    assert len(sites) == (2 if cls is MLP else 3)  # MLP: two hidden layers; ConvNet: two convolutions and the dense layer
+    for n, t in sites:
+        a, b = packed.per_seed(t).view(2, -1)
+        assert not torch.equal(a, b) and not torch.equal(a, torch.full_like(a, 0.25 if name == "prelu" else 1.0)), n  # each learned its own
+    for k, seed in enumerate(seeds):
+        alone = pack(cls, [seed], [name], **keys)
+        assert torch.equal(train(alone, x[k : k + 1], y[k : k + 1]), losses[:, k : k + 1])
+        for key, value in alone.state_dict().items():
+            assert torch.equal(packed.per_seed(packed.state_dict()[key])[k].reshape(value.shape), value), key
+
+
+def test_a_learnable_activation_does_not_share_a_pack_with_another():
+    with pytest.raises(Unpackable, match="same activation"):
+        pack(MLP, [0, 1], ["prelu", "relu"])

@@ -106,10 +106,10 @@ def test_the_sweeper_plugin_launches_one_job_per_pack(sweep, expected):
     assert len(batch) == 4
 
 
-def test_a_convnet_packs_each_activation_apart():
+def test_a_convnet_packs_its_activations_together():
     runs = [run(a, s, "model=cnn") for a in ("relu", "gelu") for s in (0, 1)]
     packs, _ = split_packs(runs, limit=None)
-    assert [[r.name for r in p] for p in packs] == [["relu,0", "relu,1"], ["gelu,0", "gelu,1"]]
+    assert [[r.name for r in p] for p in packs] == [["relu,0", "relu,1", "gelu,0", "gelu,1"]]
 
 
 @pytest.mark.parametrize("sweep, message", [

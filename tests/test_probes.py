@@ -6,9 +6,11 @@ import math
 
 import pytest
 import torch
+from models import dense, packed_mlp
 
 from actbench import activations
-from actbench.model import PackedMLP, cross_entropy
+from actbench.model import cross_entropy
+from actbench.packer import Packed
 from actbench.probes import ActivationProbe, GradientProbe, grad_norms, grad_ratio, layer_stats, probe_forward, unit_stats
 from conftest import events, metrics, run_cli
 
@@ -25,13 +27,13 @@ def inputs(k: int, n: int = 200, d: int = 784, seed: int = 0) -> torch.Tensor:
     return torch.rand(k, n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def net_with_bias(biases: list[float], activation, width: int = 16, depth: int = 1) -> PackedMLP:
+def net_with_bias(biases: list[float], activation, width: int = 16, depth: int = 1) -> Packed:
     """A pack of len(biases) seeds whose first hidden layer has the given bias per seed and small weights."""
-    net = PackedMLP(list(range(len(biases))), activation, depth=depth, width=width)
+    net = packed_mlp(list(range(len(biases))), activation, depth=depth, width=width)
     with torch.no_grad():
-        net.weights[0].mul_(0.1)  # |w.x| <= 784 * 0.1 / 28 < 3: a bias of +-100 decides the sign
+        dense(net)[0].weight.mul_(0.1)  # |w.x| <= 784 * 0.1 / 28 < 3: a bias of +-100 decides the sign
         for k, b in enumerate(biases):
-            net.per_seed(net.biases[0])[k].fill_(b)
+            net.per_seed(dense(net)[0].bias)[k].fill_(b)
     return net
 
 
@@ -42,7 +44,7 @@ def test_dead_by_construction_is_one_and_healthy_is_zero():
     relu = torch.nn.ReLU()
     for bias, expected in ((-100.0, 1.0), (100.0, 0.0)):
         net = net_with_bias([bias], relu)
-        stats = layer_stats(relu, probe_forward(net, inputs(1)))
+        stats = layer_stats(probe_forward(net, inputs(1)))
         assert stats["probes/dead/layer1"].tolist() == [expected]
         assert stats["probes/dact_mean/layer1"].tolist() == [1.0 - expected]
 
@@ -57,7 +59,7 @@ def test_a_unit_alive_for_one_example_is_not_dead():
 def test_per_seed_independence_only_seed_one_dead():
     relu = torch.nn.ReLU()
     net = net_with_bias([100.0, -100.0], relu)
-    stats = layer_stats(relu, probe_forward(net, inputs(2)))
+    stats = layer_stats(probe_forward(net, inputs(2)))
     assert stats["probes/dead/layer1"].tolist() == [0.0, 1.0]
     assert stats["probes/saturated/layer1"].tolist() == [0.0, 1.0]
 
@@ -88,7 +90,7 @@ def test_sigmoid_at_large_z_is_saturated_and_at_zero_is_not():
 def test_saturation_through_a_sigmoid_network():
     sigmoid = torch.nn.Sigmoid()
     net = net_with_bias([100.0, 0.0], sigmoid)
-    stats = layer_stats(sigmoid, probe_forward(net, inputs(2)))
+    stats = layer_stats(probe_forward(net, inputs(2)))
     sat, mean = stats["probes/saturated/layer1"].tolist(), stats["probes/dact_mean/layer1"].tolist()
     assert sat[0] == 1.0 and sat[1] < 0.05
     assert mean[0] < 1e-6 and mean[1] > 0.15
@@ -97,37 +99,37 @@ def test_saturation_through_a_sigmoid_network():
 # ---------------------------------------------------------------- gradients
 
 
-def loss_grad(net: PackedMLP, x: torch.Tensor) -> None:
+def loss_grad(net: Packed, x: torch.Tensor) -> None:
     y = torch.arange(x.shape[1]).remainder(10).expand(x.shape[0], -1)
     net.zero_grad(set_to_none=True)
     cross_entropy(net(x), y).sum().backward()
 
 
 def test_grad_norms_are_per_seed_frobenius_norms():
-    net = PackedMLP([0, 1], torch.tanh, depth=2, width=8)
+    net = packed_mlp([0, 1], torch.tanh, depth=2, width=8)
     x = inputs(2, n=32)
     loss_grad(net, x)
     norms = grad_norms(net)
     assert norms.shape == (3, 2)
-    for j, w in enumerate(net.weights):
+    for j, w in enumerate(net.probe_weights()):
         for k in range(2):
             assert norms[j, k].item() == pytest.approx(torch.linalg.norm(net.per_seed(w.grad)[k]).item(), rel=1e-5)
     assert torch.equal(grad_ratio(norms), norms[0] / norms[-1])
     # a seed's norms do not depend on the other seed: the same seed alone gives the same numbers
-    alone = PackedMLP([1], torch.tanh, depth=2, width=8)
+    alone = packed_mlp([1], torch.tanh, depth=2, width=8)
     loss_grad(alone, x[1:])
     assert torch.allclose(grad_norms(alone)[:, 0], norms[:, 1], rtol=1e-5)
 
 
 def test_missing_gradient_is_nan():
-    net = PackedMLP([0], torch.relu)
+    net = packed_mlp([0], torch.relu)
     assert grad_norms(net).isnan().all()
 
 
 def test_deep_sigmoid_gradient_ratio_is_far_below_identity():
     depth, x = 8, inputs(1, n=256)
-    sig = PackedMLP([0], torch.sigmoid, depth=depth, width=64, init="lecun")
-    ident = PackedMLP([0], lambda z: z, depth=depth, width=64, init="lecun")
+    sig = packed_mlp([0], torch.sigmoid, depth=depth, width=64, init="lecun")
+    ident = packed_mlp([0], lambda z: z, depth=depth, width=64, init="lecun")
     ident.load_state_dict(sig.state_dict())  # the same weights, only the activation differs
     ratios = []
     for net in (sig, ident):
@@ -142,9 +144,9 @@ def test_deep_sigmoid_gradient_ratio_is_far_below_identity():
 @pytest.mark.parametrize("target", ["torch.nn.functional.softsign", "test_probes.cubic_soft", "torch.nn.GELU"])
 def test_a_user_activation_given_by_target_gets_every_probe(target):
     fn = activations.build({"_target_": target})
-    net = PackedMLP([0, 1], fn, depth=2, width=16)
+    net = packed_mlp([0, 1], fn, depth=2, width=16)
     record = probe_forward(net, inputs(2, n=64))
-    stats = layer_stats(fn, record)
+    stats = layer_stats(record)
     assert set(stats) == {f"probes/{s}/layer{i}" for s in ("dead", "saturated", "dact_mean") for i in (1, 2)}
     assert all(v.shape == (2,) and v.isfinite().all() for v in stats.values())
     # autograd's derivative, checked against a finite difference
@@ -156,12 +158,12 @@ def test_a_user_activation_given_by_target_gets_every_probe(target):
 
 
 def test_probe_forward_restores_training_mode_and_skips_dropout():
-    net = PackedMLP([0], torch.relu, depth=2, width=16, dropout=0.5)
+    net = packed_mlp([0], torch.relu, depth=2, width=16, dropout=0.5)
     net.train()
     x = inputs(1, n=8)
     a, b = probe_forward(net, x), probe_forward(net, x)
     assert net.training
-    assert all(torch.equal(za, zb) for (za, _), (zb, _) in zip(a, b))  # no dropout masks drawn
+    assert all(torch.equal(za, zb) for (za, _, _), (zb, _, _) in zip(a, b))  # no dropout masks drawn
 
 
 def test_gradient_probe_rejects_a_bad_interval():
@@ -232,3 +234,20 @@ def test_histogram_sample_sees_every_position_of_a_feature_map():
     assert sample.shape == (1, HISTOGRAM_VALUES)
     assert len(sample.unique()) == 28 * 28  # every pixel position is represented
     assert torch.equal(sample, histogram_sample(z))  # the same picks at every call
+
+
+@pytest.mark.slow
+def test_a_learnable_activation_packs_apart_and_records_its_values_per_layer(tiny_run, tmp_path):
+    r = run_cli("-m", *tiny_run, "model.depth=2", "activation=relu,prelu", "seed=0,1", "report=none")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("(+1 packed)") >= 2  # relu's pack and prelu's: a learnable activation packs with its own kind
+    sweep = tmp_path / "runs" / "tiny"
+    tags = {f"probes/act_weight/layer{i}" for i in (1, 2)}
+    values = []
+    for seed in (0, 1):
+        m = metrics(sweep / f"activation=prelu,model.depth=2,seed={seed}")
+        assert tags <= set(m["probes"]) and all(m["probes"][t][0] == 0.25 for t in tags)  # PReLU's initial slope
+        values.append([m["probes"][t][-1] for t in sorted(tags)])
+        assert tags <= set(events(sweep / f"activation=prelu,model.depth=2,seed={seed}").Tags()["scalars"])
+        assert not tags & set(metrics(sweep / f"activation=relu,model.depth=2,seed={seed}")["probes"])
+    assert values[0] != values[1] and all(v != 0.25 for v in values[0])  # each member and layer learned its own slope

@@ -265,11 +265,12 @@ def test_crashed_run_is_recorded_failed_and_retried(tiny_run, tmp_path):
     assert retry.returncode == 0 and metrics(tmp_path / "runs" / "tiny" / "default")["status"] == "finished"
 
 
-def test_a_model_that_fails_to_build_is_recorded_failed_with_its_reason(tiny_run, tmp_path):
+def test_a_model_that_fails_to_build_is_one_line_saying_where(tiny_run, tmp_path):
     broken = run_cli(*tiny_run, "model._target_=models.Broken", env={"PYTHONPATH": TESTS})
-    assert broken.returncode == 1 and "planted model failure (details in its metrics.json)" in broken.stderr
-    m = metrics(tmp_path / "runs" / "tiny" / "model._target_=models.Broken")
-    assert m["status"] == "failed" and m["error"] == "RuntimeError: planted model failure" and "models.py" in m["traceback"]
+    last = broken.stderr.strip().splitlines()[-1]
+    assert broken.returncode == 2 and last.startswith("actbench: error: model (models.Broken) fails to build: "
+                                                      "RuntimeError: planted model failure (models.py:")
+    assert not list((tmp_path / "runs").rglob("metrics.json"))  # before anything trained
 
 
 def test_a_failed_run_of_another_configuration_is_refused_if_it_has_a_checkpoint_else_retried(tiny_run, tmp_path):

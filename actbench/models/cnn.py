@@ -1,0 +1,44 @@
+"""The ConvNet: per entry of `channels` a 3x3 convolution (padding 1), batch norm (norm=batch),
+the activation and 2x2 max-pooling; then a dense layer of `width` (batch norm, the activation,
+dropout) and the classifier.
+
+With batch norm, the layers it follows have no bias: batch norm's shift takes its place, and a
+bias it cancels would get a gradient of pure rounding noise, which Adam turns into full steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+NORMS = ("none", "batch")
+
+
+class ConvNet(nn.Module):
+    def __init__(self, activation: Callable[[], nn.Module], input_shape, n_classes: int,
+                 channels=(16, 32), width: int = 128, norm: str = "none", dropout: float = 0.0):
+        super().__init__()
+        if not (isinstance(channels, (list, tuple)) and channels and all(isinstance(c, int) and c >= 1 for c in channels)):
+            raise ValueError(f"channels={channels!r}: must be a non-empty list of integers >= 1, e.g. [16,32]")
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"width={width!r}: must be an integer >= 1")
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r}: must be one of {', '.join(NORMS)}")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ValueError(f"dropout={dropout!r}: must be a number in [0, 1)")
+        c, h, w = input_shape
+        batch = norm == "batch"
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=not batch), *([nn.BatchNorm2d(out)] if batch else []),
+                       activation(), nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"channels={list(channels)}: {len(channels)} poolings leave nothing of a {input_shape[1]}x{input_shape[2]} image")
+        layers += [nn.Flatten(), nn.Linear(c * h * w, width, bias=not batch), *([nn.BatchNorm1d(width)] if batch else []),
+                   activation(), *([nn.Dropout(dropout)] if dropout else []), nn.Linear(width, n_classes)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
