@@ -123,6 +123,7 @@ class Run:
             "timing": {"started": (old or {}).get("timing", {}).get("started", now()), "resumed_at_epoch": resume_epoch or None},
             "versions": versions(),
             "device": device,
+            "threads": torch.get_num_threads() if device == "cpu" else None,  # the bits of a CPU run depend on it
             "host": {"hostname": platform.node(), "pid": os.getpid(), "slurm_job_id": os.environ.get("SLURM_JOB_ID")},
         }
         self._t_start = started

@@ -34,3 +34,32 @@ def test_cpu_clock_sees_another_process_burn_a_core():
     subprocess.run([sys.executable, "-c", "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"], check=True)
     time.sleep(0.05)
     assert placement.busy_elsewhere(before, placement.cpu_clock()) >= 0.5
+
+
+def lone_steps(model: str, threads: int) -> dict:
+    """A lone member of a shipped model after three training steps on `threads` threads: its state."""
+    import torch
+    from test_packer import batch, pack, train
+
+    from actbench.models.cnn import ConvNet
+    from actbench.models.mlp import MLP
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, y = batch(1, (1, 28, 28), n=32)
+        net = pack(MLP if model == "mlp" else ConvNet, [0], ["relu"], shape=(1, 28, 28))
+        train(net, x, y, steps=3)
+        return net.state_dict()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_mlp_computes_the_same_bits_on_one_thread_and_two():
+    """MKL's strict mode (actbench sets MKL_CBWR) makes the dense products thread-invariant, so an
+    MLP's thread count is a matter of speed only. A convolution's is not (oneDNN sums its weight
+    gradient per thread): the README says what this machine gave, and placement keeps a run's count."""
+    import torch
+
+    one, two = lone_steps("mlp", 1), lone_steps("mlp", 2)
+    assert all(torch.equal(one[k], two[k]) for k in one)
