@@ -127,12 +127,14 @@ class ConvTwin(Twin):
         super().__init__()
         self.k, self.layer = k, [layer]  # the template: its stride, padding and padding mode
         self.format = torch.channels_last if layer.weight.dim() == 4 else torch.contiguous_format
-        self.weight = nn.Parameter(stacked(layer.weight, k).contiguous(memory_format=self.format))
+        # .to, not .contiguous: with one input channel either layout is contiguous, and only .to
+        # sets the strides that make oneDNN pick its channels-last kernels
+        self.weight = nn.Parameter(stacked(layer.weight, k).to(memory_format=self.format))
         self.bias = None if layer.bias is None else nn.Parameter(stacked(layer.bias, k))
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.layer[0]._conv_forward
-        x = x.contiguous(memory_format=self.format)
+        x = x.to(memory_format=self.format)
         if self.k == 1:
             return conv(x, self.weight, self.bias)
         biases = [None] * self.k if self.bias is None else self.bias.chunk(self.k)
@@ -146,6 +148,9 @@ class Site:
 
     k: int
     record: list | None = None
+    # where its units sit: at dim 1 after a convolution or batch norm (channels), else last (a
+    # dense layer's features, over tokens); set from the forward order where the trace knows it
+    channels_first = True
 
     def apply_members(self, z: Tensor) -> Tensor:
         raise NotImplementedError
@@ -361,6 +366,16 @@ class Packed(nn.Module):
         # the weight matrices in the order the forward uses them (registration order where unknown)
         self.weights = [twins[n] for n in order if isinstance(twins.get(n), (LinearTwin, ConvTwin))] or \
             [m for m in self.model.modules() if isinstance(m, (LinearTwin, ConvTwin))]
+        channels_first = True
+        for name in order:
+            m = twins.get(name)
+            layer = m.layer[0] if isinstance(m, MemberLoop) else m
+            if isinstance(m, Site):
+                m.channels_first = channels_first
+            elif isinstance(layer, (ConvTwin, nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)):
+                channels_first = True
+            elif isinstance(layer, (LinearTwin, nn.LayerNorm, nn.RMSNorm, nn.Embedding)):
+                channels_first = False
         self.reset_parameters(init)
 
     def _twin(self, module: nn.Module, sites: dict[int, int], per_site: list, names: dict) -> nn.Module:

@@ -53,18 +53,22 @@ def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor, nn.Mo
 
 
 def unit_stats(
-    fn: Callable[[Tensor], Tensor], z: Tensor, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL
+    fn: Callable[[Tensor], Tensor], z: Tensor, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL,
+    channels_first: bool = True,
 ) -> dict[str, Tensor]:
-    """One hidden layer's statistics from its pre-activations z [K, n, units] or, for a
-    convolution, [K, n, channels, height, width]; each value is [K]:
+    """One hidden layer's statistics from its pre-activations z [K, n, units], for a convolution
+    [K, n, channels, height, width], or, with channels_first=False, token-shaped [K, n, tokens,
+    units]; each value is [K]:
 
     - `dead`: fraction of units (channels) with |f'(z)| <= dead_tol for every one of the n
-      examples (and every position of a channel);
+      examples (and every position of a channel, every token of a unit);
     - `saturated`: fraction of (unit, example) pairs, or (channel, position, example), with
       |f'(z)| < saturation_tol;
     - `dact_mean`: mean |f'(z)| over all of them.
     """
     d = derivative(fn, z).abs()
+    if not channels_first and d.dim() > 3:
+        d = d.movedim(-1, 2)  # the units before the tokens they are counted over
     d = d.reshape(*d.shape[:3], -1)  # [K, n, units or channels, positions (1 for a dense layer)]
     return {
         DEAD: (d <= dead_tol).all(dim=3).all(dim=1).float().mean(dim=1),
@@ -79,7 +83,7 @@ def layer_stats(record: list, dead_tol: float = DEAD_TOL, saturation_tol: float 
     `probes/dact_mean/layer{i}` (i from 1, in the record's order), each [K]."""
     out = {}
     for i, (z, _, site) in enumerate(record, start=1):
-        for name, value in unit_stats(site.as_function(), z, dead_tol, saturation_tol).items():
+        for name, value in unit_stats(site.as_function(), z, dead_tol, saturation_tol, site.channels_first).items():
             out[layer_tag(name, i)] = value
     return out
 

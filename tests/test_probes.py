@@ -96,6 +96,23 @@ def test_saturation_through_a_sigmoid_network():
     assert mean[0] < 1e-6 and mean[1] > 0.15
 
 
+def test_token_shaped_activations_count_a_unit_over_tokens_and_images():
+    import models
+    from test_packer import pack
+
+    net = pack(models.TinyTransformer, [0, 1], ["relu", "relu"]).eval()
+    x = torch.randn(2, 6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = layer_stats(probe_forward(net, x))["probes/dead/layer1"]
+    ff = net.model.ff[0]  # the feed-forward's first layer: 32 units, applied to each of 8 tokens
+    with torch.no_grad():
+        net.per_seed(ff.weight)[0, 3].zero_()
+        net.per_seed(ff.bias)[0, 3] = -1.0  # member 0's unit 3: off at every token of every image
+    record = probe_forward(net, x)
+    assert [site.channels_first for _, _, site in record] == [False]  # after a dense layer: units last
+    after = layer_stats(record)["probes/dead/layer1"]
+    assert after[0] == before[0] + 1 / 32 and after[1] == before[1]  # one unit of 32, not one token of 8
+
+
 # ---------------------------------------------------------------- gradients
 
 
