@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TEST_WORKERS ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: sweep setup data test test-fast bench report tensorboard slurm-up slurm-down clean
+.PHONY: sweep setup data test test-fast bench gpu-wheels report tensorboard slurm-up slurm-down clean
 
 sweep: setup data                 ## the blog's sweep: 5 activations x 3 seeds, then the report
 	$(PY) -m actbench.train -m experiment=blog
@@ -38,6 +38,11 @@ test-fast: setup                  ## the tests not marked slow (no training on r
 
 bench: setup data                 ## speed: actbench vs a plain PyTorch loop
 	$(PY) scripts/bench.py
+
+gpu-wheels: setup                 ## wheels of what torch lacks on a GPU machine without network, for scripts/gpu-check.sh
+	$(PY) -m pip download --quiet --only-binary :all: -d .whl/gpu hydra-core hydra-submitit-launcher lightning tensorboard \
+	  matplotlib scipy optuna pyyaml pytest pytest-xdist setuptools
+	rm -f .whl/gpu/torch-* .whl/gpu/nvidia_* .whl/gpu/triton-*
 
 report: setup                     ## rebuild the report of the blog sweep
 	$(PY) -m actbench.report runs/blog

@@ -98,9 +98,7 @@ class Twin(nn.Module):
 
 
 class LinearTwin(Twin):
-    """nn.Linear for K members: weight [K*out, in], bias [K*out]; [K*B, ..., in] -> [K*B, ..., out].
-    One batched product on one thread, where its bits are each member's `F.linear`'s; member by
-    member on more, where they are not."""
+    """nn.Linear for K members: weight [K*out, in], bias [K*out]; [K*B, ..., in] -> [K*B, ..., out]."""
 
     def __init__(self, layer: nn.Linear, k: int):
         super().__init__()
@@ -112,9 +110,6 @@ class LinearTwin(Twin):
         if self.k == 1:
             return F.linear(h, self.weight, self.bias)
         w, b, k = self.weight, self.bias, self.k
-        if torch.get_num_threads() > 1:  # threads split a batched product's sums otherwise than one member's
-            biases = [None] * k if b is None else b.chunk(k)
-            return torch.cat([F.linear(part, wk, bk) for part, wk, bk in zip(h.chunk(k), w.chunk(k), biases)])
         out = PackedLinear.apply(h.reshape(k, -1, w.shape[1]), w.view(k, -1, w.shape[1]), None if b is None else b.view(k, 1, -1))
         return out.view(*h.shape[:-1], -1)
 

@@ -47,13 +47,12 @@ def side_by_side_jobs() -> int:
 SMALL_STEP_FLOPS = 50e6
 
 
-def cpu_threads(cfg: DictConfig, recorded: int | None = None) -> int:
-    """Torch CPU threads for this job: `threads` if set. With `auto`, a fixed rule on what does not
-    change between a run's starts: one thread when one member's training step is too small to
-    split between cores (the blog's model, ~20 MFLOP a step, runs about 1.5x faster on one thread
-    than on two), else the cores this job may use; a resumed run keeps the count it started with
-    (`recorded`). Never the pack's size: a convolution's gradient sums in another order on another
-    number of threads, so a packed member and its lone run must get the same count."""
+def cpu_threads(cfg: DictConfig, n_seeds: int, recorded: int | None = None) -> int:
+    """Torch CPU threads for this job: `threads` if set. With `auto`, a rule on the job's fixed
+    facts, not a timing: one thread when a training step of its pack is too small to split
+    between cores (the blog's model, ~20 MFLOP a step, runs about 1.5x faster on one thread than
+    on two), else the cores this job may use; a resumed run keeps the count it started with
+    (`recorded`), since a convolution's gradient sums in another order on another count."""
     if cfg.threads != "auto":
         return int(cfg.threads)
     if recorded:
@@ -64,7 +63,7 @@ def cpu_threads(cfg: DictConfig, recorded: int | None = None) -> int:
 
     data = get_class(cfg.data._target_)
     # a training step is about three forward passes (forward, then the backward's two products)
-    flops = 3 * cfg.data.batch_size * model_class(cfg).flops_per_sample(cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
+    flops = 3 * cfg.data.batch_size * n_seeds * model_class(cfg).flops_per_sample(cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
     cores = max(1, usable_cpus() // side_by_side_jobs())
     return 1 if flops < SMALL_STEP_FLOPS else cores
 

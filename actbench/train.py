@@ -90,7 +90,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     cfg = runs[0].cfg
     undo_nvml_check()
     seeds = [r.seed for r in runs]
-    threads = cpu_threads(cfg, (read_metrics(runs[0].dir) or {}).get("threads") if resume else None)
+    threads = cpu_threads(cfg, len(seeds), (read_metrics(runs[0].dir) or {}).get("threads") if resume else None)
     torch.set_num_threads(threads)
     clock = cpu_clock()  # until training starts: what other processes leave of the cores
     torch.set_flush_denormal(bool(cfg.flush_denormal))

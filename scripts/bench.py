@@ -285,7 +285,7 @@ def main() -> int:
         from actbench.placement import cpu_threads
 
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            args.threads = cpu_threads(compose("train", overrides=[f"model={args.model}"]))
+            args.threads = cpu_threads(compose("train", overrides=[f"model={args.model}"]), 1)
     torch.set_num_threads(args.threads)
     from actbench.placement import keep_freed_memory, undo_nvml_check
 

@@ -36,8 +36,9 @@ def test_cpu_clock_sees_another_process_burn_a_core():
     assert placement.busy_elsewhere(before, placement.cpu_clock()) >= 0.5
 
 
-def lone_steps(model: str, threads: int) -> dict:
-    """A lone member of a shipped model after three training steps on `threads` threads: its state."""
+def trained(model: str, seeds: list[int], threads: int, **keys) -> tuple:
+    """A shipped model's pack (or lone member) after three training steps on `threads` threads:
+    (per-member losses [steps, K], its state)."""
     import torch
     from test_packer import batch, pack, train
 
@@ -47,10 +48,11 @@ def lone_steps(model: str, threads: int) -> dict:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x, y = batch(1, (1, 28, 28), n=32)
-        net = pack(MLP if model == "mlp" else ConvNet, [0], ["relu"], shape=(1, 28, 28))
-        train(net, x, y, steps=3)
-        return net.state_dict()
+        x, y = batch(3, (1, 28, 28), n=32)
+        k = [0, 1, 2].index(seeds[0]) if len(seeds) == 1 else slice(None)
+        net = pack(MLP if model == "mlp" else ConvNet, seeds, ["relu"] * len(seeds), shape=(1, 28, 28), **keys)
+        losses = train(net, x[k].view(len(seeds), *x.shape[1:]), y[k].view(len(seeds), -1), steps=3)
+        return losses, net
     finally:
         torch.set_num_threads(before)
 
@@ -61,5 +63,20 @@ def test_the_mlp_computes_the_same_bits_on_one_thread_and_two():
     gradient per thread): the README says what this machine gave, and placement keeps a run's count."""
     import torch
 
-    one, two = lone_steps("mlp", 1), lone_steps("mlp", 2)
-    assert all(torch.equal(one[k], two[k]) for k in one)
+    (l1, one), (l2, two) = trained("mlp", [0], 1), trained("mlp", [0], 2)
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+
+
+@pytest.mark.parametrize("model, keys, packed_threads, lone_threads", [
+    ("mlp", {}, 2, 1),  # threads=auto: a pack of the blog's MLP splits its step between two cores, a lone run does not
+    ("cnn", {"norm": "batch", "dropout": 0.2}, 2, 2),  # the ConvNet's step is big enough to split, alone or packed
+])
+def test_packed_members_equal_their_lone_runs_on_the_counts_threads_auto_gives(model, keys, packed_threads, lone_threads):
+    import torch
+
+    losses, net = trained(model, [0, 1, 2], packed_threads, **keys)
+    for k in range(3):
+        alone, lone = trained(model, [k], lone_threads, **keys)
+        assert torch.equal(alone[:, 0], losses[:, k])
+        for name, value in lone.state_dict().items():
+            assert torch.equal(net.per_seed(net.state_dict()[name])[k].reshape(value.shape), value), name

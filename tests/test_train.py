@@ -391,12 +391,13 @@ def test_threads_auto_uses_one_thread_for_small_steps_only(monkeypatch):
     monkeypatch.setattr(placement, "usable_cpus", lambda: 8)
     monkeypatch.setattr(placement, "side_by_side_jobs", lambda: 1)
     blog, paper, fixed = (compose_cfg(*o) for o in ([], ["experiment=gelu_paper"], ["threads=3"]))
-    assert placement.cpu_threads(blog) == 1
-    assert placement.cpu_threads(paper) == 8
-    assert placement.cpu_threads(fixed) == 3
-    assert placement.cpu_threads(paper, recorded=2) == 2  # a resumed run keeps the count it started with
+    assert placement.cpu_threads(blog, 1) == 1
+    assert placement.cpu_threads(paper, 1) == 8
+    assert placement.cpu_threads(blog, 25) == 8  # a big pack has enough work per step to split
+    assert placement.cpu_threads(fixed, 1) == 3
+    assert placement.cpu_threads(paper, 1, recorded=2) == 2  # a resumed run keeps the count it started with
     monkeypatch.setattr(placement, "side_by_side_jobs", lambda: 4)
-    assert placement.cpu_threads(paper) == 2  # four jobs share the eight cores
+    assert placement.cpu_threads(paper, 1) == 2  # four jobs share the eight cores
 
 
 def test_ddp_on_two_cpu_processes_matches_one_device(tiny_run, tmp_path):
