@@ -127,6 +127,13 @@ class Classifier(LightningModule):
         self.epoch_log: dict[str, Tensor] = {}
         self._graph = None
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        from actbench.checkpoints import CheckpointError
+
+        if set(checkpoint["state_dict"]) != set(self.state_dict()):
+            raise CheckpointError("its checkpoint holds other layers than this model's (an older actbench's hand-packed "
+                                  "model wrote it?): delete the run's checkpoints/ to train it afresh")
+
     def configure_optimizers(self):
         if self.use_cuda_graph:
             from actbench.cuda_graph import capturable_optimizer

@@ -85,8 +85,13 @@ def test_packed_members_train_bit_for_bit_as_alone_with_fused_adam():
         return net
 
     leaky = nn.LeakyReLU(0.01)
-    packed = train(packed_mlp([0, 1], [nn.ReLU(), leaky], width=32), zip(xs, ys))
-    alone = train(packed_mlp([1], leaky, width=32), zip(xs[:, 1:], ys[:, 1:]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as threads=auto trains a step this small, packed or alone
+    try:
+        packed = train(packed_mlp([0, 1], [nn.ReLU(), leaky], width=32), zip(xs, ys))
+        alone = train(packed_mlp([1], leaky, width=32), zip(xs[:, 1:], ys[:, 1:]))
+    finally:
+        torch.set_num_threads(threads)
     for p, a in zip(packed.parameters(), alone.parameters()):
         assert torch.equal(packed.per_seed(p)[1], a.view(packed.per_seed(p)[1].shape))
     assert [tuple(m.weight.shape) for m in dense(alone)] == [(32, 784), (10, 32)]
@@ -114,3 +119,14 @@ def test_with_weight_decay_only_weight_matrices_decay():
                     and not n.endswith("5.weight")} and len(kept) == 5  # three biases, two PReLU slopes
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     assert param_groups(net.parameters()) == list(net.parameters())  # no decay, not fused: one group, as given
+
+
+def test_a_checkpoint_of_an_older_hand_packed_model_is_one_line():
+    from actbench.checkpoints import CheckpointError
+    from actbench.model import Classifier
+
+    module = Classifier(packed_mlp([0], nn.ReLU()), torch.optim.Adam)
+    module.on_load_checkpoint({"state_dict": dict(module.state_dict())})  # its own: fine
+    old = {"net.weights.0": torch.zeros(128, 784), "net.biases.0": torch.zeros(128)}  # the hand-packed MLP's names
+    with pytest.raises(CheckpointError, match="other layers than this model's .* delete the run's checkpoints/"):
+        module.on_load_checkpoint({"state_dict": old})
