@@ -223,7 +223,7 @@ def sweep_table(data_overrides: list[str], accel: str, tmp: Path, extra: list[st
 
 
 def same_science(packed_dir: Path, apart_dir: Path) -> None:
-    """Packing changes how fast, not what: each packed member against its pack=false twin."""
+    """Packing changes how fast, not what: each packed member against its pack=false twin, bit for bit."""
     twins = {r.name: r for r in load_runs(apart_dir)}
     packed = {r.name: r for r in load_runs(packed_dir)}
     worst = {TEST_ACC: 0.0, VAL_LOSS: 0.0}
@@ -233,7 +233,7 @@ def same_science(packed_dir: Path, apart_dir: Path) -> None:
         for metric in worst:
             gap = abs(packed[name].value(metric) - twins[name].value(metric))
             worst[metric] = max(worst[metric], gap) if math.isfinite(gap) else math.inf
-    ok = not unmatched and worst[TEST_ACC] <= 2e-3 and worst[VAL_LOSS] <= 1e-3
+    ok = not unmatched and worst[TEST_ACC] == 0 and worst[VAL_LOSS] == 0  # bit for bit
     print(f"{'':4s}{len(twins)} runs vs their pack=false twins: max |test acc difference| {worst[TEST_ACC]:.1e}, "
           f"max |val loss difference| {worst[VAL_LOSS]:.1e}"
           + (f", without a twin: {', '.join(unmatched)}" if unmatched else "") + f" -> {'agree' if ok else 'DIFFER'}", flush=True)

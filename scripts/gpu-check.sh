@@ -36,7 +36,7 @@ echo "card: $gpu; torch $($py -c 'import torch; print(torch.__version__)')"
 say "CUDA tests"
 $py -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_packer.py -k "cuda or graph or bit_for_bit" 2>&1 | tail -3
 
-for model in mlp cnn; do
+for model in mlp cnn vit; do
   say "bench: $model"
   packed=$([ "$model" = mlp ] && echo 25 || echo 8)
   $py scripts/bench.py --device cuda --model "$model" --epochs 3 --rounds 2 --skip-startup --packed "$packed" --data-root "$data" 2>&1 \

@@ -47,12 +47,12 @@ def test_reference_model_starts_from_actbench_weights():
 def test_same_science_compares_each_member_with_its_twin(tmp_path, capsys):
     accs = {"relu": [0.861, 0.872], "gelu": [0.869, 0.866]}
     write_sweep(tmp_path / "packed", accs)
-    write_sweep(tmp_path / "apart", {**accs, "gelu": [0.869, 0.8663]})  # within 2e-3 (and its val loss within 1e-3)
-    write_sweep(tmp_path / "off", {**accs, "gelu": [0.869, 0.876]})  # one run 1e-2 away
+    write_sweep(tmp_path / "apart", accs)  # the same bits
+    write_sweep(tmp_path / "off", {**accs, "gelu": [0.869, 0.8663]})  # one run 3e-4 away: packing is bit for bit, or it is wrong
     bench.same_science(tmp_path / "packed", tmp_path / "apart")
-    assert "4 runs" in (out := capsys.readouterr().out) and "3.0e-04" in out and "-> agree" in out
+    assert "4 runs" in (out := capsys.readouterr().out) and "0.0e+00" in out and "-> agree" in out
     bench.same_science(tmp_path / "packed", tmp_path / "off")
-    assert "1.0e-02" in (out := capsys.readouterr().out) and "-> DIFFER" in out
+    assert "3.0e-04" in (out := capsys.readouterr().out) and "-> DIFFER" in out
     # a twin that diverged (NaN) or is missing is no agreement
     write_sweep(tmp_path / "nan", {**accs, "gelu": [0.869, float("nan")]})
     bench.same_science(tmp_path / "packed", tmp_path / "nan")

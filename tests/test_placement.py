@@ -44,13 +44,14 @@ def trained(model: str, seeds: list[int], threads: int, **keys) -> tuple:
 
     from actbench.models.cnn import ConvNet
     from actbench.models.mlp import MLP
+    from actbench.models.vit import ViT
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         x, y = batch(3, (1, 28, 28), n=32)
         k = [0, 1, 2].index(seeds[0]) if len(seeds) == 1 else slice(None)
-        net = pack(MLP if model == "mlp" else ConvNet, seeds, ["relu"] * len(seeds), shape=(1, 28, 28), **keys)
+        net = pack({"mlp": MLP, "cnn": ConvNet, "vit": ViT}[model], seeds, ["relu"] * len(seeds), shape=(1, 28, 28), **keys)
         losses = train(net, x[k].view(len(seeds), *x.shape[1:]), y[k].view(len(seeds), -1), steps=3)
         return losses, net
     finally:
@@ -70,6 +71,7 @@ def test_the_mlp_computes_the_same_bits_on_one_thread_and_two():
 @pytest.mark.parametrize("model, keys, packed_threads, lone_threads", [
     ("mlp", {}, 2, 1),  # threads=auto: a pack of the blog's MLP splits its step between two cores, a lone run does not
     ("cnn", {"norm": "batch", "dropout": 0.2}, 2, 2),  # the ConvNet's step is big enough to split, alone or packed
+    ("vit", {"dropout": 0.1}, 2, 2),  # and so is the ViT's
 ])
 def test_packed_members_equal_their_lone_runs_on_the_counts_threads_auto_gives(model, keys, packed_threads, lone_threads):
     import torch
