@@ -62,8 +62,7 @@ def model_name(cls: type) -> str:
 
 
 class PlainModel:
-    """A plain model class with the facts actbench reads off it for one composed config (the
-    attributes a hand-packed model used to state)."""
+    """A plain model class with the facts actbench reads off it for one composed config."""
 
     RULES = {"init": (lambda v: v in INITS, f"one of {', '.join(INITS)}")}
 
@@ -171,7 +170,7 @@ class PlainModel:
         return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
     @property
-    def EVAL_BATCH(self) -> int:  # noqa: N802 - read where a hand-packed model states it
+    def EVAL_BATCH(self) -> int:  # noqa: N802 - a constant of the model, to its readers
         """Examples per evaluation batch: as many as EVAL_FLOATS of activations hold, in hundreds."""
         from hydra.utils import get_class
 
