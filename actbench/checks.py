@@ -120,15 +120,15 @@ def validate(cfg: DictConfig) -> None:
     from actbench.model import model_class
 
     absent = object()
-    own = model_class(cfg).RULES if cfg.get("model") is not None else {}
+    model = model_class(cfg) if cfg.get("model") is not None else None
+    own = model.RULES if model is not None else {}
     for key, (ok, what) in {**RULES, **{f"model.{k}": rule for k, rule in own.items()}}.items():
         value = OmegaConf.select(cfg, key, default=absent)  # a probe switched off (null) leaves its keys absent
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value)
         if value is not absent and not ok(value):  # an absent knob: e.g. a user's own trainer preset
             raise ConfigError(f"{key}={value!r}: must be {what}")
-    model = model_class(cfg) if cfg.get("model") is not None else None
-    if hasattr(model, "check"):
+    if model is not None:
         from hydra.utils import get_class
 
         data = get_class(cfg.data._target_)

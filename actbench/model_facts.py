@@ -23,6 +23,7 @@ from actbench.packer import INITS, Packed, build_noting_activations, unpackable
 
 ACTBENCH_KEYS = ("_target_", "init")  # the keys of a model's config node that are not its constructor's
 EVAL_FLOATS = 32_000_000  # an evaluation batch's activations, in floats (about 128 MB): bigger batches run no faster
+_FACTS: dict[str, tuple[int, int, int]] = {}  # PlainModel._forward_facts, by model config, activation and data shape
 
 
 class Elementwise(nn.Module):
@@ -36,10 +37,16 @@ class Elementwise(nn.Module):
         return self.fn(x)
 
 
-def activation_factory(cfg_activation) -> Callable[[], nn.Module]:
-    """`activation()` for a model: a fresh module of the configured activation at every call."""
+def fresh(fn) -> nn.Module:
+    """A new module of an activation (a module, copied with its own parameters, or a function), on
+    the device the model is being built on (meta, for facts)."""
     import copy
 
+    return copy.deepcopy(fn).to(torch.get_default_device()) if isinstance(fn, nn.Module) else Elementwise(fn)
+
+
+def activation_factory(cfg_activation) -> Callable[[], nn.Module]:
+    """`activation()` for a model: a fresh module of the configured activation at every call."""
     from actbench import activations
 
     built: list = []
@@ -48,9 +55,7 @@ def activation_factory(cfg_activation) -> Callable[[], nn.Module]:
         if not built:
             with torch.device("cpu"):  # checked on real numbers, even while a model is built on meta
                 built.append(activations.build(cfg_activation))
-        fn = built[0]
-        # on the device the model is being built on (meta, for facts): a learnable one's parameters too
-        return copy.deepcopy(fn).to(torch.get_default_device()) if isinstance(fn, nn.Module) else Elementwise(fn)
+        return fresh(built[0])
 
     return make
 
@@ -128,7 +133,18 @@ class PlainModel:
         return self._forward_facts(cfg_model, input_shape, n_classes)[2]
 
     def _forward_facts(self, cfg_model, input_shape, n_classes) -> tuple[int, int, int]:
-        """(FLOPs of one example's forward pass, floats of every layer's output for it, parameters)."""
+        """(FLOPs of one example's forward pass, floats of every layer's output for it, parameters),
+        found once per model, activation and data shape (threads, pack size and eval batch all ask)."""
+        import json
+
+        key = json.dumps([f"{self.cls.__module__}.{self.cls.__qualname__}", self.own_keys(cfg_model),
+                          OmegaConf.to_container(self.cfg.activation, resolve=True), list(input_shape), n_classes],
+                         sort_keys=True, default=str)
+        if key not in _FACTS:
+            _FACTS[key] = self._count(cfg_model, input_shape, n_classes)
+        return _FACTS[key]
+
+    def _count(self, cfg_model, input_shape, n_classes) -> tuple[int, int, int]:
         from torch.utils.flop_counter import FlopCounterMode
 
         model = self.on_meta(cfg_model, input_shape, n_classes).eval()  # batch norm refuses a training batch of one
@@ -152,28 +168,28 @@ class PlainModel:
         _, floats, params = self._forward_facts(cfg_model, input_shape, n_classes)
         return 4 * (4 * params + rows * floats)
 
-    def unpackable(self) -> list[str]:
-        """The layers of this config's model that a pack cannot hold (its runs then train one by one)."""
+    def _data(self):
+        """The config's dataset class, whose input shape and classes the model is built for."""
         from hydra.utils import get_class
 
-        data = get_class(self.cfg.data._target_)
+        return get_class(self.cfg.data._target_)
+
+    def unpackable(self) -> list[str]:
+        """The layers of this config's model that a pack cannot hold (its runs then train one by one)."""
+        data = self._data()
         with torch.device("meta"):
             model, made = build_noting_activations(self.builder(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES),
                                                    activation_factory(self.cfg.activation))
         return unpackable(model, {id(m) for m in made})
 
     def draws_random(self, cfg_model) -> bool:
-        from hydra.utils import get_class
-
-        data = get_class(self.cfg.data._target_)
+        data = self._data()
         model = self.on_meta(cfg_model, data.INPUT_SHAPE, data.N_CLASSES)
         return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
     @property
     def EVAL_BATCH(self) -> int:  # noqa: N802 - a constant of the model, to its readers
         """Examples per evaluation batch: as many as EVAL_FLOATS of activations hold, in hundreds."""
-        from hydra.utils import get_class
-
-        data = get_class(self.cfg.data._target_)
+        data = self._data()
         floats = self._forward_facts(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES)[1]
         return int(min(10_000, max(100, EVAL_FLOATS // floats // 100 * 100)))

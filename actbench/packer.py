@@ -255,8 +255,8 @@ def trace(build: Callable, activation: Callable[[], nn.Module], input_shape) -> 
 
 
 class MemberLoop(Twin):
-    """Any layer with parameters or buffers and no sub-layers (norms, embeddings, convolutions, a
-    user's own), run member by member on that member's rows with that member's tensors: exactly
+    """Any other layer with parameters or buffers and no sub-layers (norms, embeddings, a user's
+    own), run member by member on that member's rows with that member's tensors: exactly
     the layer's own computation, so it needs nothing from the layer. Buffers that the layer
     updates in place (batch norm's running statistics) are updated in each member's chunk."""
 

@@ -251,3 +251,15 @@ def remount(mnt: Path, options: str) -> None:
     r = subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=False, capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot remount the tmpfs with {options}: {r.stderr.strip()}")
+
+
+@pytest.fixture
+def threads():
+    """One thread: a product split between threads may sum in another order packed than alone
+    (tests/test_placement.py has the shipped models on the counts threads=auto gives them)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(before)

@@ -1,26 +1,57 @@
-"""Test-only models, named by runs through `model._target_=models.<Class>` (tests/ on PYTHONPATH)."""
+"""Test-only models, named by runs through `model._target_=models.<Class>` (tests/ on PYTHONPATH),
+and how tests pack and train a model: `pack`, `packed_mlp`, `batch`, `train`."""
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 
-from actbench.model_facts import Elementwise
+from actbench.model import param_groups, step_losses
+from actbench.model_facts import activation_factory, fresh
 from actbench.models.mlp import MLP
 from actbench.packer import LinearTwin, Packed
+
+ACTS = {name: OmegaConf.create({"_target_": target}) for name, target in
+        [("relu", "torch.nn.ReLU"), ("gelu", "torch.nn.GELU"), ("sigmoid", "torch.nn.Sigmoid"), ("prelu", "torch.nn.PReLU"),
+         ("swish_beta", "actbench.activations.SwishBeta")]}
+SHAPE = (1, 8, 8)
+
+
+def pack(cls, seeds, names, shape=SHAPE, **keys) -> Packed:
+    factories = {n: activation_factory(ACTS[n]) for n in names}
+    build = lambda act: cls(act, shape, 10, **keys)  # noqa: E731
+    return Packed(build, seeds, [factories[n] for n in names], shape, keys.pop("init", "torch"))
+
+
+def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6) -> torch.Tensor:
+    """Per-member losses [steps, K] of a few fused-Adam steps over one batch (as actbench steps)."""
+    torch.manual_seed(123)  # anything drawing from torch's global stream would show up as a difference
+    opt = torch.optim.Adam(param_groups(net.parameters(), net.n_seeds, fused=True), lr=1e-2, fused=True)
+    net.train()
+    net.start_epoch(0)
+    out = []
+    for _ in range(steps):
+        objective, _, losses = step_losses(net, x if net.n_seeds > 1 else x[:1], y)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        out.append(losses)
+    return torch.stack(out)
+
+
+def batch(k: int, shape=SHAPE, n: int = 12):
+    gen = torch.Generator().manual_seed(7)
+    return torch.randn(k, n, *shape, generator=gen), torch.randint(0, 10, (k, n), generator=gen)
+
 
 
 def packed_mlp(seeds, activation, *, input_shape=(784,), init: str = "torch", **keys) -> Packed:
     """actbench's pack of the plain MLP on rows of 784 pixels: `activation` (a module or a function
     of one tensor) for every member, or a list of one per member."""
     acts = activation if isinstance(activation, list) else [activation] * len(seeds)
-
-    def factory(fn):
-        return lambda: copy.deepcopy(fn) if isinstance(fn, nn.Module) else Elementwise(fn)
-
-    made = {id(fn): factory(fn) for fn in acts}
+    made = {id(fn): (lambda fn=fn: fresh(fn)) for fn in acts}
     return Packed(lambda act: MLP(act, input_shape, 10, **keys), seeds, [made[id(fn)] for fn in acts], input_shape, init)
 
 

@@ -3,22 +3,22 @@ convolutions (packed equals apart is tests/test_packer.py's)."""
 
 import pytest
 import torch
+from models import pack
 from omegaconf import OmegaConf
-from torch import nn
 
 from actbench.errors import ConfigError
 from actbench.model import step_losses
-from actbench.model_facts import PlainModel, activation_factory
+from actbench.model_facts import PlainModel
 from actbench.models.cnn import ConvNet
 from actbench.packer import ConvTwin, Packed
 from actbench.probes import grad_norms, layer_stats, probe_forward
 from conftest import events, metrics, run_cli
 
-RELU, SIGMOID = (OmegaConf.create({"_target_": t}) for t in ("torch.nn.ReLU", "torch.nn.Sigmoid"))
+RELU = OmegaConf.create({"_target_": "torch.nn.ReLU"})
 
 
-def packed(seeds, act=RELU, **keys) -> Packed:
-    return Packed(lambda a: ConvNet(a, (1, 28, 28), 10, **keys), seeds, [activation_factory(act)] * len(seeds), (1, 28, 28))
+def packed(seeds, act="relu", **keys) -> Packed:
+    return pack(ConvNet, seeds, [act] * len(seeds), shape=(1, 28, 28), **keys)
 
 
 def test_parameters_and_facts_are_a_plain_convnets():
@@ -52,7 +52,7 @@ def test_dead_channels_and_saturation_on_hand_built_convolutions():
     x = torch.rand(2, 5, 1, 28, 28)
     stats = layer_stats(probe_forward(net, x))
     assert stats["probes/dead/layer1"].tolist() == [0.75, 0.0] and stats["probes/saturated/layer1"][0] >= 0.75
-    sig = packed([0], SIGMOID, channels=[4, 2], width=8).eval()
+    sig = packed([0], "sigmoid", channels=[4, 2], width=8).eval()
     with torch.no_grad():
         next(m for m in sig.modules() if isinstance(m, ConvTwin)).bias.fill_(10.0)  # sigmoid(z > 2.944) everywhere: saturated, not dead
     s = layer_stats(probe_forward(sig, x[:1]))

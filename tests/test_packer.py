@@ -1,54 +1,20 @@
 """actbench.packer: plain models packed, each member bit for bit what it computes alone."""
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import models
 import pytest
 import torch
+from models import ACTS, SHAPE, batch, pack, train
 from omegaconf import OmegaConf
 from torch import nn
 
-from actbench.model import param_groups, step_losses
-from actbench.model_facts import PlainModel, activation_factory
+from actbench.model_facts import PlainModel
 from actbench.models.cnn import ConvNet
 from actbench.models.mlp import MLP
-from actbench.packer import ActivationTwin, DropoutTwin, LinearTwin, Packed, PackedLinear, Unpackable
+from actbench.packer import ActivationTwin, DropoutTwin, LinearTwin, PackedLinear, Unpackable
 from actbench.tags import DEAD, GRAD_RATIO, layer_tag
-
-ACTS = {name: OmegaConf.create({"_target_": target}) for name, target in
-        [("relu", "torch.nn.ReLU"), ("gelu", "torch.nn.GELU"), ("sigmoid", "torch.nn.Sigmoid"), ("prelu", "torch.nn.PReLU"),
-         ("swish_beta", "actbench.activations.SwishBeta")]}
-SHAPE = (1, 8, 8)
-
-
-def pack(cls, seeds, names, shape=SHAPE, **keys) -> Packed:
-    factories = {n: activation_factory(ACTS[n]) for n in names}
-    build = lambda act: cls(act, shape, 10, **keys)  # noqa: E731
-    return Packed(build, seeds, [factories[n] for n in names], shape, keys.pop("init", "torch"))
-
-
-def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6) -> torch.Tensor:
-    """Per-member losses [steps, K] of a few fused-Adam steps over one batch (as actbench steps)."""
-    torch.manual_seed(123)  # anything drawing from torch's global stream would show up as a difference
-    opt = torch.optim.Adam(param_groups(net.parameters(), net.n_seeds, fused=True), lr=1e-2, fused=True)
-    net.train()
-    net.start_epoch(0)
-    out = []
-    for _ in range(steps):
-        objective, _, losses = step_losses(net, x if net.n_seeds > 1 else x[:1], y)
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        opt.step()
-        out.append(losses)
-    return torch.stack(out)
-
-
-def batch(k: int, shape=SHAPE, n: int = 12):
-    gen = torch.Generator().manual_seed(7)
-    return torch.randn(k, n, *shape, generator=gen), torch.randint(0, 10, (k, n), generator=gen)
-
 
 CASES = [
     (MLP, {"depth": 2, "width": 64, "dropout": 0.3}),
@@ -57,16 +23,6 @@ CASES = [
     (models.NormNet, {}),
     (models.TinyTransformer, {}),
 ]
-
-
-@pytest.fixture
-def threads():
-    """One thread: a product split between threads may sum in another order packed than alone
-    (tests/test_placement.py has the shipped models on the counts threads=auto gives them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield 1
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("cls, keys", CASES, ids=[c.__name__ + ("_bn" if keys.get("norm") == "batch" else "") for c, keys in CASES])

@@ -40,7 +40,7 @@ def trained(model: str, seeds: list[int], threads: int, **keys) -> tuple:
     """A shipped model's pack (or lone member) after three training steps on `threads` threads:
     (per-member losses [steps, K], its state)."""
     import torch
-    from test_packer import batch, pack, train
+    from models import batch, pack, train
 
     from actbench.models.cnn import ConvNet
     from actbench.models.mlp import MLP

@@ -98,7 +98,7 @@ def test_saturation_through_a_sigmoid_network():
 
 def test_token_shaped_activations_count_a_unit_over_tokens_and_images():
     import models
-    from test_packer import pack
+    from models import pack
 
     net = pack(models.TinyTransformer, [0, 1], ["relu", "relu"]).eval()
     x = torch.randn(2, 6, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from omegaconf import OmegaConf
-from test_packer import batch, pack, threads, train  # noqa: F401 - threads: one thread, as a fixture
+from models import batch, pack, train
 
 from actbench.errors import ConfigError
 from actbench.model_facts import PlainModel

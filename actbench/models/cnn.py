@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from actbench.models import dropout_rate, positive_ints
+
 NORMS = ("none", "batch")
 
 
@@ -21,12 +23,10 @@ class ConvNet(nn.Module):
         super().__init__()
         if not (isinstance(channels, (list, tuple)) and channels and all(isinstance(c, int) and c >= 1 for c in channels)):
             raise ValueError(f"channels={channels!r}: must be a non-empty list of integers >= 1, e.g. [16,32]")
-        if not (isinstance(width, int) and width >= 1):
-            raise ValueError(f"width={width!r}: must be an integer >= 1")
+        positive_ints(width=width)
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r}: must be one of {', '.join(NORMS)}")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"dropout={dropout!r}: must be a number in [0, 1)")
+        dropout_rate(dropout)
         c, h, w = input_shape
         batch = norm == "batch"
         layers: list[nn.Module] = []

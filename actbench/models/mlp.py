@@ -7,16 +7,15 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from actbench.models import dropout_rate, positive_ints
+
 
 class MLP(nn.Module):
     def __init__(self, activation: Callable[[], nn.Module], input_shape, n_classes: int,
                  depth: int = 1, width: int = 128, dropout: float = 0.0):
         super().__init__()
-        for key, value in (("depth", depth), ("width", width)):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{key}={value!r}: must be an integer >= 1")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"dropout={dropout!r}: must be a number in [0, 1)")
+        positive_ints(depth=depth, width=width)
+        dropout_rate(dropout)
         layers: list[nn.Module] = [nn.Flatten()]
         size = math.prod(input_shape)
         for _ in range(depth):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from actbench.models import dropout_rate, positive_ints
+
 
 class Block(nn.Module):
     """x + attention(norm(x)), then x + feed-forward(norm(x)), with dropout after each."""
@@ -40,17 +42,14 @@ class ViT(nn.Module):
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0):
         super().__init__()
         c, h, w = input_shape
-        for key, value in (("patch", patch), ("dim", dim), ("depth", depth), ("heads", heads)):
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{key}={value!r}: must be an integer >= 1")
+        positive_ints(patch=patch, dim=dim, depth=depth, heads=heads)
         if h % patch or w % patch:
             raise ValueError(f"patch={patch}: must divide the image's {h}x{w} pixels")
         if dim % heads:
             raise ValueError(f"heads={heads}: must divide dim={dim}")
         if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
             raise ValueError(f"mlp_ratio={mlp_ratio!r}: must be a number > 0")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f"dropout={dropout!r}: must be a number in [0, 1)")
+        dropout_rate(dropout)
         self.patch = patch
         self.embed = nn.Linear(c * patch * patch, dim)
         self.pos = nn.Embedding((h // patch) * (w // patch), dim)
