@@ -12,6 +12,7 @@ from actbench.conf import CONF_DIR
 from actbench.errors import ConfigError
 from actbench.ownership import MODES
 from actbench.results import METRICS as REPORT_METRICS
+from actbench.schedule import DECAYS
 
 
 def is_int(v) -> bool:
@@ -95,6 +96,11 @@ RULES = {
     "data.probe_size": POSITIVE_INT,
     "data.normalize": (lambda v: v in ("scale", "standardize"), "scale or standardize"),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
+    "optimizer.schedule.warmup": (lambda v: is_num(v) and v >= 0 and (v < 1 or float(v).is_integer()),
+                                  "a number of steps (an integer >= 0) or a share of all steps in [0, 1)"),
+    "optimizer.schedule.decay": (lambda v: v in DECAYS, " or ".join(DECAYS)),
+    "optimizer.schedule.min_lr": (lambda v: is_num(v) and 0 <= v <= 1, "a share of the rate in [0, 1]"),
+    "trainer.clip_norm": (lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"),
     "trainer.max_epochs": POSITIVE_INT,
     "trainer.log_every_n_steps": POSITIVE_INT,
     "steps_per_execution": POSITIVE_INT,

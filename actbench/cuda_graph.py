@@ -35,10 +35,10 @@ class GraphedStep:
     bypasses Lightning's optimizer wrapper, so Lightning's backward and optimizer-step hooks do
     not fire on this path; trainer.global_step still counts every step."""
 
-    def __init__(self, net: nn.Module, losses: Callable):
+    def __init__(self, net: nn.Module, losses: Callable, before_update: Callable[[], None] = lambda: None):
         """losses(net, x, y) -> (the scalar to differentiate, logits, each member's loss), as
-        model.step_losses."""
-        self.net, self.losses = net, losses
+        model.step_losses; before_update() runs between backward and the update (clipping)."""
+        self.net, self.losses, self.before_update = net, losses, before_update
         self.shape: tuple | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm = 0
@@ -60,6 +60,7 @@ class GraphedStep:
     def _body(self, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer) -> tuple[Tensor, Tensor]:
         objective, logits, losses = self.losses(self.net, x, y)
         objective.backward()
+        self.before_update()
         optimizer.step()
         return logits, losses
 

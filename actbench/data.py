@@ -251,10 +251,6 @@ class TrainBatches:
     shard: tuple[int, int] = (0, 1)
     _order: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return -(-self.train_idx.shape[1] // self.batch_size)
-
     def __len__(self) -> int:
         full, rest = divmod(self.train_idx.shape[1], self.batch_size)
         return -(-full // self.steps) + (1 if rest else 0)
@@ -363,6 +359,12 @@ class FashionMNIST(LightningDataModule):
         self.train_idx = torch.stack([t for t, _ in splits])
         self.val_idx = torch.stack([v for _, v in splits])
         self._loaded = True
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (the last, partial batch counted): what the rate schedule counts in."""
+        self.prepare()
+        return -(-self.train_idx.shape[1] // self.batch_size)
 
     def setup(self, stage: str) -> None:
         self.prepare()

@@ -343,6 +343,12 @@ def activations(series: list[Series], path: Path) -> tuple[Path | None, str]:
     fig = _new_figure(figsize=(14, 4.4))
     axes = fig.subplots(1, 3)
     for i, (name, fn) in enumerate(built.items()):
+        if acts.in_per_out(fn) > 1:  # a gated unit of two inputs: its gate's curve
+            if not isinstance(getattr(fn, "gate", None), torch.nn.Module):
+                unknown.append(f"{name} (a gated unit without a `gate`)")
+                continue
+            fn, name = fn.gate, f"{name} (gate)"
+            color[name] = color[name.split(" ")[0]]
         with torch.no_grad():
             y = fn(x)
         # Near-identical curves (gelu / gelu_tanh, relu / leaky) would hide each other if all solid.

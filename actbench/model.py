@@ -118,11 +118,15 @@ class Classifier(LightningModule):
     record and probe; `train_epoch_steps` gives the per-step curves.
     """
 
-    def __init__(self, net: Packed, optimizer: Callable, cuda_graph: bool = False):
+    def __init__(self, net: Packed, optimizer: Callable, cuda_graph: bool = False,
+                 rate: Callable[[int], float] | None = None, clip_norm: float | None = None):
+        """rate: the factor on the optimizer's rate before each step (actbench.schedule.rate_factor),
+        None for a constant rate; clip_norm: each member's gradients scaled to at most this norm."""
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
         self.use_cuda_graph = cuda_graph
+        self.rate, self.clip_norm = rate, clip_norm
         self.automatic_optimization = False
         self.epoch_log: dict[str, Tensor] = {}
         self._graph = None
@@ -140,8 +144,18 @@ class Classifier(LightningModule):
 
             return capturable_optimizer(self.optimizer_factory, self.net.parameters())
         keys = getattr(self.optimizer_factory, "keywords", {})
-        return self.optimizer_factory(param_groups(self.net.parameters(), self.net.n_seeds, bool(keys.get("fused")),
-                                                   float(keys.get("weight_decay") or 0.0)))
+        opt = self.optimizer_factory(param_groups(self.net.parameters(), self.net.n_seeds, bool(keys.get("fused")),
+                                                  float(keys.get("weight_decay") or 0.0)))
+        if self.rate is None:
+            return opt
+        # Lightning keeps its state in the checkpoint, so a resumed run goes on where it stopped
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(opt, self.rate)}
+
+    def _clip(self) -> None:
+        if self.clip_norm is not None:
+            from actbench.schedule import clip_members
+
+            clip_members(self.net, self.clip_norm)
 
     # ------------------------------------------------------------------ training
 
@@ -154,7 +168,7 @@ class Classifier(LightningModule):
         if self.use_cuda_graph:
             from actbench.cuda_graph import GraphedStep
 
-            self._graph = GraphedStep(self.net, step_losses)
+            self._graph = GraphedStep(self.net, step_losses, self._clip)
             return lambda x, y, opt, last: self._graph.step(x, y, opt)
         direct = isinstance(self.trainer.strategy, SingleDeviceStrategy) and getattr(self.trainer.precision_plugin, "scaler", None) is None
         return self._direct_step if direct else self._lightning_step
@@ -164,6 +178,7 @@ class Classifier(LightningModule):
         objective, logits, losses = step_losses(self.net, x, y)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(objective)
+        self._clip()
         opt.step()
         return logits, losses
 
@@ -175,6 +190,7 @@ class Classifier(LightningModule):
         objective, logits, losses = step_losses(self.net, x, y)
         opt.optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        self._clip()
         opt._on_before_step()  # the counter behind trainer.global_step
         opt.optimizer.step()
         opt._on_after_step()
@@ -189,10 +205,13 @@ class Classifier(LightningModule):
 
     def training_step(self, chunk, batch_idx):
         opt, last = self.optimizers(), len(chunk) - 1
+        schedule = self.lr_schedulers() if self.rate is not None else None
         for s in range(len(chunk)):
             x, y = chunk[s]
             logits, losses = self._step(x, y, opt, s == last)
             self._kept.append((logits, y, losses))
+            if schedule is not None:
+                schedule.step()
 
     def train_epoch_steps(self) -> dict[str, Tensor]:
         """This epoch's per-step training losses and accuracies [steps, K]; also puts their means

@@ -129,6 +129,12 @@ class PlainModel:
         node = OmegaConf.to_container(cfg_model, resolve=True)
         return {"model": model_name(self.cls), **{k: flat(v) for k, v in node.items() if k != "_target_"}}
 
+    def size(self) -> tuple[int, int]:
+        """This config's model's (parameters, forward FLOPs per example), one member's."""
+        data = self._data()
+        flops, _, params = self._forward_facts(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
+        return params, flops
+
     def n_params(self, cfg_model, input_shape, n_classes) -> int:
         return self._forward_facts(cfg_model, input_shape, n_classes)[2]
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from actbench.activations import in_per_out
 from actbench.data import derive_seed, generator
 
 INITS = ("torch", "glorot", "kaiming", "lecun")
@@ -161,7 +162,20 @@ class Site:
         return h
 
     def as_function(self) -> Callable[[Tensor], Tensor]:
-        return lambda z: self.apply_members(z.reshape(-1, *z.shape[2:])).view(z.shape)
+        return lambda z: self.apply_members(z.reshape(-1, *z.shape[2:])).view(*z.shape[:-1], -1)
+
+    @property
+    def per_out(self) -> int:
+        """Inputs per output of this place's activations (a gated unit's 2; equal across a pack)."""
+        return in_per_out(self.template())
+
+    def template(self) -> nn.Module:
+        raise NotImplementedError
+
+    def gate_function(self) -> Callable[[Tensor], Tensor] | None:
+        """For a gated place whose activations name their `gate` (actbench.activations.Gated), the
+        members' gates applied to their first chunks' values laid out [K, ...]; else None."""
+        return None
 
 
 class ActivationTwin(Site, Twin):
@@ -190,6 +204,20 @@ class ActivationTwin(Site, Twin):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.recorded(z)
+
+    def template(self) -> nn.Module:
+        return self.spans[0][2]
+
+    def gate_function(self) -> Callable[[Tensor], Tensor] | None:
+        gates = [getattr(fn, "gate", None) for _, _, fn in self.spans]
+        if not all(isinstance(g, nn.Module) for g in gates):
+            return None
+
+        def apply(a: Tensor) -> Tensor:
+            rows = a.shape[0] // self.k
+            return torch.cat([g(part) for part, g, (i, j, _) in zip(a.split([(j - i) * rows for i, j, _ in self.spans]), gates, self.spans)])
+
+        return lambda a: apply(a.reshape(-1, *a.shape[2:])).view(a.shape)
 
 
 class DropoutStreams:
@@ -305,6 +333,9 @@ class LearnableTwin(Site, MemberLoop):
     def forward(self, z: Tensor) -> Tensor:
         return self.recorded(z)
 
+    def template(self) -> nn.Module:
+        return self.layer[0]
+
 
 def build_noting_activations(build: Callable, activation: Callable[[], nn.Module]) -> tuple[nn.Module, list[nn.Module]]:
     """A model built with `activation`, and the activation modules it made, in the order it made them."""
@@ -352,6 +383,8 @@ class Packed(nn.Module):
         for factory in dict.fromkeys(activations):
             for site in range(len(made)):
                 fn = made[site] if factory is activations[0] else factory()
+                if in_per_out(fn) != in_per_out(made[site]):
+                    raise Unpackable("a gated activation packs only with gated ones: its layers have other shapes than a pointwise one's")
                 for i in range(k):
                     if activations[i] is factory:
                         per_site[site][i] = fn

@@ -100,17 +100,21 @@ def shared_part(cfg) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-_LEARNABLE: dict[str, bool] = {}
+_SHAPES: dict[str, tuple[bool, int]] = {}
 
 
-def learnable(cfg) -> bool:
-    """Whether a run's activation has parameters of its own (PReLU, swish_beta)."""
+def shape_key(cfg) -> str:
+    """What of a run's activation sets its model's shapes: a learnable one (PReLU, swish_beta)
+    holds parameters no other has (its key is its whole config), a gated one takes 2 inputs per
+    output (its layers are wider than a pointwise one's); "" for a fixed pointwise one."""
     from actbench import activations
 
     key = activation_key(cfg)
-    if key not in _LEARNABLE:
-        _LEARNABLE[key] = activations.is_learnable(activations.build(cfg.activation))
-    return _LEARNABLE[key]
+    if key not in _SHAPES:
+        fn = activations.build(cfg.activation)
+        _SHAPES[key] = (activations.is_learnable(fn), activations.in_per_out(fn))
+    learnable, per_out = _SHAPES[key]
+    return key if learnable else "" if per_out == 1 else f"in_per_out={per_out}"
 
 
 def activation_key(cfg) -> str:
@@ -130,8 +134,8 @@ def optimizer_name(cfg) -> str:
 
 def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
     """A job's runs (that start from the same point) as the packs they train in: members that
-    disagree on anything but seed and activation go to separate packs (and so does a learnable
-    activation, from every other), members of one activation sit side by side
+    disagree on anything but seed and activation go to separate packs (and so do members whose
+    activations give the model other shapes: a learnable one, a gated one), members of one activation sit side by side
     (one activation call for all of them), and no pack holds more than `limit`.
     With an optimizer that mixes the values of a weight matrix, every run trains alone; the
     second value then says why, in one line."""
@@ -141,9 +145,7 @@ def split_packs(runs: list, limit: int | None) -> tuple[list[list], str | None]:
 
     groups: dict[str, list] = {}
     for run in runs:
-        # a learnable activation's members hold parameters a fixed one's do not: its own pack
-        own = activation_key(run.cfg) if learnable(run.cfg) else ""
-        groups.setdefault(shared_part(run.cfg) + own, []).append(run)
+        groups.setdefault(shared_part(run.cfg) + shape_key(run.cfg), []).append(run)
     why = None
     packs = []
     for group in groups.values():

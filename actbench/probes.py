@@ -54,7 +54,7 @@ def probe_forward(net: nn.Module, x: Tensor) -> list[tuple[Tensor, Tensor, nn.Mo
 
 def unit_stats(
     fn: Callable[[Tensor], Tensor], z: Tensor, dead_tol: float = DEAD_TOL, saturation_tol: float = SATURATION_TOL,
-    channels_first: bool = True,
+    channels_first: bool = True, per_out: int = 1, gate: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """One hidden layer's statistics from its pre-activations z [K, n, units], for a convolution
     [K, n, channels, height, width], or, with channels_first=False, token-shaped [K, n, tokens,
@@ -65,15 +65,28 @@ def unit_stats(
     - `saturated`: fraction of (unit, example) pairs, or (channel, position, example), with
       |f'(z)| < saturation_tol;
     - `dact_mean`: mean |f'(z)| over all of them.
+
+    A gated unit (`per_out` inputs per output along the last dimension, z [..., per_out * units])
+    is dead when the derivative of its output by every one of its inputs is <= dead_tol on every
+    example; `saturated` and `dact_mean` are its gate's, f' taken at the first chunk by `gate`
+    (NaN where the activation names no gate).
     """
     d = derivative(fn, z).abs()
-    if not channels_first and d.dim() > 3:
-        d = d.movedim(-1, 2)  # the units before the tokens they are counted over
-    d = d.reshape(*d.shape[:3], -1)  # [K, n, units or channels, positions (1 for a dense layer)]
+    g = d
+    if per_out > 1:
+        d = d.unflatten(-1, (per_out, -1)).amax(-2)  # a unit's largest derivative by any of its inputs
+        g = derivative(gate, z.unflatten(-1, (per_out, -1)).select(-2, 0)).abs() if gate else torch.full_like(d, math.nan)
+
+    def by_unit(t: Tensor) -> Tensor:  # [K, n, units or channels, positions (1 for a dense layer)]
+        if not channels_first and t.dim() > 3:
+            t = t.movedim(-1, 2)  # the units before the tokens they are counted over
+        return t.reshape(*t.shape[:3], -1)
+
+    d, g = by_unit(d), by_unit(g)
     return {
         DEAD: (d <= dead_tol).all(dim=3).all(dim=1).float().mean(dim=1),
-        SATURATED: (d < saturation_tol).float().mean(dim=(1, 2, 3)),
-        DACT_MEAN: d.mean(dim=(1, 2, 3)),
+        SATURATED: (g < saturation_tol).float().mean(dim=(1, 2, 3)) if per_out == 1 or gate else g[:, 0, 0, 0],
+        DACT_MEAN: g.mean(dim=(1, 2, 3)),
     }
 
 
@@ -83,7 +96,8 @@ def layer_stats(record: list, dead_tol: float = DEAD_TOL, saturation_tol: float 
     `probes/dact_mean/layer{i}` (i from 1, in the record's order), each [K]."""
     out = {}
     for i, (z, _, site) in enumerate(record, start=1):
-        for name, value in unit_stats(site.as_function(), z, dead_tol, saturation_tol, site.channels_first).items():
+        stats = unit_stats(site.as_function(), z, dead_tol, saturation_tol, site.channels_first, site.per_out, site.gate_function())
+        for name, value in stats.items():
             out[layer_tag(name, i)] = value
     return out
 
@@ -177,6 +191,10 @@ class ActivationProbe(Callback):
     def measure(self, trainer, pl_module) -> None:
         net = pl_module.net
         record = probe_forward(net, self._probe_set(trainer))
+        if trainer.current_epoch == 0 and (blind := [i for i, (_, _, s) in enumerate(record, 1) if s.per_out > 1 and not s.gate_function()]):
+            from actbench.logs import warn
+
+            warn(f"probes: saturation and mean |f'| skip layers {', '.join(map(str, blind))}: a gated activation that names no `gate` module has no one f' to read")
         pl_module.epoch_log.update(layer_stats(record, self.dead_tol, self.saturation_tol))
         pl_module.epoch_log.update(activation_parameters(record))
         if self.histograms:

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from actbench import root_events, stats
 from actbench.conf import option
 from actbench.errors import UserError
+from actbench.runs import MEASURED_HPARAMS
 from actbench.results import (
     FINAL_KEYS,
     TEST_ACC,
@@ -114,6 +115,7 @@ def summarize(configs: list[Config], metric: str = TEST_ACC) -> list[dict]:
                 TRAIN_LOSS: stats.nanmean(c.values(TRAIN_LOSS)),
                 VAL_LOSS: stats.nanmean(c.values(VAL_LOSS)),
                 "epoch_s": stats.nanmedian([r.epoch_s() for r in c.runs]),
+                **{k: c.runs[0].section("hparams").get(k) for k in MEASURED_HPARAMS},  # params, flops
                 "dead_mean": stats.nanmean([d[0] for d in dead]),
                 "dead_max": stats.nanmean([d[1] for d in dead]),
                 "grad_ratio": stats.gmean_positive([grad_ratio_gmean(r.metrics) for r in c.runs]),
@@ -257,6 +259,9 @@ def markdown_table(rows: list[dict], keys: list[str], metric: str = TEST_ACC) ->
     name = metric.replace("_", " ")
     probes = any(not math.isnan(r["dead_mean"]) or not math.isnan(r["grad_ratio"]) for r in rows)
     header = keys + ["n seeds", f"{name} mean{unit}", "std", "95% CI", "train loss", "val loss", "s/epoch"]
+    sizes = any(r["params"] is not None for r in rows)  # runs of an actbench that did not record them: no columns
+    if sizes:
+        header += ["params", "MFLOPs/example"]
     if probes:
         header += ["dead (mean / max layer)", "grad ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -268,6 +273,8 @@ def markdown_table(rows: list[dict], keys: list[str], metric: str = TEST_ACC) ->
         cells = [str(c.get(k, "—")) for k in keys]
         cells += [n, _fmt(scale * r["mean"], spec), _fmt(scale * r["std"], spec), ci]
         cells += [_fmt(r[TRAIN_LOSS], ".4f"), _fmt(r[VAL_LOSS], ".4f"), _fmt(r["epoch_s"], ".2f")]
+        if sizes:
+            cells += [f"{r['params']:,}" if r["params"] is not None else "—", _fmt(r["flops"] / 1e6 if r["flops"] is not None else None, ".3g")]
         if probes:
             dead = f"{_fmt(100 * r['dead_mean'], '.1f')}% / {_fmt(100 * r['dead_max'], '.1f')}%"
             cells += [dead if not math.isnan(r["dead_mean"]) else "—", _fmt(r["grad_ratio"], ".3g")]
@@ -470,6 +477,8 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
     md.append(
         f"Mean and std (ddof=1) over seeds; 95% CI from the t-distribution with n-1 df; best first by mean {metric}. "
         "s/epoch: median over runs of each run's median epoch time (a packed run's share of its pack's epoch)."
+        + (" Params: one model's parameters; MFLOPs/example: its forward pass's multiply-adds x 2 (matrix products, "
+           "convolutions, attention), counted by torch.utils.flop_counter; a backward pass costs about twice that." if "MFLOPs" in table else "")
     )
     if "grad ratio" in table:
         md.append(

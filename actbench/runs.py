@@ -69,22 +69,27 @@ def activation_label(choice: str, overrides: list[str]) -> str:
 
 def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
     """The flat, fixed set of hyperparameters every run logs, for TensorBoard's HParams tab: the
-    run's own, then the model's (which its class states)."""
+    run's own, then the model's (its config keys, its parameter count and forward FLOPs per
+    example, found from it)."""
     from actbench.model import model_class
 
     lr = cfg.optimizer.get("lr")
+    model = model_class(cfg)
     return {
         "activation": activation_label(choices.get("activation"), overrides),
         "seed": seed,
         "lr": float(lr) if lr is not None else "none",
         "batch_size": int(cfg.data.batch_size),
-        **model_class(cfg).hparams(cfg.model),
+        **model.hparams(cfg.model),
+        **dict(zip(MEASURED_HPARAMS, model.size())),
         "optimizer": choices.get("optimizer"),
         "max_epochs": int(cfg.trainer.max_epochs),
         "val_size": int(cfg.data.val_size),
         "experiment": choices.get("experiment") or "none",
     }
 
+
+MEASURED_HPARAMS = ("params", "flops")  # entries of `hparams` found from the model, of no config key
 
 # The config key each entry of `hparams` comes from (`activation` also stands for the keys under it,
 # which activation_label folds in; `model` and `model.<key>` are the model's own entries, named as its
@@ -186,6 +191,13 @@ def plan_runs(cfg: DictConfig):
 PREDECESSORS = {"actbench.models.mlp.MLP": "actbench.model.PackedMLP", "actbench.models.cnn.ConvNet": "actbench.convnet.PackedConvNet"}
 
 
+# Keys added to the config after runs were made, at the value that computes what those runs did:
+# left out of the hash at that value, so the older runs keep their identity (a run that sets
+# another value hashes it). `match_params` changes nothing for a pointwise activation, and a
+# gated one could not run before it came; no schedule and no clipping are the steps as they were.
+ADDED_KEYS = {"model.match_params": True, "optimizer.schedule": {"warmup": 0, "decay": "none", "min_lr": 0.0}, "trainer.clip_norm": None}
+
+
 def config_hash(config: dict, exclude) -> str:
     """What a run computes, as a short hash of its resolved config minus the keys that only say
     where or how fast it runs: a finished run is only skipped for the same computation."""
@@ -199,7 +211,8 @@ def config_hash(config: dict, exclude) -> str:
     def strip(node, prefix=""):
         if not isinstance(node, dict):
             return node
-        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items() if not excluded(prefix + k, exclude)}
+        return {k: strip(v, f"{prefix}{k}.") for k, v in node.items()
+                if not excluded(prefix + k, exclude) and not (prefix + k in ADDED_KEYS and v == ADDED_KEYS[prefix + k])}
 
     return hashlib.sha1(json.dumps(strip(config), sort_keys=True, default=str).encode()).hexdigest()[:12]
 

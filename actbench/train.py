@@ -86,6 +86,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     from actbench.model import Classifier, eval_batch_size
     from actbench.record import Recorder, process_started
     from actbench.results import read_metrics
+    from actbench.schedule import instantiable, rate_factor
 
     cfg = runs[0].cfg
     undo_nvml_check()
@@ -124,7 +125,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     plugins = [PerSeedCheckpointIO([r.dir for r in runs], seeds), *placement.pop("plugins", [])]
     owned = [still_owned(runs, claims)] if claims is not None else []
     trainer = instantiate(
-        cfg.trainer,
+        instantiable(cfg.trainer, "trainer"),
         logger=loggers,
         # probes fill the epoch's log that the recorder writes; ownership is checked before it writes
         callbacks=[*owned, *probes, recorder, *extra],
@@ -145,7 +146,9 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
             net = build_net(runs, members, data)
         except InstantiationException as e:
             raise e.__cause__ or e  # the model's own error, with its traceback, not Hydra's wrapping of it
-        module = Classifier(net, instantiate(cfg.optimizer), cuda_graph=graph)
+        rate = rate_factor(cfg.optimizer.get("schedule"), data.steps_per_epoch * int(cfg.trainer.max_epochs))
+        module = Classifier(net, instantiate(instantiable(cfg.optimizer, "optimizer")), cuda_graph=graph, rate=rate,
+                            clip_norm=cfg.trainer.get("clip_norm"))
         trainer.fit(module, datamodule=data, ckpt_path=str(ckpt) if resume else None)
         if not all(recorder.diverged):
             trainer.test(module, datamodule=data, verbose=False)

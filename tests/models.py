@@ -8,14 +8,17 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
+from actbench.conf import CONF_DIR
 from actbench.model import param_groups, step_losses
 from actbench.model_facts import activation_factory, fresh
 from actbench.models.mlp import MLP
 from actbench.packer import LinearTwin, Packed
+from actbench.schedule import clip_members
 
 ACTS = {name: OmegaConf.create({"_target_": target}) for name, target in
         [("relu", "torch.nn.ReLU"), ("gelu", "torch.nn.GELU"), ("sigmoid", "torch.nn.Sigmoid"), ("prelu", "torch.nn.PReLU"),
          ("swish_beta", "actbench.activations.SwishBeta")]}
+ACTS.update({name: OmegaConf.load(CONF_DIR / "activation" / f"{name}.yaml") for name in ("swiglu", "geglu", "reglu", "relu2")})
 SHAPE = (1, 8, 8)
 
 
@@ -25,10 +28,12 @@ def pack(cls, seeds, names, shape=SHAPE, **keys) -> Packed:
     return Packed(build, seeds, [factories[n] for n in names], shape, keys.pop("init", "torch"))
 
 
-def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6) -> torch.Tensor:
-    """Per-member losses [steps, K] of a few fused-Adam steps over one batch (as actbench steps)."""
+def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6, rate=None, clip_norm=None) -> torch.Tensor:
+    """Per-member losses [steps, K] of a few fused-Adam steps over one batch (as actbench steps),
+    with a rate schedule (actbench.schedule.rate_factor's) and clipping when given."""
     torch.manual_seed(123)  # anything drawing from torch's global stream would show up as a difference
     opt = torch.optim.Adam(param_groups(net.parameters(), net.n_seeds, fused=True), lr=1e-2, fused=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, rate) if rate else None
     net.train()
     net.start_epoch(0)
     out = []
@@ -36,7 +41,11 @@ def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6) -> torc
         objective, _, losses = step_losses(net, x if net.n_seeds > 1 else x[:1], y)
         opt.zero_grad(set_to_none=True)
         objective.backward()
+        if clip_norm:
+            clip_members(net, clip_norm)
         opt.step()
+        if schedule:
+            schedule.step()
         out.append(losses)
     return torch.stack(out)
 

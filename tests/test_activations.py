@@ -17,7 +17,11 @@ def phi(x):
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
 
 
-REQUIRED = ["relu", "leaky", "sigmoid", "tanh", "gelu", "gelu_tanh", "gelu_sigmoid", "silu", "elu", "selu", "mish", "softplus"]
+REQUIRED = ["relu", "leaky", "sigmoid", "tanh", "gelu", "gelu_tanh", "gelu_sigmoid", "silu", "elu", "selu", "mish", "softplus",
+            "relu2", "prelu", "swish_beta", "glu", "bilinear", "reglu", "geglu", "swiglu"]
+# Shazeer 2020's gated units: gate(xW) * xV, each gate as a plain function
+GATES = {"glu": torch.sigmoid, "bilinear": lambda a: a, "reglu": torch.relu, "geglu": torch.nn.functional.gelu,
+         "swiglu": lambda a: a * torch.sigmoid(a)}
 
 
 def test_every_required_activation_is_shipped():
@@ -27,11 +31,48 @@ def test_every_required_activation_is_shipped():
 @pytest.mark.parametrize("name", activations.names())  # every file in conf/activation/
 def test_shipped_activations_are_elementwise_and_finite(name):
     fn = activations.from_name(name)
-    x = torch.linspace(-5, 5, 101)
+    n = activations.in_per_out(fn)
+    assert n == (2 if name in GATES else 1)
+    x = torch.linspace(-5, 5, 101 * n).view(n, 101).t().flip(0).contiguous().view(-1)  # chunk j holds x's j-th values
     y = fn(x)
-    assert y.shape == x.shape and torch.isfinite(y).all()
+    assert y.shape == (101,) and torch.isfinite(y).all()
     # elementwise: the value at a point does not depend on the other points
-    assert torch.allclose(fn(x.flip(0)), y.flip(0), atol=1e-6)
+    flipped = x.view(n, 101).flip(1).view(-1) if n > 1 else x.flip(0)
+    assert torch.allclose(fn(flipped), y.flip(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_a_gated_unit_is_its_gate_of_one_projection_times_the_other(name):
+    """GEGLU(x) = GELU(xW) * xV and its kin, computed by hand on a tiny input: the layer before
+    yields [xW, xV] as the two halves of its output."""
+    gen = torch.Generator().manual_seed(0)
+    x, w, v = torch.randn(3, 5, generator=gen), torch.randn(5, 4, generator=gen), torch.randn(5, 4, generator=gen)
+    fn = activations.from_name(name)
+    assert torch.allclose(fn(torch.cat([x @ w, x @ v], dim=-1)), GATES[name](x @ w) * (x @ v), atol=1e-6)
+    assert fn(torch.tensor([[0.5, -2.0]])).item() == pytest.approx(GATES[name](torch.tensor(0.5)).item() * -2.0)
+
+
+def test_squared_relu():
+    assert activations.from_name("relu2")(torch.tensor([-2.0, 0.0, 0.5, 3.0])).tolist() == [0.0, 0.0, 0.25, 9.0]
+
+
+class Pooled(torch.nn.Module):
+    """A would-be gated unit whose gate reads every unit's value."""
+
+    in_per_out = 2
+
+    def forward(self, z):
+        a, b = z.chunk(2, dim=-1)
+        return a * b.mean(-1, keepdim=True)
+
+
+def test_a_gated_unit_that_reads_other_units_or_declares_nonsense_is_refused():
+    with pytest.raises(ValueError, match="in_per_out=2, but its output j does not read element j of each of the 2 chunks"):
+        activations.build({"_target_": "test_activations.Pooled"})
+    bad = activations.Gated()
+    bad.in_per_out = 0
+    with pytest.raises(ValueError, match="in_per_out=0 must be an integer >= 1"):
+        activations.in_per_out(bad)
 
 
 def test_gelu_exact_and_tanh_reference_values():

@@ -101,7 +101,7 @@ def test_choices_typed_are_checked_against_conf_and_the_folders_a_command_adds(t
     check_choices(["-m", "activation=relu,gelu", "model=cnn", "hydra/launcher=submitit_slurm", "optimizer.lr=1e-3,3e-3"])
     with pytest.raises(ConfigError) as e:
         check_choices(["-m", "activation=relu,relux"])
-    assert str(e.value).startswith("activation='relux': no such activation; valid: elu, gelu, ")
+    assert str(e.value).startswith("activation='relux': no such activation; valid: bilinear, elu, geglu, gelu, ")
     (tmp_path / "activation").mkdir()
     (tmp_path / "activation" / "mine.yaml").write_text("_target_: torch.nn.Hardswish\n")
     check_choices(["--config-dir", str(tmp_path), "activation=mine"])

@@ -3,7 +3,7 @@ convolutions (packed equals apart is tests/test_packer.py's)."""
 
 import pytest
 import torch
-from models import pack
+from models import ACTS, pack
 from omegaconf import OmegaConf
 
 from actbench.errors import ConfigError
@@ -39,6 +39,12 @@ def test_parameters_and_facts_are_a_plain_convnets():
 def test_a_key_it_refuses_is_one_line_naming_it(key, value, said):
     cfg = OmegaConf.create({"model": {"_target_": "actbench.models.cnn.ConvNet", key: value}, "activation": RELU})
     with pytest.raises(ConfigError, match=rf"^model\.{key}=.*{said}"):
+        PlainModel(ConvNet, cfg).check((1, 28, 28), 10)
+
+
+def test_a_gated_activation_is_refused_in_one_line():
+    cfg = OmegaConf.create({"model": {"_target_": "actbench.models.cnn.ConvNet"}, "activation": ACTS["swiglu"]})
+    with pytest.raises(ConfigError, match=r"^model \(actbench.models.cnn.ConvNet\): a gated activation does not fit the ConvNet .* use model=mlp or model=vit$"):
         PlainModel(ConvNet, cfg).check((1, 28, 28), 10)
 
 

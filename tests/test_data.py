@@ -180,7 +180,6 @@ def test_train_batches_cover_each_training_index_once_per_epoch():
         assert sorted(seen[k].long().tolist()) == sorted(data.split_indices(100, 10, s)[0].tolist())
     # 90 samples in batches of 8: 11 full batches (chunks of 3: 3,3,3,2) then one of 2
     assert [x.shape[0] for x, _ in chunks] == [3, 3, 3, 2, 1] and chunks[-1][0].shape[2] == 2
-    assert b.steps_per_epoch == 12
 
 
 def test_a_seed_order_does_not_depend_on_its_pack_but_on_its_epoch():

@@ -125,10 +125,12 @@ def test_a_sweep_made_with_the_hand_packed_mlp_keeps_its_identity():
     sweep directory written before is skipped as finished, not refused as another configuration."""
     from actbench.runs import config_hash
 
-    config = {"seed": 0, "model": {"_target_": "actbench.models.mlp.MLP", "depth": 1, "width": 128, "init": "torch", "dropout": 0.0}}
-    before = {**config, "model": {**config["model"], "_target_": "actbench.model.PackedMLP"}}
+    before = {"seed": 0, "model": {"_target_": "actbench.model.PackedMLP", "depth": 1, "width": 128, "init": "torch", "dropout": 0.0}}
+    config = {**before, "model": {**before["model"], "_target_": "actbench.models.mlp.MLP", "match_params": True}}
     other = {**config, "model": {**config["model"], "width": 64}}
+    unmatched = {**config, "model": {**config["model"], "match_params": False}}
     assert config_hash(config, []) == config_hash(before, []) != config_hash(other, [])
+    assert config_hash(unmatched, []) != config_hash(config, [])
 
 
 @pytest.mark.parametrize("init, bound, bias_zero", [("torch", 1 / math.sqrt(784), False), ("glorot", math.sqrt(6 / (784 + 128)), True)])

@@ -106,6 +106,14 @@ def test_the_sweeper_plugin_launches_one_job_per_pack(sweep, expected):
     assert len(batch) == 4
 
 
+def test_gated_activations_pack_together_apart_from_pointwise_ones():
+    """A gated unit's layers have other shapes than a pointwise one's: two packs of one job."""
+    runs = [run(a, 0) for a in ("relu", "swiglu", "gelu", "geglu")]
+    packs, why = split_packs(runs, limit=None)
+    assert why is None
+    assert [[r.name for r in p] for p in packs] == [["relu,0", "gelu,0"], ["swiglu,0", "geglu,0"]]
+
+
 def test_a_convnet_packs_its_activations_together():
     runs = [run(a, s, "model=cnn") for a in ("relu", "gelu") for s in (0, 1)]
     packs, _ = split_packs(runs, limit=None)
@@ -115,7 +123,7 @@ def test_a_convnet_packs_its_activations_together():
 @pytest.mark.parametrize("sweep, message", [
     ("optimizer.lr=1e-3,abc", "actbench: error: optimizer.lr='abc': must be a number > 0"),  # the second pack
     ("seed=0,-3", "actbench: error: seed=-3: must be an integer >= 0"),  # a pack's second member
-    ("activation=relu,nope", "actbench: error: activation='nope': no such activation; valid: elu,"),
+    ("activation=relu,nope", "actbench: error: activation='nope': no such activation; valid: bilinear, elu,"),
 ])
 def test_a_bad_value_anywhere_in_a_sweep_stops_it_before_any_job_trains(tiny_run, tmp_path, sweep, message):
     from conftest import run_cli

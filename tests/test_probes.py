@@ -56,6 +56,36 @@ def test_a_unit_alive_for_one_example_is_not_dead():
     assert unit_stats(relu, z)["dead"].tolist() == [0.75]
 
 
+def test_a_gated_unit_is_dead_when_its_product_has_no_derivative_and_saturates_by_its_gate():
+    """ReGLU, relu(a) * b: a unit with a < 0 on every example is dead (neither a nor b moves it);
+    one with a > 0 and b = 0 is alive (b's derivative is relu(a)). GLU's sigmoid gate saturates
+    at large |a|; Bilinear's identity gate never does."""
+    a, b = torch.full((1, 50, 3), -1.0), torch.zeros(1, 50, 3)
+    a[..., 1] = 2.0
+    a[0, 7, 2] = 0.5  # unit 2 is alive for one example, through b's derivative
+    reglu = activations.from_name("reglu")
+    stats = unit_stats(reglu, torch.cat([a, b], -1), per_out=2, gate=torch.relu)
+    assert stats["dead"].tolist() == [pytest.approx(1 / 3)]
+    glu = unit_stats(activations.from_name("glu"), torch.cat([torch.full((1, 50, 4), 20.0), torch.ones(1, 50, 4)], -1),
+                     per_out=2, gate=torch.sigmoid)
+    assert glu["saturated"].tolist() == [1.0] and glu["dead"].tolist() == [0.0]
+    bilinear = unit_stats(activations.from_name("bilinear"), torch.randn(1, 50, 8), per_out=2, gate=lambda t: t)
+    assert bilinear["saturated"].tolist() == [0.0] and bilinear["dact_mean"].tolist() == [1.0]
+
+
+def test_a_packed_gated_layer_is_probed_with_each_members_gate():
+    swiglu, reglu = activations.from_name("swiglu"), activations.from_name("reglu")
+    net = packed_mlp([0, 1], [swiglu, reglu], width=16)
+    with torch.no_grad():
+        net.per_seed(dense(net)[0].bias)[1, :8].fill_(-100.0)  # member 1's gate inputs: ReGLU dead, SwiGLU alive
+        dense(net)[0].weight.mul_(0.1)
+    record = probe_forward(net, inputs(2))
+    assert [tuple(z.shape) for z, _, _ in record] == [(2, 200, 16)] and record[0][2].per_out == 2
+    stats = layer_stats(record)
+    assert stats["probes/dead/layer1"].tolist() == [0.0, 1.0]
+    assert stats["probes/dact_mean/layer1"][1].item() == 0.0 < stats["probes/dact_mean/layer1"][0].item()
+
+
 def test_per_seed_independence_only_seed_one_dead():
     relu = torch.nn.ReLU()
     net = net_with_bias([100.0, -100.0], relu)

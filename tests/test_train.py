@@ -194,6 +194,8 @@ def test_a_packed_rerun_touches_no_finished_or_refused_member_hydra_included(tin
         ("model.width=-3", "model.width=-3: must be an integer >= 1"),
         ("trainer.max_epochs=abc", "trainer.max_epochs='abc': must be an integer >= 1"),
         ("optimizer.lr=0", "optimizer.lr=0: must be a number > 0"),
+        ("optimizer.schedule.decay=linear", "optimizer.schedule.decay='linear': must be none or cosine"),
+        ("trainer.clip_norm=-1", "trainer.clip_norm=-1: must be null or a number > 0"),
     ],
 )
 def test_bad_values_get_one_line_before_training(tiny_run, tmp_path, override, message):
@@ -232,12 +234,15 @@ def test_corrupt_data_names_the_file(tiny_run, tiny_data):
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@pytest.mark.parametrize("seeds", ["seed=5", "seeds=[5,6]"])
+@pytest.mark.parametrize("seeds", ["seed=5", "seeds=[5,6]", "seed=5 optimizer.schedule.decay=cosine trainer.clip_norm=0.5"])
 def test_killed_run_resumes_to_the_same_result(tiny_run, tmp_path, seeds):
-    base = [*tiny_run, "trainer.max_epochs=3", "steps_per_execution=4", "model.dropout=0.2", seeds]
+    """A resumed run goes on with its dropout masks, data order, and rate where it stopped."""
+    from actbench.runs import run_name
+
+    base = [*tiny_run, "trainer.max_epochs=3", "steps_per_execution=4", "model.dropout=0.2", *seeds.split()]
     killed = run_cli(*base, "name=k", "+callbacks.kill._target_=callbacks.KillAt", "+callbacks.kill.step=24", env={"PYTHONPATH": TESTS})
     assert killed.returncode != 0  # SIGKILL in epoch 2 (16 steps per epoch)
-    name = "model.dropout=0.2,seed=5,trainer.max_epochs=3"
+    name = run_name(["model.dropout=0.2", "seed=5", "trainer.max_epochs=3", *seeds.split()[1:]])
     run_dir = tmp_path / "runs" / "k" / name
     assert metrics(run_dir)["status"] == "running" and metrics(run_dir)["curves"]["epoch"] == [1]
 
@@ -749,14 +754,14 @@ def test_a_sweep_preset_without_multirun_says_it_trains_one_run(capfd):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_logged_hparam_has_the_config_key_it_comes_from(model):
-    from actbench.runs import HPARAM_SOURCES, hparam_name, hparams
+    from actbench.runs import HPARAM_SOURCES, MEASURED_HPARAMS, hparam_name, hparams
 
     cfg = compose_cfg(f"model={model}")
     flat = hparams(cfg, {"activation": "relu", "optimizer": "adam"}, 0, [])
     model_keys = {f"model.{k}" for k in cfg.model if not str(k).startswith("_")}
     sources = {hparam_name(k) for k in [*HPARAM_SOURCES, *model_keys]}
     # the HParams tab names a swept key's column by it: an entry without its source would get a second column
-    assert set(flat) == sources
+    assert set(flat) == sources | set(MEASURED_HPARAMS)
 
 
 def test_a_run_killed_before_its_first_checkpoint_says_it_starts_over(tmp_path, capsys):

@@ -5,10 +5,13 @@ import torch
 from omegaconf import OmegaConf
 from models import batch, pack, train
 
+from actbench import activations
+from actbench.conf import CONF_DIR as CONF
 from actbench.errors import ConfigError
-from actbench.model_facts import PlainModel
+from actbench.model_facts import PlainModel, fresh
 from actbench.models.vit import ViT
 from actbench.probes import layer_stats, probe_forward
+from actbench.schedule import rate_factor
 
 SMALL = {"patch": 4, "dim": 16, "depth": 2, "heads": 2, "mlp_ratio": 2.0, "dropout": 0.1}
 
@@ -43,6 +46,31 @@ def test_facts_of_the_default_vit():
     assert facts.n_params(cfg.model, (1, 28, 28), 10) == 49 * dim + dim + tokens * dim + 4 * block + 2 * dim + dim * 10 + 10
 
 
+def test_a_gated_feed_forward_is_matched_to_two_thirds_and_the_report_sees_its_count():
+    """Shazeer's match: three matrices for two, so the feed-forward's 128 hidden units become 85."""
+    def facts(name, **keys):
+        cfg = OmegaConf.create({"model": {"_target_": "actbench.models.vit.ViT", **keys}, "activation": OmegaConf.load(CONF / "activation" / f"{name}.yaml")})
+        return PlainModel(ViT, cfg).n_params(cfg.model, (1, 28, 28), 10)
+
+    gelu = facts("gelu")
+    for name in ("swiglu", "geglu", "reglu", "glu", "bilinear"):
+        assert abs(facts(name) - gelu) <= 0.01 * gelu
+    assert facts("swiglu", match_params=False) - gelu == 4 * (64 * 128 + 128)  # a second input matrix per block
+    vit = ViT(lambda: fresh(activations.from_name("swiglu")), (1, 28, 28), 10)
+    assert [vit.blocks[0].ff[0].out_features, vit.blocks[0].ff[2].in_features] == [170, 85]
+
+
+def test_gated_and_learnable_vits_pack_bit_for_bit_with_a_schedule_and_clipping(threads):
+    rate = rate_factor(OmegaConf.create({"warmup": 2, "decay": "cosine", "min_lr": 0.1}), 6)
+    for names in (["swiglu", "geglu", "swiglu"], ["prelu"] * 2):
+        x, y = batch(len(names))
+        packed = pack(ViT, list(range(len(names))), names, **SMALL)
+        losses = train(packed, x, y, rate=rate, clip_norm=0.5)
+        for k, name in enumerate(names):
+            alone = train(pack(ViT, [k], [name], **SMALL), x[k : k + 1], y[k : k + 1], rate=rate, clip_norm=0.5)
+            assert torch.equal(alone, losses[:, k : k + 1]), name
+
+
 @pytest.mark.parametrize("key, value, said", [("patch", 5, "must divide the image's 28x28"), ("heads", 3, "must divide dim=64"),
                                               ("depth", 0, "must be an integer >= 1")])
 def test_a_key_it_refuses_is_one_line_naming_it(key, value, said):
@@ -55,9 +83,13 @@ def test_a_key_it_refuses_is_one_line_naming_it(key, value, said):
 def test_a_vit_sweep_runs_packed_with_probes(tiny_run, tmp_path):
     from conftest import metrics, run_cli
 
-    r = run_cli("-m", *tiny_run, "model=vit", "activation=relu,gelu", "seed=0", "report=none")
+    r = run_cli("-m", *tiny_run, "model=vit", "model.depth=2", "activation=relu,swiglu", "seed=0,1", "report.metric=test_acc")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "(+1 packed)" in r.stdout
-    m = metrics(tmp_path / "runs" / "tiny" / "activation=gelu,model=vit,seed=0")
-    assert m["status"] == "finished" and m["hparams"]["model"] == "vit" and m["hparams"]["patch"] == 7
-    assert {f"probes/dead/layer{i}" for i in range(1, 5)} <= set(m["probes"]) and "probes/grad_ratio" in m["probes"]
+    assert r.stdout.count("(+1 packed)") == 2  # a gated pack and a pointwise one
+    relu, swiglu = (metrics(tmp_path / "runs" / "tiny" / f"activation={a},model=vit,model.depth=2,seed=1") for a in ("relu", "swiglu"))
+    for m in (relu, swiglu):
+        assert m["status"] == "finished" and m["hparams"]["model"] == "vit" and m["hparams"]["patch"] == 7
+        assert {"probes/dead/layer1", "probes/dead/layer2", "probes/saturated/layer2", "probes/grad_ratio"} <= set(m["probes"])
+    assert abs(swiglu["hparams"]["params"] - relu["hparams"]["params"]) <= 0.01 * relu["hparams"]["params"]
+    report = (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    assert "| params | MFLOPs/example |" in report and f"{relu['hparams']['params']:,}" in report

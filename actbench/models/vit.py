@@ -3,8 +3,9 @@ embedded to `dim`, plus a learned position per patch; `depth` pre-norm blocks of
 self-attention and a feed-forward (dim -> mlp_ratio * dim -> dim, the activation between);
 mean pooling over the patches (no class token), a final norm and the classifier.
 
-A gated activation (one that declares `in_per_out = 2`) gets twice the feed-forward's hidden
-units before it, so that it still has mlp_ratio * dim outputs.
+A gated activation (one that declares `in_per_out = 2`) gets twice its units from the layer
+before it; with match_params the feed-forward's hidden units are cut so that it keeps the pointwise
+one's parameters (Shazeer 2020: 2/3 of them, dim 64 and mlp_ratio 2 giving 85 instead of 128).
 """
 
 from __future__ import annotations
@@ -15,19 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from actbench.models import dropout_rate, positive_ints
+from actbench.models import dropout_rate, matched_width, positive_ints
 
 
 class Block(nn.Module):
     """x + attention(norm(x)), then x + feed-forward(norm(x)), with dropout after each."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, activation: Callable[[], nn.Module], dropout: float):
+    def __init__(self, dim: int, heads: int, hidden: int, activation: Callable[[], nn.Module], dropout: float, match: bool):
         super().__init__()
         self.heads = heads
         self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         act = activation()
+        g = getattr(act, "in_per_out", 1)
+        hidden = matched_width(hidden, g, lambda h, g: (dim + 1) * g * h + (h + 1) * dim, match)
         self.norm2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, hidden * getattr(act, "in_per_out", 1)), act, nn.Linear(hidden, dim))
+        self.ff = nn.Sequential(nn.Linear(dim, hidden * g), act, nn.Linear(hidden, dim))
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -39,7 +42,8 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     def __init__(self, activation: Callable[[], nn.Module], input_shape, n_classes: int, patch: int = 7, dim: int = 64,
-                 depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0):
+                 depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 match_params: bool = True):
         super().__init__()
         c, h, w = input_shape
         positive_ints(patch=patch, dim=dim, depth=depth, heads=heads)
@@ -54,7 +58,7 @@ class ViT(nn.Module):
         self.embed = nn.Linear(c * patch * patch, dim)
         self.pos = nn.Embedding((h // patch) * (w // patch), dim)
         hidden = max(1, round(mlp_ratio * dim))
-        self.blocks = nn.Sequential(*[Block(dim, heads, hidden, activation, dropout) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, hidden, activation, dropout, match_params) for _ in range(depth)])
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, n_classes)
 
     def forward(self, x: Tensor) -> Tensor:
