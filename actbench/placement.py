@@ -186,7 +186,7 @@ def pack_limit(cfg: DictConfig, device) -> int | None:
     # a chunk gathers one batch per step, so a training step holds batch_size rows per member
     rows = max(int(cfg.data.batch_size), data.eval_rows(cfg.data, eval_batch_size(cfg)), int(cfg.data.probe_size))
     per_member = model_class(cfg).bytes_per_member(cfg.model, rows, data.INPUT_SHAPE, data.N_CLASSES)
-    return max(1, int((free // 2 - data.bytes_on_device()) // per_member))
+    return max(1, int((free // 2 - data.bytes_on_device(cfg.data)) // per_member))
 
 
 def use_cuda_graph(cfg: DictConfig, device) -> bool:

@@ -83,6 +83,7 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
         **model.hparams(cfg.model),
         **dict(zip(MEASURED_HPARAMS, model.size())),
         "optimizer": choices.get("optimizer"),
+        "data": choices.get("data") or "none",
         "max_epochs": int(cfg.trainer.max_epochs),
         "val_size": int(cfg.data.val_size),
         "experiment": choices.get("experiment") or "none",
@@ -96,7 +97,7 @@ MEASURED_HPARAMS = ("params", "flops")  # entries of `hparams` found from the mo
 # keys); a swept key not among them has no entry of its own.
 HPARAM_SOURCES = {
     "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size", "model": "model",
-    "optimizer": "optimizer", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
+    "optimizer": "optimizer", "data": "data", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
 }
 
 
@@ -194,8 +195,9 @@ PREDECESSORS = {"actbench.models.mlp.MLP": "actbench.model.PackedMLP", "actbench
 # Keys added to the config after runs were made, at the value that computes what those runs did:
 # left out of the hash at that value, so the older runs keep their identity (a run that sets
 # another value hashes it). `match_params` changes nothing for a pointwise activation, and a
-# gated one could not run before it came; no schedule and no clipping are the steps as they were.
-ADDED_KEYS = {"model.match_params": True, "optimizer.schedule": {"warmup": 0, "decay": "none", "min_lr": 0.0}, "trainer.clip_norm": None}
+# gated one could not run before it came; no residual, no schedule and no clipping are the
+# models and steps as they were.
+ADDED_KEYS = {"model.match_params": True, "model.residual": False, "optimizer.schedule": {"warmup": 0, "decay": "none", "min_lr": 0.0}, "trainer.clip_norm": None}
 
 
 def config_hash(config: dict, exclude) -> str:

@@ -45,7 +45,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actbench import data as ab_data  # noqa: E402
+from actbench.data import fashion_mnist as ab_data  # noqa: E402
+from actbench.data import memory  # noqa: E402
 from actbench.checks import locate  # noqa: E402
 from actbench.conf import CONF_DIR, option  # noqa: E402
 from actbench.model import PlainModel, param_groups  # noqa: E402
@@ -101,8 +102,8 @@ def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3
     """The plain loop: per-epoch times and the first epoch's per-step losses."""
     x = ab_data.to_float(arrays["train_x"], "scale").to(device)
     y = torch.from_numpy(arrays["train_y"].astype(np.int64)).to(device)
-    train_idx = ab_data.split_indices(len(x), val_size, seed)[0][None].to(device)
-    batches = ab_data.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
+    train_idx = memory.split_indices(len(x), val_size, seed)[0][None].to(device)
+    batches = memory.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
     net = reference_model(seed, device, model)
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
@@ -305,7 +306,8 @@ def measure(args, device, tmp: Path) -> int:
         return 0
     common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none",
               f"threads={args.threads}", f"model={args.model}", *args.override]
-    what = "MLP 784-128-10" if args.model == "mlp" else "ConvNet (conv 16, conv 32, dense 128; channels-last)"
+    what = {"mlp": "MLP 784-128-10", "cnn": "ConvNet (conv 16, conv 32, dense 128; channels-last)",
+            "vit": "ViT (7x7 patches, dim 64, 4 blocks, 4 heads, feed-forward 128)"}.get(args.model, f"model={args.model}")
     print(f"actbench benchmark: {what}, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 

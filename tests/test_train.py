@@ -205,7 +205,7 @@ def test_bad_values_get_one_line_before_training(tiny_run, tmp_path, override, m
     assert not list((tmp_path / "runs").rglob("metrics.json"))
 
 
-@pytest.mark.parametrize("group, valid", [("activation", "gelu_tanh"), ("optimizer", "adamw"), ("experiment", "keras_parity, tiny")])
+@pytest.mark.parametrize("group, valid", [("activation", "gelu_tanh"), ("optimizer", "adamw"), ("experiment", "mnist1d, tiny")])
 @pytest.mark.parametrize("multirun", [False, True])
 def test_unknown_names_get_one_line_with_the_valid_ones(tiny_run, group, valid, multirun):
     r = run_cli(*(["-m"] if multirun else []), *tiny_run, f"{group}=nope" + (",blog" if group == "experiment" and multirun else ""))

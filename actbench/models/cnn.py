@@ -30,6 +30,9 @@ class ConvNet(nn.Module):
         if norm not in NORMS:
             raise ValueError(f"norm={norm!r}: must be one of {', '.join(NORMS)}")
         dropout_rate(dropout)
+        if len(input_shape) != 3:
+            raise ValueError(f"the ConvNet takes images [channels, height, width]; this data's examples are {tuple(input_shape)}: "
+                             "use model=mlp, or model=cnn1d for signals")
         acts = [activation() for _ in range(len(channels) + 1)]
         if getattr(acts[0], "in_per_out", 1) != 1:
             raise ValueError("a gated activation does not fit the ConvNet (its convolutions' units are channels, which "

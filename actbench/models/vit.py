@@ -45,6 +45,8 @@ class ViT(nn.Module):
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
                  match_params: bool = True):
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"the ViT takes images [channels, height, width]; this data's examples are {tuple(input_shape)}: use model=mlp")
         c, h, w = input_shape
         positive_ints(patch=patch, dim=dim, depth=depth, heads=heads)
         if h % patch or w % patch:

@@ -1,0 +1,5 @@
+import sys
+
+from actbench.data import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""Fashion-MNIST: find, verify and decode the IDX files, and cache the decoded arrays; the
+splits and batches are every dataset's (actbench.data.memory)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from actbench.data.memory import InMemoryData
+from actbench.errors import DataError
+from actbench.files import atomic_write
+
+SPLITS = {"train": "train", "test": "t10k"}
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+INPUT_SHAPE, N_CLASSES = (1, 28, 28), 10
+# sha256 of the decoded (not gzipped) files: distributors recompress the .gz, the content is what matters.
+FASHION_MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FULL_SIZE = {"train": 60000, "t10k": 10000}
+MISSING_HINT = (
+    "Fashion-MNIST not found in {where}. Get it with `apt-get install dataset-fashion-mnist` "
+    "(Debian/Ubuntu) or let torchvision download it with `data.download=true`."
+)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _stem(prefix: str, kind: str) -> str:
+    return f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+
+
+def candidate_dirs(root: str | None, system_dirs) -> list[Path]:
+    """Where to look, in order: the configured root (torchvision's layout, then a plain folder),
+    then system folders such as Debian's dataset-fashion-mnist."""
+    dirs = []
+    if root:
+        r = Path(root).expanduser()
+        dirs += [r / "FashionMNIST" / "raw", r]
+    dirs += [Path(d) for d in system_dirs or ()]
+    return dirs
+
+
+def find_files(dirs: list[Path]) -> dict[str, Path] | None:
+    """The first folder holding all four files (unpacked or .gz) wins."""
+    for d in dirs:
+        found = {}
+        for prefix in SPLITS.values():
+            for kind in ("images", "labels"):
+                stem = _stem(prefix, kind)
+                path = next((p for p in (d / stem, d / f"{stem}.gz") if p.is_file()), None)
+                if path is None:
+                    break
+                found[stem] = path
+        if len(found) == 4:
+            return found
+    return None
+
+
+def read_idx(path: Path, expect_magic: int) -> np.ndarray:
+    """Decode one IDX file (optionally gzipped), checking magic number and size."""
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: unreadable or truncated ({e})") from None
+    if len(raw) < 8:
+        raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != expect_magic:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}, expected 0x{expect_magic:08x}")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    header = 4 + 4 * ndim
+    if len(raw) != header + int(np.prod(dims)):
+        raise DataError(f"{path}: size {len(raw)} bytes does not match its header {dims} (truncated?)")
+    return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header).reshape(dims)
+
+
+def check_content(path: Path, stem: str, array: np.ndarray) -> None:
+    prefix = stem.split("-")[0]
+    if array.shape[0] == FULL_SIZE[prefix]:
+        digest = hashlib.sha256(idx_header(array) + array.tobytes()).hexdigest()
+        if digest != FASHION_MNIST_SHA256[stem]:
+            raise DataError(f"{path}: right size but its content is not Fashion-MNIST's (sha256 {digest[:12]}...)")
+
+
+def idx_header(array: np.ndarray) -> bytes:
+    magic = IMAGE_MAGIC if array.ndim == 3 else LABEL_MAGIC
+    return magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+
+
+def decode(files: dict[str, Path], verify_checksum: bool = True) -> dict[str, np.ndarray]:
+    """Read and verify the four files into {train_x, train_y, test_x, test_y} uint8 arrays."""
+    out = {}
+    for split, prefix in SPLITS.items():
+        img_stem, lab_stem = _stem(prefix, "images"), _stem(prefix, "labels")
+        x = read_idx(files[img_stem], IMAGE_MAGIC)
+        y = read_idx(files[lab_stem], LABEL_MAGIC)
+        if x.ndim != 3 or x.shape[1:] != (28, 28):
+            raise DataError(f"{files[img_stem]}: images are {tuple(x.shape)}, expected (N, 28, 28)")
+        if y.ndim != 1 or len(y) != len(x):
+            raise DataError(f"{files[lab_stem]}: {len(y)} labels for {len(x)} images")
+        if y.size and int(y.max()) >= N_CLASSES:
+            raise DataError(f"{files[lab_stem]}: label {int(y.max())} outside 0..{N_CLASSES - 1}")
+        if verify_checksum:
+            check_content(files[img_stem], img_stem, x)
+            check_content(files[lab_stem], lab_stem, y)
+        out[f"{split}_x"], out[f"{split}_y"] = x, y
+    return out
+
+
+def _cache_path(cache_dir: Path, files: dict[str, Path], verified: bool = True) -> Path:
+    key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values())
+    # arrays decoded without the checksum are cached apart: a run that asks for it never gets them
+    key += "" if verified else "|unverified"
+    return cache_dir / f"fashion-mnist-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+
+
+def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verify_checksum=True) -> dict[str, np.ndarray]:
+    """Find, verify and decode Fashion-MNIST; decoded arrays are cached so later runs skip gunzip."""
+    dirs = candidate_dirs(root, system_dirs)
+    files = find_files(dirs)
+    if files is None and download:
+        if not root:
+            raise DataError("data.download=true needs data.root to say where to put the files")
+        files = _download(Path(root).expanduser(), dirs)
+    if files is None:
+        raise DataError(MISSING_HINT.format(where=", ".join(str(d) for d in dirs) or "no folder (data.root unset)"))
+    cache = _cache_path(Path(cache_dir).expanduser(), files, verify_checksum) if cache_dir else None
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, zlib.error, EOFError):
+            pass  # a damaged cache is rebuilt from the source files
+    arrays = decode(files, verify_checksum)
+    if cache is not None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache, lambda f: np.savez(f, **arrays))  # a full disk leaves no half cache behind
+        except OSError:
+            pass  # caching is an optimisation; a read-only home must not stop a run
+    return arrays
+
+
+def _download(root: Path, dirs: list[Path]) -> dict[str, Path]:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
+        reason = " ".join(str(e).split())  # torchvision puts the cause on the lines after the first
+        raise DataError(
+            f"Fashion-MNIST could not be downloaded into {root} ({type(e).__name__}: {reason[:240]}). Get it with "
+            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put its four .gz files into data.root."
+        ) from None
+    files = find_files(dirs)
+    if files is None:
+        raise DataError(MISSING_HINT.format(where=", ".join(str(d) for d in dirs)))
+    return files
+
+
+# ---------------------------------------------------------------- tensors and batches
+
+
+def to_float(x: np.ndarray, normalize: str) -> torch.Tensor:
+    """uint8 images [N, 28, 28] -> float32 [N, 1, 28, 28] (one channel), scaled once for the whole run."""
+    t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).float().div_(255.0)
+    if normalize == "standardize":
+        # Fashion-MNIST's training-set mean and std of the [0, 1] pixels
+        t.sub_(0.2860).div_(0.3530)
+    elif normalize != "scale":
+        raise ValueError(f"data.normalize must be 'scale' or 'standardize', got {normalize!r}")
+    return t
+
+
+class FashionMNIST(InMemoryData):
+    """Fashion-MNIST (Xiao et al. 2017): 60,000 training and 10,000 test images of clothing,
+    28x28 grey, 10 classes; found in `root` (torchvision's layout or a plain folder, .gz or
+    unpacked), then in `system_dirs`, then downloaded by torchvision where `download` allows."""
+
+    INPUT_SHAPE = INPUT_SHAPE
+    N_CLASSES = N_CLASSES
+
+    @classmethod
+    def sizes(cls, cfg_data) -> dict[str, int]:
+        return {"train": FULL_SIZE["train"], "test": FULL_SIZE["t10k"]}
+
+    def __init__(self, seeds: list[int], root: str | None = None, system_dirs=(), download: bool = False,
+                 cache_dir: str | None = None, verify_checksum: bool = True, normalize: str = "scale", **common):
+        super().__init__(seeds, **common)
+        self.source = dict(root=root, system_dirs=system_dirs, download=download, cache_dir=cache_dir, verify_checksum=verify_checksum)
+        self.normalize = normalize
+
+    def load(self) -> dict[str, torch.Tensor]:
+        arrays = load_arrays(**self.source)
+        return {"train_x": to_float(arrays["train_x"], self.normalize), "train_y": torch.from_numpy(arrays["train_y"].astype(np.int64)),
+                "test_x": to_float(arrays["test_x"], self.normalize), "test_y": torch.from_numpy(arrays["test_y"].astype(np.int64))}
+
+    def describe(self, arrays: dict[str, torch.Tensor]) -> str:
+        files = find_files(candidate_dirs(self.source["root"], self.source["system_dirs"]))
+        where = next(iter(files.values())).parent if files else self.source["root"]
+        checked = "verified" if self.source["verify_checksum"] else "checked (content not verified: data.verify_checksum=false)"
+        return f"Fashion-MNIST: {len(arrays['train_x'])} train + {len(arrays['test_x'])} test images, {checked}, in {where}"
