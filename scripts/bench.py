@@ -45,7 +45,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actbench.data import fashion_mnist as ab_data  # noqa: E402
+from actbench.data import idx as ab_data  # noqa: E402
 from actbench.data import memory  # noqa: E402
 from actbench.checks import locate  # noqa: E402
 from actbench.conf import CONF_DIR, option  # noqa: E402

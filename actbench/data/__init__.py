@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import sys
 
-from actbench.data.fashion_mnist import FashionMNIST, load_arrays, to_float
+from actbench.data.cifar10 import CIFAR10
+from actbench.data.idx import MNIST, FashionMNIST, load_arrays, to_float
 from actbench.data.memory import Chunk, EvalBatches, InMemoryData, TrainBatches, derive_seed, generator, split_indices
 from actbench.data.mnist1d import MNIST1D
 
-__all__ = ["FashionMNIST", "MNIST1D", "InMemoryData", "Chunk", "EvalBatches", "TrainBatches", "derive_seed", "generator",
+__all__ = ["FashionMNIST", "MNIST", "CIFAR10", "MNIST1D", "InMemoryData", "Chunk", "EvalBatches", "TrainBatches", "derive_seed", "generator",
            "split_indices", "load_arrays", "to_float", "main"]
 
 

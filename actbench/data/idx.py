@@ -1,11 +1,12 @@
-"""Fashion-MNIST: find, verify and decode the IDX files, and cache the decoded arrays; the
-splits and batches are every dataset's (actbench.data.memory)."""
+"""The IDX image sets, Fashion-MNIST and MNIST: find, verify and decode their four files, and
+cache the decoded arrays; the splits and batches are every dataset's (actbench.data.memory)."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,22 @@ FASHION_MNIST_SHA256 = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FULL_SIZE = {"train": 60000, "t10k": 10000}
-MISSING_HINT = (
-    "Fashion-MNIST not found in {where}. Get it with `apt-get install dataset-fashion-mnist` "
-    "(Debian/Ubuntu) or let torchvision download it with `data.download=true`."
-)
+MISSING_HINT = "{name} not found in {where}. Get it with {get} or let torchvision download it with `data.download=true`."
+
+
+@dataclass(frozen=True)
+class IdxSet:
+    """What tells one IDX image set from another."""
+
+    name: str  # as messages say it
+    folder: str  # torchvision's class and its ROOT/<folder>/raw/
+    sha256: dict[str, str] | None  # the full set's decoded files; None: format checks only
+    get: str  # how to get the files without torchvision's download
+    mean_std: tuple[float, float]  # the training pixels' in [0, 1], for normalize=standardize
+
+
+FASHION = IdxSet("Fashion-MNIST", "FashionMNIST", FASHION_MNIST_SHA256, "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu)", (0.2860, 0.3530))
+MNIST_SET = IdxSet("MNIST", "MNIST", None, "its four .gz files from an MNIST mirror put into data.root", (0.1307, 0.3081))
 
 
 # ---------------------------------------------------------------- files
@@ -39,13 +52,13 @@ def _stem(prefix: str, kind: str) -> str:
     return f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
 
 
-def candidate_dirs(root: str | None, system_dirs) -> list[Path]:
+def candidate_dirs(root: str | None, system_dirs, spec: IdxSet = FASHION) -> list[Path]:
     """Where to look, in order: the configured root (torchvision's layout, then a plain folder),
     then system folders such as Debian's dataset-fashion-mnist."""
     dirs = []
     if root:
         r = Path(root).expanduser()
-        dirs += [r / "FashionMNIST" / "raw", r]
+        dirs += [r / spec.folder / "raw", r]
     dirs += [Path(d) for d in system_dirs or ()]
     return dirs
 
@@ -85,12 +98,14 @@ def read_idx(path: Path, expect_magic: int) -> np.ndarray:
     return np.frombuffer(bytearray(raw), dtype=np.uint8, offset=header).reshape(dims)
 
 
-def check_content(path: Path, stem: str, array: np.ndarray) -> None:
+def check_content(path: Path, stem: str, array: np.ndarray, spec: IdxSet = FASHION) -> None:
     prefix = stem.split("-")[0]
     if array.shape[0] == FULL_SIZE[prefix]:
         digest = hashlib.sha256(idx_header(array) + array.tobytes()).hexdigest()
-        if digest != FASHION_MNIST_SHA256[stem]:
-            raise DataError(f"{path}: right size but its content is not Fashion-MNIST's (sha256 {digest[:12]}...)")
+        if spec.sha256 and digest != spec.sha256[stem]:
+            raise DataError(f"{path}: right size but its content is not {spec.name}'s (sha256 {digest[:12]}...)")
+        if spec is not FASHION and digest == FASHION.sha256[stem]:  # the same file names: a folder of the other set
+            raise DataError(f"{path}: holds Fashion-MNIST, not {spec.name}")
 
 
 def idx_header(array: np.ndarray) -> bytes:
@@ -98,7 +113,7 @@ def idx_header(array: np.ndarray) -> bytes:
     return magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
 
 
-def decode(files: dict[str, Path], verify_checksum: bool = True) -> dict[str, np.ndarray]:
+def decode(files: dict[str, Path], verify_checksum: bool = True, spec: IdxSet = FASHION) -> dict[str, np.ndarray]:
     """Read and verify the four files into {train_x, train_y, test_x, test_y} uint8 arrays."""
     out = {}
     for split, prefix in SPLITS.items():
@@ -112,37 +127,37 @@ def decode(files: dict[str, Path], verify_checksum: bool = True) -> dict[str, np
         if y.size and int(y.max()) >= N_CLASSES:
             raise DataError(f"{files[lab_stem]}: label {int(y.max())} outside 0..{N_CLASSES - 1}")
         if verify_checksum:
-            check_content(files[img_stem], img_stem, x)
-            check_content(files[lab_stem], lab_stem, y)
+            check_content(files[img_stem], img_stem, x, spec)
+            check_content(files[lab_stem], lab_stem, y, spec)
         out[f"{split}_x"], out[f"{split}_y"] = x, y
     return out
 
 
-def _cache_path(cache_dir: Path, files: dict[str, Path], verified: bool = True) -> Path:
+def _cache_path(cache_dir: Path, files: dict[str, Path], verified: bool = True, spec: IdxSet = FASHION) -> Path:
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files.values())
     # arrays decoded without the checksum are cached apart: a run that asks for it never gets them
     key += "" if verified else "|unverified"
-    return cache_dir / f"fashion-mnist-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    return cache_dir / f"{spec.name.lower()}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
-def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verify_checksum=True) -> dict[str, np.ndarray]:
-    """Find, verify and decode Fashion-MNIST; decoded arrays are cached so later runs skip gunzip."""
-    dirs = candidate_dirs(root, system_dirs)
+def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verify_checksum=True, spec: IdxSet = FASHION) -> dict[str, np.ndarray]:
+    """Find, verify and decode an IDX set; decoded arrays are cached so later runs skip gunzip."""
+    dirs = candidate_dirs(root, system_dirs, spec)
     files = find_files(dirs)
     if files is None and download:
         if not root:
             raise DataError("data.download=true needs data.root to say where to put the files")
-        files = _download(Path(root).expanduser(), dirs)
+        files = _download(Path(root).expanduser(), dirs, spec)
     if files is None:
-        raise DataError(MISSING_HINT.format(where=", ".join(str(d) for d in dirs) or "no folder (data.root unset)"))
-    cache = _cache_path(Path(cache_dir).expanduser(), files, verify_checksum) if cache_dir else None
+        raise DataError(MISSING_HINT.format(name=spec.name, get=spec.get, where=", ".join(str(d) for d in dirs) or "no folder (data.root unset)"))
+    cache = _cache_path(Path(cache_dir).expanduser(), files, verify_checksum, spec) if cache_dir else None
     if cache is not None and cache.exists():
         try:
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, zlib.error, EOFError):
             pass  # a damaged cache is rebuilt from the source files
-    arrays = decode(files, verify_checksum)
+    arrays = decode(files, verify_checksum, spec)
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -152,33 +167,33 @@ def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verif
     return arrays
 
 
-def _download(root: Path, dirs: list[Path]) -> dict[str, Path]:
-    from torchvision.datasets import FashionMNIST
+def _download(root: Path, dirs: list[Path], spec: IdxSet = FASHION) -> dict[str, Path]:
+    import torchvision.datasets
 
+    dataset = getattr(torchvision.datasets, spec.folder)
     try:
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        dataset(str(root), train=True, download=True)
+        dataset(str(root), train=False, download=True)
     except Exception as e:  # noqa: BLE001 - any network failure gets the same advice
         reason = " ".join(str(e).split())  # torchvision puts the cause on the lines after the first
         raise DataError(
-            f"Fashion-MNIST could not be downloaded into {root} ({type(e).__name__}: {reason[:240]}). Get it with "
-            "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put its four .gz files into data.root."
+            f"{spec.name} could not be downloaded into {root} ({type(e).__name__}: {reason[:240]}). Get it with "
+            f"{spec.get}, or put its four .gz files into data.root."
         ) from None
     files = find_files(dirs)
     if files is None:
-        raise DataError(MISSING_HINT.format(where=", ".join(str(d) for d in dirs)))
+        raise DataError(MISSING_HINT.format(name=spec.name, get=spec.get, where=", ".join(str(d) for d in dirs)))
     return files
 
 
 # ---------------------------------------------------------------- tensors and batches
 
 
-def to_float(x: np.ndarray, normalize: str) -> torch.Tensor:
+def to_float(x: np.ndarray, normalize: str, mean_std: tuple[float, float] = FASHION.mean_std) -> torch.Tensor:
     """uint8 images [N, 28, 28] -> float32 [N, 1, 28, 28] (one channel), scaled once for the whole run."""
     t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(1).float().div_(255.0)
-    if normalize == "standardize":
-        # Fashion-MNIST's training-set mean and std of the [0, 1] pixels
-        t.sub_(0.2860).div_(0.3530)
+    if normalize == "standardize":  # by the training pixels' mean and std
+        t.sub_(mean_std[0]).div_(mean_std[1])
     elif normalize != "scale":
         raise ValueError(f"data.normalize must be 'scale' or 'standardize', got {normalize!r}")
     return t
@@ -191,6 +206,7 @@ class FashionMNIST(InMemoryData):
 
     INPUT_SHAPE = INPUT_SHAPE
     N_CLASSES = N_CLASSES
+    SPEC = FASHION
 
     @classmethod
     def sizes(cls, cfg_data) -> dict[str, int]:
@@ -203,12 +219,20 @@ class FashionMNIST(InMemoryData):
         self.normalize = normalize
 
     def load(self) -> dict[str, torch.Tensor]:
-        arrays = load_arrays(**self.source)
-        return {"train_x": to_float(arrays["train_x"], self.normalize), "train_y": torch.from_numpy(arrays["train_y"].astype(np.int64)),
-                "test_x": to_float(arrays["test_x"], self.normalize), "test_y": torch.from_numpy(arrays["test_y"].astype(np.int64))}
+        arrays = load_arrays(**self.source, spec=self.SPEC)
+        return {"train_x": to_float(arrays["train_x"], self.normalize, self.SPEC.mean_std), "train_y": torch.from_numpy(arrays["train_y"].astype(np.int64)),
+                "test_x": to_float(arrays["test_x"], self.normalize, self.SPEC.mean_std), "test_y": torch.from_numpy(arrays["test_y"].astype(np.int64))}
 
     def describe(self, arrays: dict[str, torch.Tensor]) -> str:
-        files = find_files(candidate_dirs(self.source["root"], self.source["system_dirs"]))
+        files = find_files(candidate_dirs(self.source["root"], self.source["system_dirs"], self.SPEC))
         where = next(iter(files.values())).parent if files else self.source["root"]
-        checked = "verified" if self.source["verify_checksum"] else "checked (content not verified: data.verify_checksum=false)"
-        return f"Fashion-MNIST: {len(arrays['train_x'])} train + {len(arrays['test_x'])} test images, {checked}, in {where}"
+        checked = "verified" if self.source["verify_checksum"] and self.SPEC.sha256 else "checked (content not verified)"
+        return f"{self.SPEC.name}: {len(arrays['train_x'])} train + {len(arrays['test_x'])} test images, {checked}, in {where}"
+
+
+class MNIST(FashionMNIST):
+    """MNIST (LeCun et al. 1998): 60,000 training and 10,000 test images of handwritten digits,
+    28x28 grey, 10 classes; the same files, folders and download as Fashion-MNIST's. Its content
+    is checked for format, not against a checksum."""
+
+    SPEC = MNIST_SET
