@@ -85,6 +85,10 @@ def compare(named: dict[str, Callable[[Tensor], Tensor]], device: str = "cpu", m
     """Every activation's cost, with its time relative to ReLU's measured in the same run."""
     from torch import nn
 
+    from actbench.placement import keep_freed_memory
+
+    keep_freed_memory()  # as in training: else each step's megabyte tensors are page-faulted back in, in an order-dependent way
+    measure("warm-up", nn.ReLU(), device, min_run_time)  # the process's first timing pays for its thread pool
     costs = [measure(name, fn, device, min_run_time) for name, fn in named.items()]
     relu = next((c for c in costs if c.name == "relu"), None) or measure("relu", nn.ReLU(), device, min_run_time)
     for c in costs:
