@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from actbench.data.memory import InMemoryData
+from actbench.data.memory import InMemoryData, cached
 from actbench.errors import DataError
-from actbench.files import atomic_write
 
 FOLDER = "cifar-10-batches-py"
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -74,22 +72,14 @@ def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None) -> di
     files = [folder / b for names in BATCHES.values() for b in names]
     key = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
     cache = Path(cache_dir).expanduser() / f"cifar10-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz" if cache_dir else None
-    if cache is not None and cache.exists():
-        try:
-            with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zlib.error, EOFError):
-            pass  # a damaged cache is rebuilt from the source files
+    return cached(cache, lambda: _read(folder))
+
+
+def _read(folder: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for split, names in BATCHES.items():
         parts = [read_batch(folder / b) for b in names]
         arrays[f"{split}_x"], arrays[f"{split}_y"] = np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache, lambda f: np.savez(f, **arrays))
-        except OSError:
-            pass  # caching is an optimisation; a read-only home must not stop a run
     return arrays
 
 

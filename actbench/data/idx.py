@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from actbench.data.memory import InMemoryData
+from actbench.data.memory import InMemoryData, cached
 from actbench.errors import DataError
-from actbench.files import atomic_write
 
 SPLITS = {"train": "train", "test": "t10k"}
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
@@ -151,20 +150,7 @@ def load_arrays(root=None, system_dirs=(), download=False, cache_dir=None, verif
     if files is None:
         raise DataError(MISSING_HINT.format(name=spec.name, get=spec.get, where=", ".join(str(d) for d in dirs) or "no folder (data.root unset)"))
     cache = _cache_path(Path(cache_dir).expanduser(), files, verify_checksum, spec) if cache_dir else None
-    if cache is not None and cache.exists():
-        try:
-            with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
-        except (OSError, ValueError, zlib.error, EOFError):
-            pass  # a damaged cache is rebuilt from the source files
-    arrays = decode(files, verify_checksum, spec)
-    if cache is not None:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache, lambda f: np.savez(f, **arrays))  # a full disk leaves no half cache behind
-        except OSError:
-            pass  # caching is an optimisation; a read-only home must not stop a run
-    return arrays
+    return cached(cache, lambda: decode(files, verify_checksum, spec))
 
 
 def _download(root: Path, dirs: list[Path], spec: IdxSet = FASHION) -> dict[str, Path]:

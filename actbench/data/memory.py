@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
 
 from actbench.errors import DataError
+from actbench.files import atomic_write
 
 
 def derive_seed(seed: int, purpose: str, *more: int) -> int:
@@ -35,6 +38,26 @@ def derive_seed(seed: int, purpose: str, *more: int) -> int:
 
 def generator(seed: int, purpose: str, *more: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, purpose, *more))
+
+
+def cached(path: Path | None, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A dataset's arrays from its cache file at `path` (named by what they are made from), else
+    made and saved there. A damaged cache is made again; a cache that cannot be written (a full
+    disk, a read-only home) leaves no half file and does not stop a run; None: no cache."""
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, zlib.error, EOFError):
+            pass
+    arrays = make()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda f: np.savez(f, **arrays))
+        except OSError:
+            pass
+    return arrays
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

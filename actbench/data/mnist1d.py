@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from actbench.data.memory import InMemoryData
+from actbench.data.memory import InMemoryData, cached
 from actbench.errors import DataError
-from actbench.files import atomic_write
 
 LENGTH, CLASSES = 40, 10
 
@@ -75,21 +73,7 @@ class MNIST1D(InMemoryData):
         return Path(self.cache_dir).expanduser() / f"mnist1d-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
     def arrays(self) -> dict[str, np.ndarray]:
-        cache = self._cache_path()
-        if cache is not None and cache.exists():
-            try:
-                with np.load(cache) as z:
-                    return {k: z[k] for k in z.files}
-            except (OSError, ValueError, zlib.error, EOFError):
-                pass  # a damaged cache is made again
-        arrays = make(self.num_samples, **self.generate)
-        if cache is not None:
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(cache, lambda f: np.savez(f, **arrays))
-            except OSError:
-                pass  # caching is an optimisation; a read-only home must not stop a run
-        return arrays
+        return cached(self._cache_path(), lambda: make(self.num_samples, **self.generate))
 
     def load(self) -> dict[str, torch.Tensor]:
         a = self.arrays()
