@@ -193,7 +193,7 @@ def use_cuda_graph(cfg: DictConfig, device) -> bool:
     """The CUDA-graph step where it applies: on CUDA, without dropout (its masks come from per-seed
     generators that a graph would freeze) and with a constant rate (a graph would freeze it too)."""
     from actbench.model import model_class
-    from actbench.schedule import rate_factor
+    from actbench.schedule import is_constant
 
     wanted = cfg.cuda_graph
     if wanted is False:
@@ -202,7 +202,7 @@ def use_cuda_graph(cfg: DictConfig, device) -> bool:
         "not training on CUDA" if device.type != "cuda"
         else "the model draws random numbers each step (dropout)" if model_class(cfg).draws_random(cfg.model)
         else "a gradient scaler (16-bit mixed precision) rescales each step" if str(cfg.trainer.get("precision", "")).startswith("16")
-        else "the rate changes each step (optimizer.schedule)" if rate_factor(cfg.optimizer.get("schedule"), 2) is not None
+        else "the rate changes each step (optimizer.schedule)" if not is_constant(cfg.optimizer.get("schedule"))
         else None
     )
     if reason and wanted is True:

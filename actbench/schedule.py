@@ -30,17 +30,20 @@ def instantiable(node: DictConfig, group: str) -> DictConfig:
     return out
 
 
+def is_constant(schedule) -> bool:
+    """Whether a schedule leaves the rate as configured at every step (no warm-up, no decay)."""
+    return not schedule or (schedule.get("warmup", 0) == 0 and schedule.get("decay", "none") == "none")
+
+
 def rate_factor(schedule, total_steps: int) -> Callable[[int], float] | None:
     """The factor on the configured rate before optimizer step s (0, 1, ...), for torch's
     LambdaLR: rising linearly over `warmup` steps (a share of all steps when below 1), then
     constant, or following a half cosine down to `min_lr` at the last step. None for a constant
     rate (no schedule at all: the step is as it was without one)."""
-    if not schedule:
+    if is_constant(schedule):
         return None
     warmup, decay, floor = schedule.get("warmup", 0), schedule.get("decay", "none"), float(schedule.get("min_lr", 0.0))
-    warm = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
-    if warm == 0 and decay == "none":
-        return None
+    warm = max(1, int(round(warmup * total_steps))) if 0 < warmup < 1 else int(warmup)
 
     def factor(s: int) -> float:
         if s < warm:

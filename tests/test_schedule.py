@@ -47,3 +47,13 @@ def test_actbenchs_own_keys_stay_out_of_the_optimizer_and_the_trainer():
     assert "schedule" not in instantiable(opt, "optimizer") and "schedule" in opt
     trainer = OmegaConf.create({"_target_": "lightning.Trainer", "clip_norm": None})
     assert "clip_norm" not in instantiable(trainer, "trainer")
+
+
+def test_a_warm_up_share_alone_is_a_schedule_whatever_the_steps():
+    """A CUDA graph would freeze the rate: a short warm-up share must count as changing it."""
+    from actbench.schedule import is_constant
+
+    assert is_constant(schedule()) and is_constant(None)
+    assert not is_constant(schedule(warmup=0.05)) and not is_constant(schedule(decay="cosine"))
+    f = rate_factor(schedule(warmup=0.05), 4)  # 0.2 steps rounds to none: one step, not a silently constant rate
+    assert f is not None and f(0) == 1.0
