@@ -17,6 +17,7 @@ from actbench.checks import locate
 from actbench.errors import ConfigError
 from actbench.model_facts import PlainModel
 from actbench.packer import Packed
+from actbench.schedule import clip_members
 from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 
 # optimizers whose update of each weight depends on that weight's own gradient history only:
@@ -153,8 +154,6 @@ class Classifier(LightningModule):
 
     def _clip(self) -> None:
         if self.clip_norm is not None:
-            from actbench.schedule import clip_members
-
             clip_members(self.net, self.clip_norm)
 
     # ------------------------------------------------------------------ training

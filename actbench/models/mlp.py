@@ -46,6 +46,8 @@ class MLP(nn.Module):
             return self.layers(x)
         h = self.layers[0](x)
         for i, (start, end) in enumerate(self.blocks):
-            out = self.layers[start:end](h)
+            out = h
+            for j in range(start, end):  # not self.layers[start:end]: a new Sequential at every step
+                out = self.layers[j](out)
             h = out + h if i else out  # every hidden layer but the first adds its input
         return self.layers[-1](h)
