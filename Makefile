@@ -41,7 +41,7 @@ bench: setup data                 ## speed: actbench vs a plain PyTorch loop
 
 gpu-wheels: setup                 ## wheels of what torch lacks on a GPU machine without network, for scripts/gpu-check.sh
 	$(PY) -m pip download --quiet --only-binary :all: -d .whl/gpu hydra-core hydra-submitit-launcher lightning tensorboard \
-	  matplotlib scipy optuna pyyaml mnist1d requests pytest pytest-xdist setuptools
+	  matplotlib scipy optuna pyyaml mnist1d requests filelock flufl.lock pytest pytest-xdist setuptools
 	rm -f .whl/gpu/torch-* .whl/gpu/nvidia_* .whl/gpu/triton-*
 
 report: setup                     ## rebuild the report of the blog sweep

@@ -38,7 +38,7 @@ def build(cfg) -> Callable[[Tensor], Tensor]:
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
 
-    from actbench.checks import locate
+    from actbench.conf import locate
 
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)

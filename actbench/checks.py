@@ -24,23 +24,6 @@ def is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def locate(path: str, key: str):
-    """The object a `_target_` names (`key` says where it was set), or one line saying why it
-    cannot be found; hydra.utils' own lookup logs a multi-line error before it raises."""
-    import logging
-
-    from hydra.utils import get_object
-
-    log = logging.getLogger("hydra.utils")
-    disabled, log.disabled = log.disabled, True
-    try:
-        return get_object(path)
-    except Exception as e:  # noqa: BLE001 - importing a user's module may raise anything; its message says what
-        raise ConfigError(f"{key}={path!r}: {' '.join(str(e).split())}") from None
-    finally:
-        log.disabled = disabled
-
-
 def no_such(group: str, value, valid) -> ConfigError:
     """The error for a choice of a config group that names no file of it (`activation=relux`)."""
     return ConfigError(f"{group}={value!r}: no such {group}; valid: {', '.join(sorted(valid))}")
@@ -113,12 +96,14 @@ RULES = {
     "threads": (lambda v: v == "auto" or (is_int(v) and v >= 1), "auto or an integer >= 1"),
     "ownership.mode": (lambda v: v in MODES, f"{', '.join(MODES[:-1])} or {MODES[-1]}"),
     "ownership.lease_s": (lambda v: is_num(v) and v > 0, "a number of seconds > 0"),
-    "ownership.renew_s": (lambda v: is_num(v) and v > 0, "a number of seconds > 0"),
+    "ownership.renew_s": (lambda v: v is None, "left out: it was removed (a lease is refreshed every lease_s / 5)"),
     # the report's settings, checked before training rather than after the sweep
-    "report.metric": (lambda v: v in REPORT_METRICS, f"one of {', '.join(REPORT_METRICS)}"),
+    "report.metric": (lambda v: v == "auto" or v in REPORT_METRICS, f"auto or one of {', '.join(REPORT_METRICS)}"),
     "report.effect": (lambda v: v is None or (is_num(v) and v > 0), "null or a number > 0"),
     "report.alpha": (lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
     "report.power": (lambda v: is_num(v) and 0 < v < 1, "a number in (0, 1)"),
+    "report.pairs": (lambda v: isinstance(v, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+                     "a map of activation to its twin, e.g. {reglu: relu}"),
 }
 
 
@@ -138,11 +123,7 @@ def validate(cfg: DictConfig) -> None:
         from hydra.utils import get_class
 
         data = get_class(cfg.data._target_)
-        model.check(data.INPUT_SHAPE, data.N_CLASSES)
-    lease_s, renew_s = (OmegaConf.select(cfg, f"ownership.{k}") for k in ("lease_s", "renew_s"))
-    if lease_s is not None and renew_s is not None and not lease_s > 2 * renew_s:
-        # one late renewal (a slow server, a paused process) must not hand a live run to another
-        raise ConfigError(f"ownership.lease_s={lease_s!r}: must be more than twice ownership.renew_s={renew_s!r}")
+        model.check(*data.shape(cfg.data))
     alpha, power = (OmegaConf.select(cfg, f"report.{k}") for k in ("alpha", "power"))
     if alpha is not None and power is not None and not alpha < power:
         raise ConfigError(f"report.power={power!r}: must be more than report.alpha={alpha!r}")

@@ -2,6 +2,12 @@
 anything of it is read, a run owned by a live process elsewhere is left to it with one line, a
 requeued SLURM job waits for its earlier attempt, DDP ranks past the first train what rank 0
 owns, and a pack whose lease another process took over stops before it writes.
+
+DDP ranks learn rank 0's runs from it, not through torch.distributed: Lightning makes the process
+group inside `Trainer.fit`, after the runs are chosen, claimed and built into a pack whose shape
+depends on them. Ranks Lightning's launcher starts read the choice from their environment; ranks
+started beside rank 0 (a SLURM job's tasks) wait, at most FOLLOWER_WAIT_S, until this job owns
+each run, then read what rank 0 read.
 """
 
 from __future__ import annotations
@@ -13,18 +19,19 @@ from contextlib import ExitStack, contextmanager
 
 from actbench.errors import UserError
 from actbench.logs import say
-from actbench.ownership import LEASE_S, RENEW_S, Owned, busy_line, claim, claim_all, iso, owner
+from actbench.ownership import LEASE_S, Owned, busy_line, claim, claim_all, iso, owner
 
 
 LEADER_ENV = "ACTBENCH_DDP_PACK"  # what DDP rank 0 trains, for the processes Lightning's launcher starts from it
 REQUEUE_WAIT_S = 120.0  # how long a requeued SLURM job waits for its previous attempt to let go of a run
+# (a lease is let go when its lifetime lapses: that long, and this margin)
 FOLLOWER_WAIT_S = 600.0  # how long a DDP rank started beside rank 0 (a SLURM task) waits for its claims
 
 
 def ownership_settings(cfg) -> dict:
     """conf's `ownership` keys, as RunLock takes them; a config without them gets RunLock's own defaults."""
     o = cfg.get("ownership") or {}
-    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", LEASE_S)), "renew_s": float(o.get("renew_s", RENEW_S))}
+    return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", LEASE_S))}
 
 
 @contextmanager
@@ -39,8 +46,9 @@ def claimed(runs, cfg):
             raise UserError(f"{e.filename or runs[0].dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
         for d, who in list(claims.owned.items()):
             if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
+                wait_s = REQUEUE_WAIT_S + (settings["lease_s"] if who.mode == "lease" else 0.0)
                 try:
-                    claims.locks[d] = claim(d, wait_s=REQUEUE_WAIT_S, poll_s=2.0, **settings)
+                    claims.locks[d] = claim(d, wait_s=wait_s, poll_s=2.0, **settings)
                     claims.claimed.append(d)
                     del claims.owned[d]
                 except Owned as e:
@@ -104,7 +112,7 @@ def follow(runs, cfg) -> tuple[dict, bool]:
                 waiting.remove(r)
         if waiting:
             time.sleep(1.0)
-    from actbench.train import pending
+    from actbench.runs import pending
 
     return pending([r for r in runs if r in mine], cfg, speak=False), False
 

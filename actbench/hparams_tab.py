@@ -28,13 +28,32 @@ from hydra.experimental.callback import Callback as HydraCallback
 
 from actbench import root_events
 from actbench.results import NoRunsError, load_runs
-from actbench.runs import hparam_name
 from actbench.tags import DECLARED_METRICS
 
 SUCCESS, FAILURE = "STATUS_SUCCESS", "STATUS_FAILURE"
 
 
 # ---------------------------------------------------------------- values
+
+
+# The config key each entry of `actbench.runs.hparams` comes from (`activation` also stands for the keys under it,
+# which activation_label folds in; `model` and `model.<key>` are the model's own entries, named as its
+# keys); a swept key not among them has no entry of its own.
+HPARAM_SOURCES = {
+    "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size", "model": "model",
+    "optimizer": "optimizer", "data": "data", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
+}
+
+
+def hparam_name(key: str) -> str | None:
+    """The entry of `hparams` an override key shows up as, or None."""
+    if key in HPARAM_SOURCES:
+        return HPARAM_SOURCES[key]
+    if key.split(".")[0] == "activation":
+        return "activation"
+    if key.startswith("model."):
+        return key.split(".", 1)[1]
+    return None
 
 
 def shown(value):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning import LightningModule
 from torch import Tensor, nn
 
-from actbench.checks import locate
+from actbench.conf import locate
 from actbench.errors import ConfigError
 from actbench.model_facts import PlainModel
 from actbench.packer import Packed
@@ -25,11 +25,12 @@ from actbench.tags import ACC, LOSS, TEST, TRAIN, VAL, metric_tag
 ELEMENTWISE_OPTIMIZERS = ("Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop")
 
 
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Each member's mean cross-entropy, [K], from logits [K, B, C] and labels [K, B]. Their sum
-    gives every member exactly its own gradient."""
-    k = logits.shape[0]
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).mean(1)
+def cross_entropy(logits: Tensor, y: Tensor, reduce: str = "mean") -> Tensor:
+    """Each member's mean (or summed) cross-entropy, [K], from logits [K, B, ..., C] and labels
+    [K, B, ...] (a language model's: one per position). Their sum gives every member exactly its
+    own gradient."""
+    per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view(logits.shape[0], -1)
+    return per.mean(1) if reduce == "mean" else per.sum(1)
 
 
 def step_losses(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -41,16 +42,24 @@ def step_losses(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, T
         logits = net(x[0])
         # the packed reduction (per example, then each member's mean), not F.cross_entropy's own
         # mean, which rounds differently: a member's loss is then the same bits packed or alone
-        loss = F.cross_entropy(logits, y[0], reduction="none").mean()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[0].reshape(-1), reduction="none").mean()
         return loss, logits.detach().unsqueeze(0), loss.detach().view(1)
     logits = net(x)
     losses = cross_entropy(logits, y)
     return losses.sum(), logits.detach(), losses.detach()
 
 
-def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """The share of correct predictions over the batch dimension: logits [..., B, C], y [..., B] -> [...]."""
-    return (logits.argmax(-1) == y).float().mean(-1)
+def predictions(logits: Tensor, y: Tensor) -> Tensor:
+    """What a step keeps until its epoch's end: the logits where a label is per example (small),
+    the predicted classes where it is per position (a language model's logits are vocab times more)."""
+    return logits if y.dim() == 2 else logits.argmax(-1)
+
+
+def accuracy(kept: Tensor, y: Tensor) -> Tensor:
+    """The share of correct predictions per member: kept (logits or predictions) [K, B, ...] and
+    labels [K, B, ...] -> [K]."""
+    pred = kept.argmax(-1) if kept.dim() > y.dim() else kept
+    return (pred == y).flatten(1).float().mean(-1)
 
 
 class PackedNet(nn.Module):
@@ -208,7 +217,7 @@ class Classifier(LightningModule):
         for s in range(len(chunk)):
             x, y = chunk[s]
             logits, losses = self._step(x, y, opt, s == last)
-            self._kept.append((logits, y, losses))
+            self._kept.append((predictions(logits, y), y, losses))
             if schedule is not None:
                 schedule.step()
 
@@ -225,7 +234,8 @@ class Classifier(LightningModule):
             parts = [kept[:full], kept[full:]]
             steps = {
                 "loss": torch.stack([losses for _, _, losses in kept]),
-                "acc": torch.cat([accuracy(torch.stack([lg for lg, _, _ in p]), torch.stack([y for _, y, _ in p])) for p in parts if p]),
+                "acc": torch.cat([accuracy(torch.cat([lg for lg, _, _ in p]), torch.cat([y for _, y, _ in p])).view(len(p), -1)
+                                  for p in parts if p]),
             }
         # each member's steps as one contiguous row: a column's mean would sum in an order that
         # depends on the pack's size, and a member's epoch loss would differ packed and alone
@@ -241,10 +251,9 @@ class Classifier(LightningModule):
     def _eval_step(self, batch) -> None:
         x, y = batch
         logits = self.net(x)
-        k = logits.shape[0]
-        self._eval_sums[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1).sum(1)
-        self._eval_sums[1] += (logits.argmax(-1) == y).sum(1)
-        self._eval_sums[2] += y.shape[1]
+        self._eval_sums[0] += cross_entropy(logits, y, reduce="sum")
+        self._eval_sums[1] += (logits.argmax(-1) == y).flatten(1).sum(1)
+        self._eval_sums[2] += y[0].numel()
 
     def _eval_end(self, split: str) -> None:
         loss_sum, correct, n = self._eval_sums

@@ -86,7 +86,8 @@ class PlainModel:
         return lambda activation: self.cls(activation=activation, input_shape=tuple(input_shape), n_classes=n_classes, **keys)
 
     def pack(self, cfg_model, seeds, activations, input_shape, n_classes) -> Packed:
-        return Packed(self.builder(cfg_model, input_shape, n_classes), seeds, activations, input_shape, str(cfg_model.get("init", "torch")))
+        return Packed(self.builder(cfg_model, input_shape, n_classes), seeds, activations, input_shape, str(cfg_model.get("init", "torch")),
+                      self.input_dtype())
 
     def on_meta(self, cfg_model, input_shape, n_classes) -> nn.Module:
         """One member, built on the meta device: shapes without memory or time."""
@@ -132,7 +133,7 @@ class PlainModel:
     def size(self) -> tuple[int, int]:
         """This config's model's (parameters, forward FLOPs per example), one member's."""
         data = self._data()
-        flops, _, params = self._forward_facts(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
+        flops, _, params = self._forward_facts(self.cfg.model, *data.shape(self.cfg.data))
         return params, flops
 
     def n_params(self, cfg_model, input_shape, n_classes) -> int:
@@ -144,7 +145,8 @@ class PlainModel:
         import json
 
         key = json.dumps([f"{self.cls.__module__}.{self.cls.__qualname__}", self.own_keys(cfg_model),
-                          OmegaConf.to_container(self.cfg.activation, resolve=True), list(input_shape), n_classes],
+                          OmegaConf.to_container(self.cfg.activation, resolve=True), list(input_shape), n_classes,
+                          str(self.input_dtype())],
                          sort_keys=True, default=str)
         if key not in _FACTS:
             _FACTS[key] = self._count(cfg_model, input_shape, n_classes)
@@ -159,7 +161,7 @@ class PlainModel:
                  for m in model.modules() if not any(True for _ in m.children())]
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(torch.zeros(1, *input_shape, device="meta"))
+            model(torch.zeros(1, *input_shape, dtype=self.input_dtype(), device="meta"))
         for h in hooks:
             h.remove()
         return counter.get_total_flops(), sum(outputs), sum(p.numel() for p in model.parameters())
@@ -174,6 +176,10 @@ class PlainModel:
         _, floats, params = self._forward_facts(cfg_model, input_shape, n_classes)
         return 4 * (4 * params + rows * floats)
 
+    def input_dtype(self) -> torch.dtype:
+        """What the model's input holds: the dataset's INPUT_DTYPE (token ids: int64), else floats."""
+        return self._data().INPUT_DTYPE if self.cfg is not None and self.cfg.get("data") else torch.float32
+
     def _data(self):
         """The config's dataset class, whose input shape and classes the model is built for."""
         from hydra.utils import get_class
@@ -184,18 +190,18 @@ class PlainModel:
         """The layers of this config's model that a pack cannot hold (its runs then train one by one)."""
         data = self._data()
         with torch.device("meta"):
-            model, made = build_noting_activations(self.builder(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES),
+            model, made = build_noting_activations(self.builder(self.cfg.model, *data.shape(self.cfg.data)),
                                                    activation_factory(self.cfg.activation))
         return unpackable(model, {id(m) for m in made})
 
     def draws_random(self, cfg_model) -> bool:
         data = self._data()
-        model = self.on_meta(cfg_model, data.INPUT_SHAPE, data.N_CLASSES)
+        model = self.on_meta(cfg_model, *data.shape(self.cfg.data))
         return any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
 
     @property
     def EVAL_BATCH(self) -> int:  # noqa: N802 - a constant of the model, to its readers
         """Examples per evaluation batch: as many as EVAL_FLOATS of activations hold, in hundreds."""
         data = self._data()
-        floats = self._forward_facts(self.cfg.model, data.INPUT_SHAPE, data.N_CLASSES)[1]
+        floats = self._forward_facts(self.cfg.model, *data.shape(self.cfg.data))[1]
         return int(min(10_000, max(100, EVAL_FLOATS // floats // 100 * 100)))

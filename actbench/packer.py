@@ -257,7 +257,7 @@ class Batch:
     rows = 0
 
 
-def trace(build: Callable, activation: Callable[[], nn.Module], input_shape) -> tuple[list[str], set[str]]:
+def trace(build: Callable, activation: Callable[[], nn.Module], input_shape, dtype=torch.float32) -> tuple[list[str], set[str]]:
     """One member on the meta device, run on batches of one and two: (its layers without sub-layers,
     by name, in the order its forward first calls them; those whose input does not follow the
     batch, such as a position embedding's). ([], set()) where the model does not run on meta."""
@@ -273,7 +273,7 @@ def trace(build: Callable, activation: Callable[[], nn.Module], input_shape) -> 
             hooks = [m.register_forward_pre_hook(note) for m in leaves]
             try:
                 with torch.no_grad():
-                    model(torch.zeros(b, *input_shape, device="meta"))
+                    model(torch.zeros(b, *input_shape, dtype=dtype, device="meta"))
             finally:
                 for h in hooks:
                     h.remove()
@@ -359,6 +359,15 @@ def unpackable(model: nn.Module, activations: set[int]) -> list[str]:
     return out
 
 
+def tied_parameters(model: nn.Module) -> list[list[tuple[str, str]]]:
+    """The parameters that several layers hold (weight tying), each as its [(layer, name), ...]."""
+    holders: dict[int, list[tuple[str, str]]] = {}
+    for layer, m in model.named_modules():
+        for name, p in m.named_parameters(recurse=False):
+            holders.setdefault(id(p), []).append((layer, name))
+    return [h for h in holders.values() if len(h) > 1]
+
+
 class Packed(nn.Module):
     """K members of one plain model as one module: forward takes [K, B, ...] (a lone member may
     come as [B, ...]) and gives [K, B, ...] ([B, ...]). What actbench reads from a pack: `seeds`,
@@ -366,7 +375,7 @@ class Packed(nn.Module):
     derivative), `member(k)` (member k as its own plain model)."""
 
     def __init__(self, build: Callable[[Callable[[], nn.Module]], nn.Module], seeds: list[int],
-                 activations: list[Callable[[], nn.Module]], input_shape, init: str = "torch"):
+                 activations: list[Callable[[], nn.Module]], input_shape, init: str = "torch", input_dtype=torch.float32):
         super().__init__()
         self.input_dims = len(input_shape)
         if init not in INITS:
@@ -390,10 +399,17 @@ class Packed(nn.Module):
                         per_site[site][i] = fn
         self.dropouts: list[DropoutTwin] = []
         self.streams, self.batch = DropoutStreams(self.seeds), Batch()
-        order, self.shared = trace(build, activations[0], input_shape)
+        order, self.shared = trace(build, activations[0], input_shape, input_dtype)
         names = {m: name for name, m in model.named_modules()}
+        tied = tied_parameters(model)
         self.model = self._twin(model, sites, per_site, names)
         twins = dict(self.model.named_modules())
+        for (first, name), *others in tied:
+            shared = getattr(twins[first], name)
+            for other, other_name in others:
+                if getattr(twins[other], other_name).shape != shared.shape:
+                    raise Unpackable(f"{first}.{name} is tied to {other}.{other_name}, which a pack lays out otherwise")
+                setattr(twins[other], other_name, shared)  # tied in the pack as in the model (an output layer and its embedding)
         # the weight matrices in the order the forward uses them (registration order where unknown)
         self.weights = [twins[n] for n in order if isinstance(twins.get(n), (LinearTwin, ConvTwin))] or \
             [m for m in self.model.modules() if isinstance(m, (LinearTwin, ConvTwin))]
@@ -444,10 +460,16 @@ class Packed(nn.Module):
     def reset_parameters(self, init: str) -> None:
         """Each member's initial weights from its own generator, so they do not depend on its pack:
         dense layers (and convolutions) by `init`, in the order the model registers them; other
-        layers by their own reset_parameters, with torch's random numbers seeded per member and layer."""
+        layers by their own reset_parameters, with torch's random numbers seeded per member and layer.
+        A tied weight is initialised once, by the first layer that holds it (an embedding's way)."""
         for i, seed in enumerate(self.seeds):
             gen = generator(seed, "init")
+            done: set[int] = set()
             for j, m in enumerate(self.model.modules()):
+                own = {id(p) for p in m.parameters(recurse=False)}
+                if own and own <= done:
+                    continue
+                done |= own
                 if isinstance(m, (LinearTwin, ConvTwin)):
                     init_layer(m.member_tensor(m.weight, i), None if m.bias is None else m.member_tensor(m.bias, i), init, gen)
                 elif isinstance(m, MemberLoop) and hasattr(m.layer[0], "reset_parameters"):

@@ -63,7 +63,7 @@ def cpu_threads(cfg: DictConfig, n_seeds: int, recorded: int | None = None) -> i
 
     data = get_class(cfg.data._target_)
     # a training step is about three forward passes (forward, then the backward's two products)
-    flops = 3 * cfg.data.batch_size * n_seeds * model_class(cfg).flops_per_sample(cfg.model, data.INPUT_SHAPE, data.N_CLASSES)
+    flops = 3 * cfg.data.batch_size * n_seeds * model_class(cfg).flops_per_sample(cfg.model, *data.shape(cfg.data))
     cores = max(1, usable_cpus() // side_by_side_jobs())
     return 1 if flops < SMALL_STEP_FLOPS else cores
 
@@ -185,7 +185,7 @@ def pack_limit(cfg: DictConfig, device) -> int | None:
     data = get_class(cfg.data._target_)
     # a chunk gathers one batch per step, so a training step holds batch_size rows per member
     rows = max(int(cfg.data.batch_size), data.eval_rows(cfg.data, eval_batch_size(cfg)), int(cfg.data.probe_size))
-    per_member = model_class(cfg).bytes_per_member(cfg.model, rows, data.INPUT_SHAPE, data.N_CLASSES)
+    per_member = model_class(cfg).bytes_per_member(cfg.model, rows, *data.shape(cfg.data))
     return max(1, int((free // 2 - data.bytes_on_device(cfg.data)) // per_member))
 
 

@@ -1,7 +1,7 @@
 """A run's outputs: `metrics.json` (status, config, curves, final metrics, timing), TensorBoard
 scalars and hparams, the epoch-end checkpoint, and the terminal lines.
 
-One `Run` per seed; the `Recorder` callback writes all of a pack's runs from the module's
+One `RunRecord` per seed; the `Recorder` callback writes all of a pack's runs from the module's
 per-epoch tensors, copied to the host once per epoch (a copy per tensor, no per-step syncs).
 """
 
@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from actbench import hparams_tab
 from actbench.files import atomic_write
 from actbench.logs import say, warn
-from actbench.results import METRICS_FILE, SCHEMA, TEST_ACC, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Status, read_metrics
+from actbench.results import METRICS_FILE, SCHEMA, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Status, read_metrics
 from actbench.stats import nanmedian
 from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
@@ -85,7 +85,7 @@ def up_to(table: dict, epoch: int) -> dict:
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One run's directory and the metrics.json it accumulates (a packed job has one per member)."""
 
     name: str
@@ -154,7 +154,7 @@ class Run:
         atomic_write(self.dir / METRICS_FILE, json.dumps(clean(self.metrics), indent=1))
 
 
-def write_hparams(logger, run: Run) -> None:
+def write_hparams(logger, run: RunRecord) -> None:
     """The run's HParams session (the experiment is the sweep's, declared at its root by
     actbench.hparams_tab); the tab reads the metrics from the scalars of the declared tags."""
     hparams_tab.write_session_start(logger.experiment.file_writer, hparams_tab.session_hparams(run.hparams, run.overrides))
@@ -165,7 +165,7 @@ class Recorder(Callback):
 
     def __init__(
         self,
-        runs: list[Run],
+        runs: list[RunRecord],
         checkpoint_path: Path,
         log_every_n_steps: int = 50,
         resume_epoch: int = 0,
@@ -196,8 +196,10 @@ class Recorder(Callback):
         device = str(trainer.strategy.root_device)
         if device.startswith("cuda"):
             device += f" ({torch.cuda.get_device_name(trainer.strategy.root_device)})"
+        data = trainer.datamodule
         for run, logger in zip(self.runs, trainer.loggers):
             run.start(self.resume_epoch, device, self.t_job)
+            run.metrics["data"] = {"source": getattr(data, "source", None), "rank_by": data.RANK_BY}
             # Lightning writes them to hparams.yaml after this hook (once: a resumed run keeps its file)
             logger.log_hyperparams({"hparams": run.hparams, "config": run.config})
             if not self.resume_epoch and self.speaks:
@@ -221,7 +223,7 @@ class Recorder(Callback):
         host = {k: v.detach().float().cpu() for k, v in pl_module.epoch_log.items()}  # the epoch's copies to the host
         epoch_s = time.perf_counter() - self.t_epoch
         self.fit_s += epoch_s
-        n_samples = trainer.datamodule.train_idx.shape[1]  # per seed
+        n_samples = trainer.datamodule.examples_per_epoch  # per seed
         host[EPOCH_S] = torch.full((len(self.runs),), epoch_s)
         host[SAMPLES_PER_S] = torch.full((len(self.runs),), n_samples / epoch_s)
         self._log_steps(trainer, {k: v.cpu() for k, v in steps.items()})
@@ -319,7 +321,7 @@ class Recorder(Callback):
             timing_k = dict(timing, epoch_s_median=nanmedian(curves.get("epoch_s", [])), members=len(self.runs))
             run.end(Status.FINISHED, **timing_k)
             if self.speaks:
-                say(f"{run.name}: test accuracy {100 * final.get(TEST_ACC, float('nan')):.2f}%  logs: {run.dir}")
+                say(f"{run.name}: {trainer.datamodule.summary(final)}  logs: {run.dir}")
 
     def fail(self, error: BaseException) -> None:
         """Mark every unfinished run of the pack failed, keeping its curves and the traceback; or

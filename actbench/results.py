@@ -161,6 +161,15 @@ def load_run(d: Path) -> Run:
     return Run(d.name, status, error, overrides, m)
 
 
+def rank_metric(runs: list[Run]) -> str:
+    """The final metric the runs' dataset ranks by (metrics.json's `data.rank_by`: test_acc for a
+    classifier, test_loss for a language model); test_acc for runs that do not say."""
+    stated = {r.section("data").get("rank_by") for r in runs if r.metrics} - {None}
+    if len(stated) > 1:
+        raise UserError(f"the runs rank by different metrics ({', '.join(sorted(stated))}): name one with report.metric (--metric)")
+    return stated.pop() if stated else TEST_ACC
+
+
 def load_runs(sweep_dir: str | Path) -> list[Run]:
     """Every run under sweep_dir (a run dir itself counts as a one-run sweep); raises NoRunsError
     when nothing there has a metrics.json."""

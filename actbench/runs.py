@@ -1,5 +1,6 @@
 """A run's identity: its name and directory from its overrides, its flat hparams and a hash of
-what it computes; and for a packed job (`members=...` from the packing sweeper, or `seeds=[...]`)
+what it computes; what is left of it to train (`pending`, read from its files once it is owned);
+and for a packed job (`members=...` from the packing sweeper, or `seeds=[...]`)
 one planned run per member, composed by Hydra from the member's own overrides exactly as an
 unpacked job of it would be, with the .hydra/ such a job would have.
 """
@@ -13,6 +14,8 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from actbench.errors import UserError
+from actbench.logs import say
 from actbench.packing import MEMBERS_KEY, SEEDS_KEY, override_key
 
 PACKS_DIR = ".packs"
@@ -85,32 +88,12 @@ def hparams(cfg: DictConfig, choices, seed: int, overrides: list[str]) -> dict:
         "optimizer": choices.get("optimizer"),
         "data": choices.get("data") or "none",
         "max_epochs": int(cfg.trainer.max_epochs),
-        "val_size": int(cfg.data.val_size),
+        "val_size": int(cfg.data.val_size if "val_size" in cfg.data else cfg.data.eval_windows),  # a text's: its windows
         "experiment": choices.get("experiment") or "none",
     }
 
 
 MEASURED_HPARAMS = ("params", "flops")  # entries of `hparams` found from the model, of no config key
-
-# The config key each entry of `hparams` comes from (`activation` also stands for the keys under it,
-# which activation_label folds in; `model` and `model.<key>` are the model's own entries, named as its
-# keys); a swept key not among them has no entry of its own.
-HPARAM_SOURCES = {
-    "activation": "activation", "seed": "seed", "optimizer.lr": "lr", "data.batch_size": "batch_size", "model": "model",
-    "optimizer": "optimizer", "data": "data", "trainer.max_epochs": "max_epochs", "data.val_size": "val_size", "experiment": "experiment",
-}
-
-
-def hparam_name(key: str) -> str | None:
-    """The entry of `hparams` an override key shows up as, or None."""
-    if key in HPARAM_SOURCES:
-        return HPARAM_SOURCES[key]
-    if key.split(".")[0] == "activation":
-        return "activation"
-    if key.startswith("model."):
-        return key.split(".", 1)[1]
-    return None
-
 
 def member_overrides(cfg: DictConfig, task: list[str]) -> list[list[str]] | None:
     """Each packed member's whole override list, as an unpacked job of it would have; None for a
@@ -161,9 +144,9 @@ class Composer:
 
 
 def plan_runs(cfg: DictConfig):
-    """One `Run` per member (one for a plain job): its directory, name, overrides, hparams,
+    """One `RunRecord` per member (one for a plain job): its directory, name, overrides, hparams,
     composed config and config hash."""
-    from actbench.record import Run
+    from actbench.record import RunRecord
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -179,7 +162,7 @@ def plan_runs(cfg: DictConfig):
         identity = identity_overrides(overrides, exclude)
         name = run_name(identity)
         config = OmegaConf.to_container(member_cfg, resolve=True)
-        run = Run(name, base / name if packed else job_dir, int(member_cfg.seed), parse_overrides(identity),
+        run = RunRecord(name, base / name if packed else job_dir, int(member_cfg.seed), parse_overrides(identity),
                   hparams(member_cfg, choices, int(member_cfg.seed), identity), config, cfg=member_cfg, task_overrides=overrides,
                   choices=choices)
         run.config_hash = config_hash(config, exclude)
@@ -250,3 +233,46 @@ def member_hydra(job: DictConfig, run) -> DictConfig:
         h.runtime.output_dir = str(run.dir)
         h.runtime.choices = dict(run.choices)
     return hydra
+
+
+def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
+    """The runs still to train, by the point they start from (None: a fresh start); finished and
+    diverged runs are skipped with a line each. Read only once the runs are owned: what their files
+    say may change until then."""
+    from hydra.utils import get_class
+
+    from actbench.checkpoints import resume_point
+    from actbench.results import Status, read_metrics
+
+    todo: dict[tuple | None, list] = {}
+    for r in runs:
+        done = read_metrics(r.dir) if cfg.skip_finished else None
+        ckpt = r.dir / "checkpoints" / cfg.checkpoint_name
+        # a failed run of another configuration is retried afresh only when it left no checkpoint: one
+        # it left holds that configuration's epochs, not this one's to resume from, and resumable
+        # under its own (say, after a full disk): refused like a finished one, nothing is thrown away
+        if done and done.get("config_hash", r.config_hash) != r.config_hash and (done.get("status") != Status.FAILED or ckpt.exists()):
+            raise UserError(
+                f"{r.dir} holds a run of a different configuration (another preset, or conf/ changed); "
+                "give this sweep another name= or delete that directory"
+            )
+        if done and done.get("status") in (Status.FINISHED, Status.DIVERGED):
+            what = get_class(cfg.data._target_).summary(done["final"]) if done.get("final") else done["status"]
+            if speak:
+                say(f"{r.name}: already {done['status']} ({what}), skipped")
+            continue
+        point = resume_point(ckpt) if cfg.skip_finished else None
+        gone = ""
+        if done and done.get("status") == Status.RUNNING:
+            # this process owns the run now, so the one that wrote "running" is gone (killed, or its node lost)
+            host = done.get("host") or {}
+            who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
+            gone = f"was running{who}, but its process is gone"
+        recorded = len((done or {}).get("curves", {}).get("epoch") or [])
+        if speak and point is None and recorded:
+            # killed between an epoch's line and its checkpoint: say so, rather than retrain it unannounced
+            say(f"{r.name}: {gone + '; ' if gone else ''}no checkpoint of its {recorded} recorded epoch(s), so it starts over")
+        elif speak and gone:
+            say(f"{r.name}: {gone}")  # train_packs says from where it resumes
+        todo.setdefault(point, []).append(r)
+    return todo

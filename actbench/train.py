@@ -34,7 +34,7 @@ from actbench.placement import (
     busy_elsewhere, contention, cpu_clock, cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device,
     undo_nvml_check, usable_cpus, use_cuda_graph,
 )
-from actbench.runs import plan_runs, write_member_hydra_dirs  # (registers the run-name resolver)
+from actbench.runs import pending, plan_runs, write_member_hydra_dirs  # (registers the run-name resolver)
 
 
 def quiet() -> None:
@@ -70,7 +70,7 @@ def build_net(runs, members: list, data):
     from actbench.model import model_class
 
     cfg = runs[0].cfg
-    return model_class(cfg).pack(cfg.model, [r.seed for r in runs], members, data.INPUT_SHAPE, data.N_CLASSES)
+    return model_class(cfg).pack(cfg.model, [r.seed for r in runs], members, *data.shape(cfg.data))
 
 
 def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
@@ -86,6 +86,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     from actbench.model import Classifier, eval_batch_size
     from actbench.record import Recorder, process_started
     from actbench.results import read_metrics
+    from actbench.samples import TextSamples
     from actbench.schedule import instantiable, rate_factor
 
     cfg = runs[0].cfg
@@ -120,6 +121,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
         t_process=process_started() if first_job() else None,
     )
     probes = [instantiate(p) for p in cfg.probes.values() if p is not None]
+    samples = [TextSamples()] if hasattr(data, "decode") else []  # a language model's own words, after its test
     extra = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     placement = trainer_overrides(cfg)
     plugins = [PerSeedCheckpointIO([r.dir for r in runs], seeds), *placement.pop("plugins", [])]
@@ -128,7 +130,7 @@ def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
         instantiable(cfg.trainer, "trainer"),
         logger=loggers,
         # probes fill the epoch's log that the recorder writes; ownership is checked before it writes
-        callbacks=[*owned, *probes, recorder, *extra],
+        callbacks=[*owned, *probes, *samples, recorder, *extra],
         plugins=plugins,
         **placement,
     )
@@ -162,48 +164,6 @@ _jobs_started = 0
 
 def first_job() -> bool:
     return _jobs_started <= 1
-
-
-def pending(runs, cfg, speak: bool = True) -> dict[tuple | None, list]:
-    """The runs still to train, by the point they start from (None: a fresh start); finished and
-    diverged runs are skipped with a line each. Read only once the runs are owned: what their files
-    say may change until then."""
-    from actbench.checkpoints import resume_point
-    from actbench.results import TEST_ACC, Status, read_metrics
-
-    todo: dict[tuple | None, list] = {}
-    for r in runs:
-        done = read_metrics(r.dir) if cfg.skip_finished else None
-        ckpt = r.dir / "checkpoints" / cfg.checkpoint_name
-        # a failed run of another configuration is retried afresh only when it left no checkpoint: one
-        # it left holds that configuration's epochs, not this one's to resume from, and resumable
-        # under its own (say, after a full disk): refused like a finished one, nothing is thrown away
-        if done and done.get("config_hash", r.config_hash) != r.config_hash and (done.get("status") != Status.FAILED or ckpt.exists()):
-            raise UserError(
-                f"{r.dir} holds a run of a different configuration (another preset, or conf/ changed); "
-                "give this sweep another name= or delete that directory"
-            )
-        if done and done.get("status") in (Status.FINISHED, Status.DIVERGED):
-            acc = done.get("final", {}).get(TEST_ACC)
-            what = f"test accuracy {100 * acc:.2f}%" if acc is not None else done["status"]
-            if speak:
-                say(f"{r.name}: already {done['status']} ({what}), skipped")
-            continue
-        point = resume_point(ckpt) if cfg.skip_finished else None
-        gone = ""
-        if done and done.get("status") == Status.RUNNING:
-            # this process owns the run now, so the one that wrote "running" is gone (killed, or its node lost)
-            host = done.get("host") or {}
-            who = f" (pid {host['pid']} on host {host.get('hostname')})" if host.get("pid") else ""
-            gone = f"was running{who}, but its process is gone"
-        recorded = len((done or {}).get("curves", {}).get("epoch") or [])
-        if speak and point is None and recorded:
-            # killed between an epoch's line and its checkpoint: say so, rather than retrain it unannounced
-            say(f"{r.name}: {gone + '; ' if gone else ''}no checkpoint of its {recorded} recorded epoch(s), so it starts over")
-        elif speak and gone:
-            say(f"{r.name}: {gone}")  # train_packs says from where it resumes
-        todo.setdefault(point, []).append(r)
-    return todo
 
 
 def train_packs(todo: dict, cfg, claims=None, speak: bool = True, split: bool = True) -> list:

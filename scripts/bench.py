@@ -8,7 +8,7 @@
 
 The blog's configuration: MLP 784-128-10, ReLU, Adam(lr=1e-3), batch 32, Fashion-MNIST
 (synthetic data of the same shape when the real files are absent); `--model cnn` the ConvNet
-(conf/model/cnn.yaml) in the same setting.
+(conf/model/cnn.yaml) in the same setting; `--model gpt` the GPT on the text (data=shakespeare_char).
 
 Same work, so the ratio is honest: the reference trains the same model from the same initial
 weights, on the same 55,000 training images in the same per-epoch order (each seed's order from
@@ -47,8 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from actbench.data import idx as ab_data  # noqa: E402
 from actbench.data import memory  # noqa: E402
-from actbench.checks import locate  # noqa: E402
-from actbench.conf import CONF_DIR, option  # noqa: E402
+from actbench.conf import CONF_DIR, locate, option  # noqa: E402
 from actbench.model import PlainModel, param_groups  # noqa: E402
 from actbench.results import TEST_ACC, VAL_LOSS, load_runs  # noqa: E402
 
@@ -88,35 +87,61 @@ def bench_data(tmp: Path, root: str) -> tuple[list[str], dict]:
     return overrides, arrays | {"kind": "synthetic (real data not found)"}
 
 
+TEXT_WINDOWS = 4096  # --model gpt: training windows of 64 characters per epoch (128 steps of 32)
+TEXT_KEYS = {"windows_per_epoch": TEXT_WINDOWS, "block_size": 64}
+
+
+def text_bench_data(tmp: Path) -> tuple[list[str], dict]:
+    """--model gpt: the text a run would find (the plays, fetched by `python -m actbench.data
+    data=shakespeare_char`), else a synthetic text of the same alphabet; and the overrides for it."""
+    from actbench.data.text import ShakespeareChar
+    from actbench.errors import DataError
+
+    from omegaconf import OmegaConf
+
+    root = tmp / "text"
+    found: list[str] = []  # the cache a run reads by default
+    try:
+        data = ShakespeareChar([0], root=str(root), cache_dir=OmegaConf.load(CONF_DIR / "data" / "shakespeare_char.yaml").cache_dir,
+                               **TEXT_KEYS)
+        data.prepare()
+        kind = data.source.split(":")[0]
+    except DataError:
+        rng = np.random.default_rng(0)
+        root.mkdir()
+        (root / "input.txt").write_text("".join(rng.choice(list("abcdefghij klmnop\n"), 1_000_000)))
+        found = [f"data.cache_dir={tmp / 'cache'}"]
+        data = ShakespeareChar([0], root=str(root), cache_dir=None, **TEXT_KEYS)
+        data.prepare()
+        kind = "a synthetic text (the plays not fetched)"
+    overrides = ["data=shakespeare_char", f"data.root={root}", *found, *(f"data.{k}={v}" for k, v in TEXT_KEYS.items())]
+    return overrides, {"kind": kind, "text": data}
+
+
+
 # ---------------------------------------------------------------- the reference
 
 
-def reference_model(seed: int, device, model: str = "mlp") -> nn.Module:
+def reference_model(seed: int, device, model: str = "mlp", shape=(ab_data.INPUT_SHAPE, ab_data.N_CLASSES)) -> nn.Module:
     """torch's own layers (nn.Linear, nn.Conv2d, ...) holding exactly actbench's initial weights for this seed."""
     settings = option("model", model)
     cls = locate(settings.pop("_target_"), "model._target_")
-    return PlainModel(cls, None).pack(settings, [seed], [nn.ReLU], ab_data.INPUT_SHAPE, ab_data.N_CLASSES).member(0).to(device)
+    return PlainModel(cls, None).pack(settings, [seed], [nn.ReLU], *shape).member(0).to(device)
 
 
-def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000, model="mlp", channels_last=False):
-    """The plain loop: per-epoch times and the first epoch's per-step losses."""
-    x = ab_data.to_float(arrays["train_x"], "scale").to(device)
-    y = torch.from_numpy(arrays["train_y"].astype(np.int64)).to(device)
-    train_idx = memory.split_indices(len(x), val_size, seed)[0][None].to(device)
-    batches = memory.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
-    net = reference_model(seed, device, model)
-    if channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(param_groups(net.parameters(), fused=True), lr=lr, fused=True)  # as actbench groups them
+def plain_loop(net, order, loss_of, epochs: int, device, batch_size: int, lr: float):
+    """The reference's epochs: each epoch's order (`order(epoch)`) cut into batches, one step of Adam
+    (fused, grouped as actbench groups) on `loss_of(batch)` each; per-epoch times and the first
+    epoch's per-step losses."""
+    opt = torch.optim.Adam(param_groups(net.parameters(), fused=True), lr=lr, fused=True)
     times, first_losses = [], []
     for epoch in range(epochs):
-        order = batches.order(epoch)[0]
+        epoch_order = order(epoch)
         sync(device)
         t = time.perf_counter()
         losses = []
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(net(x[idx]), y[idx])
+        for start in range(0, len(epoch_order), batch_size):
+            loss = loss_of(epoch_order[start : start + batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -127,6 +152,34 @@ def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3
         if epoch == 0:
             first_losses = torch.stack(losses).cpu()
     return times, first_losses
+
+
+def reference_run(arrays, seed: int, epochs: int, device, batch_size=32, lr=1e-3, val_size=5000, model="mlp", channels_last=False):
+    """The plain loop on images: per-epoch times and the first epoch's per-step losses."""
+    x = ab_data.to_float(arrays["train_x"], "scale").to(device)
+    y = torch.from_numpy(arrays["train_y"].astype(np.int64)).to(device)
+    train_idx = memory.split_indices(len(x), val_size, seed)[0][None].to(device)
+    batches = memory.TrainBatches(x, y, train_idx, [seed], batch_size, 1, lambda: 0)
+    net = reference_model(seed, device, model)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    return plain_loop(net, lambda e: batches.order(e)[0], lambda idx: F.cross_entropy(net(x[idx]), y[idx]), epochs, device, batch_size, lr)
+
+
+def reference_lm_run(data, seed: int, epochs: int, device, batch_size=32, lr=1e-3):
+    """The plain loop of the language model: the same windows in the same order, the same step."""
+    from actbench.data.text import Windows
+
+    ids, offsets, starts = data.ids.to(device), data.offsets.to(device), data.train_starts.to(device)
+    windows = Windows(ids, offsets, starts[None], [seed], batch_size, 1, lambda: 0, windows=data.windows)
+    net = reference_model(seed, device, "gpt", ((data.block_size,), len(data.vocab)))
+
+    def loss_of(batch):
+        w = ids[batch[:, None] + offsets].long()
+        logits = net(w[:, :-1])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1))
+
+    return plain_loop(net, lambda e: windows.order(e)[0], loss_of, epochs, device, batch_size, lr)
 
 
 def sync(device) -> None:
@@ -298,7 +351,7 @@ def main() -> int:
 
 def measure(args, device, tmp: Path) -> int:
     """Every variant, timed, with its table printed; 0 if the reference and actbench agree."""
-    data_overrides, arrays = bench_data(tmp, args.data_root)
+    data_overrides, arrays = text_bench_data(tmp) if args.model == "gpt" else bench_data(tmp, args.data_root)
     accel = "trainer.accelerator=gpu" if device.type == "cuda" else "trainer.accelerator=cpu"
     if args.sweep:
         print(f"actbench sweep benchmark: {arrays['kind']}; device {device}")
@@ -307,7 +360,8 @@ def measure(args, device, tmp: Path) -> int:
     common = [*data_overrides, accel, f"trainer.max_epochs={args.epochs}", "activation=relu", "seed=0", "report=none",
               f"threads={args.threads}", f"model={args.model}", *args.override]
     what = {"mlp": "MLP 784-128-10", "cnn": "ConvNet (conv 16, conv 32, dense 128; channels-last)",
-            "vit": "ViT (7x7 patches, dim 64, 4 blocks, 4 heads, feed-forward 128)"}.get(args.model, f"model={args.model}")
+            "vit": "ViT (7x7 patches, dim 64, 4 blocks, 4 heads, feed-forward 128)",
+            "gpt": f"GPT (4 blocks of 128, 4 heads, context 64; {TEXT_WINDOWS} windows per epoch)"}.get(args.model, f"model={args.model}")
     print(f"actbench benchmark: {what}, ReLU, Adam, batch 32, {arrays['kind']}; device {device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 
@@ -322,7 +376,10 @@ def measure(args, device, tmp: Path) -> int:
     packed_times: list[float] = []
     packed_threads = None  # what threads=auto picked for the pack
     for r in range(args.rounds):
-        ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
+        if args.model == "gpt":
+            ref_t, losses = reference_lm_run(arrays["text"], 0, args.epochs, device)
+        else:
+            ref_t, losses = reference_run(arrays, 0, args.epochs, device, model=args.model, channels_last=args.model == "cnn")
         ref_losses = losses if ref_losses is None else ref_losses
         times["plain PyTorch loop (reference)"] += ref_t[1:]
         # the peak so far, read in the first round, before any packed run has raised it
@@ -353,7 +410,7 @@ def measure(args, device, tmp: Path) -> int:
     print(f"\nfirst {n} steps' losses, reference vs actbench: max |difference| {diff:.2e} -> {'agree' if same else 'DISAGREE'}")
 
     if not args.skip_startup:
-        s = startup_seconds(data_overrides + [accel], tmp / "startup")
+        s = startup_seconds(data_overrides + [accel, f"model={args.model}"], tmp / "startup")
         print(f"start-up, `python -m actbench.train` to its first training step: {s:.2f} s")
 
     if args.packed:

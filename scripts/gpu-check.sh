@@ -25,7 +25,7 @@ ls "$data"/train-images-idx3-ubyte.gz >/dev/null 2>&1 || {
   echo "gpu-check: no Fashion-MNIST in $data/ (carry in its four .gz files, or name the folder: scripts/gpu-check.sh WHEELS DATA)" >&2; exit 2; }
 
 say "packages"
-if ! $py -c 'import hydra, omegaconf, lightning, tensorboard, matplotlib, scipy, optuna, submitit, pytest' 2>/dev/null; then
+if ! $py -c 'import hydra, omegaconf, lightning, tensorboard, matplotlib, scipy, optuna, submitit, pytest, filelock, flufl.lock' 2>/dev/null; then
   [ -d "$wheels" ] || { echo "gpu-check: packages are missing and there is no $wheels/ (make gpu-wheels, where PyPI is reachable)" >&2; exit 2; }
   $py -m pip install --quiet --no-index --find-links "$wheels" -r <(ls "$wheels" | sed -n 's/^\([A-Za-z0-9_.]*\)-[0-9].*\.whl$/\1/p' | grep -viE '^(torch|torchvision|nvidia_.*|triton)$')
 fi
@@ -36,11 +36,11 @@ echo "card: $gpu; torch $($py -c 'import torch; print(torch.__version__)')"
 say "CUDA tests"
 $py -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_packer.py -k "cuda or graph or bit_for_bit" 2>&1 | tail -3
 
-for model in mlp cnn vit; do
+for model in mlp cnn vit gpt; do   # gpt: on the plays where they were carried into the cache, else a synthetic text
   say "bench: $model"
   packed=$([ "$model" = mlp ] && echo 25 || echo 8)
   $py scripts/bench.py --device cuda --model "$model" --epochs 3 --rounds 2 --skip-startup --packed "$packed" --data-root "$data" 2>&1 \
-    | grep -vE "epoch [0-9]+/|test accuracy"
+    | grep -vE "epoch [0-9]+/|test accuracy|test loss"
 done
 
 say "the blog's sweep, from the command to its report"

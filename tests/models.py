@@ -22,10 +22,10 @@ ACTS.update({name: OmegaConf.load(CONF_DIR / "activation" / f"{name}.yaml") for 
 SHAPE = (1, 8, 8)
 
 
-def pack(cls, seeds, names, shape=SHAPE, **keys) -> Packed:
+def pack(cls, seeds, names, shape=SHAPE, classes: int = 10, dtype=torch.float32, **keys) -> Packed:
     factories = {n: activation_factory(ACTS[n]) for n in names}
-    build = lambda act: cls(act, shape, 10, **keys)  # noqa: E731
-    return Packed(build, seeds, [factories[n] for n in names], shape, keys.pop("init", "torch"))
+    build = lambda act: cls(act, shape, classes, **keys)  # noqa: E731
+    return Packed(build, seeds, [factories[n] for n in names], shape, keys.pop("init", "torch"), dtype)
 
 
 def train(net: Packed, x: torch.Tensor, y: torch.Tensor, steps: int = 6, rate=None, clip_norm=None) -> torch.Tensor:

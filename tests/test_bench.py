@@ -26,6 +26,24 @@ def test_reference_and_actbench_compute_the_same_first_losses(tmp_path):
     assert len(ref_times) == 1 and len(clock.times) == 1
 
 
+@pytest.mark.slow
+def test_the_language_models_reference_computes_actbenchs_first_losses(tmp_path):
+    from actbench.data.text import ShakespeareChar
+
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "input.txt").write_text("".join(f"line {i}: to be or not to be\n" for i in range(600)))
+    keys = {"windows_per_epoch": 96, "block_size": 64}
+    data = ShakespeareChar([0], root=str(tmp_path / "text"), cache_dir=None, **keys)
+    data.prepare()
+    _, ref_losses = bench.reference_lm_run(data, 0, 1, torch.device("cpu"))
+    overrides = ["data=shakespeare_char", "model=gpt", f"data.root={tmp_path / 'text'}", f"data.cache_dir={tmp_path / 'cache'}",
+                 *(f"data.{k}={v}" for k, v in keys.items()), "data.sample_chars=0", "trainer.max_epochs=1",
+                 "trainer.accelerator=cpu", "probes=none", "report=none", "threads=1", "seed=0"]
+    clock = bench.actbench_run(overrides, tmp_path / "runs")
+    assert len(ref_losses) == len(clock.first_losses) == 3
+    assert torch.allclose(ref_losses, clock.first_losses, rtol=1e-5, atol=1e-6)
+
+
 def test_reference_model_starts_from_actbench_weights():
     from omegaconf import OmegaConf
     from torch import nn

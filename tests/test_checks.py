@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import compose_cfg as cfg
 
-from actbench.checks import check_choices, locate, validate
-from actbench.conf import CONF_DIR
+from actbench.checks import check_choices, validate
+from actbench.conf import CONF_DIR, locate
 from actbench.errors import ConfigError
 
 # every file of these groups, as shipped (a new one is checked too)
@@ -53,10 +53,12 @@ def test_a_switched_off_probe_is_not_checked():
         ("threads=0", "threads=0: must be auto or an integer >= 1"),
         ("probes.activations.dead_tol=null", "probes.activations.dead_tol=None: must be a number >= 0"),
         ("report.effect=0", "report.effect=0: must be null or a number > 0"),
+        ("ownership.mode=nfs", "ownership.mode='nfs': must be auto, lock or lease"),
+        ("ownership.renew_s=30", "ownership.renew_s=30: must be left out: it was removed (a lease is refreshed every lease_s / 5)"),
         ("report.alpha=5", "report.alpha=5: must be a number in (0, 1)"),
         ("report.power=1", "report.power=1: must be a number in (0, 1)"),
         ("report.power=0.04", "report.power=0.04: must be more than report.alpha=0.05"),
-        ("report.metric=test_accuracy", "report.metric='test_accuracy': must be one of train_loss, train_acc, val_loss, "
+        ("report.metric=test_accuracy", "report.metric='test_accuracy': must be auto or one of train_loss, train_acc, val_loss, "
                                         "val_acc, test_loss, test_acc, epoch_s_median, fit_s, startup_s, wall_s"),
     ],
 )

@@ -24,3 +24,44 @@ def test_the_wheel_holds_the_configs_the_plugins_and_the_commands(tmp_path):
     for command in ("actbench-train = actbench.train:main", "actbench-report = actbench.report:main", "actbench-data = actbench.data:main"):
         assert command in entry_points
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
+
+
+def test_no_module_of_actbench_imports_itself_through_others():
+    """The layers run one way: grimp reads every import, those inside functions included, and no
+    group of modules imports each other in a circle."""
+    import grimp
+
+    graph = grimp.build_graph("actbench", include_external_packages=False)
+    imports = {m: set(graph.find_modules_directly_imported_by(m)) for m in graph.modules}
+    circles, index, low, stack, on_stack = [], {}, {}, [], set()
+
+    def visit(m):  # Tarjan's strongly connected components
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for n in imports[m]:
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            group = set()
+            while not group or m not in group:
+                group.add(stack.pop())
+            on_stack.difference_update(group)
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for m in sorted(imports):
+        if m not in index:
+            visit(m)
+    assert circles == []
+
+
+def test_one_class_is_named_run():
+    import ast
+
+    named = [f"{p.relative_to(ROOT)}" for p in (ROOT / "actbench").rglob("*.py")
+             for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.ClassDef) and node.name == "Run"]
+    assert named == ["actbench/results.py"]

@@ -3,12 +3,12 @@
 import json
 import math
 
-from actbench.record import Run, clean, read_metrics
+from actbench.record import RunRecord, clean, read_metrics
 from actbench.tags import json_name
 
 
-def new_run(tmp_path) -> Run:
-    run = Run("seed=0", tmp_path / "seed=0", 0, {"seed": 0}, {"seed": 0}, {})
+def new_run(tmp_path) -> RunRecord:
+    run = RunRecord("seed=0", tmp_path / "seed=0", 0, {"seed": 0}, {"seed": 0}, {})
     run.start(0, "cpu", 0.0)
     return run
 
@@ -40,7 +40,7 @@ def test_resume_keeps_the_curves_up_to_the_checkpoint(tmp_path):
         run.append("curves", {"epoch": e, "train_loss": 1.0 / e})
         run.append("probes", {"epoch": e - 1, "dead/layer1": 0.1 * e})
     run.write()
-    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    again = RunRecord("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
     again.start(2, "cpu", 0.0)  # the checkpoint holds 2 finished epochs
     assert again.metrics["curves"]["epoch"] == [1, 2]
     assert again.metrics["probes"]["epoch"] == [0, 1, 2]  # epoch 0 is at initialisation
@@ -54,7 +54,7 @@ def test_resume_keeps_the_probe_rows_up_to_the_checkpoint_by_their_epoch(tmp_pat
     for e in (2, 3):  # probes switched on at a resume after epoch 1: their first row is epoch 2's
         run.append("probes", {"epoch": e, "probes/dead/layer1": 0.1 * e})
     run.write()
-    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    again = RunRecord("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
     again.start(2, "cpu", 0.0)
     assert again.metrics["probes"] == {"epoch": [2], "probes/dead/layer1": [0.2]}
     assert again.metrics["curves"]["epoch"] == [1, 2]
@@ -95,7 +95,7 @@ def test_a_resume_that_fails_before_training_keeps_the_curves(tmp_path):
     for e in (1, 2):
         run.append("curves", {"epoch": e, "train_loss": 1.0 / e})
     run.write()
-    again = Run("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
+    again = RunRecord("seed=0", run.dir, 0, {"seed": 0}, {"seed": 0}, {})
     # the checkpoint is restored (and can fail) before the recorder's on_fit_start
     Recorder([again], tmp_path / "last.ckpt", resume_epoch=2).fail(CheckpointError("unreadable checkpoint"))
     m = read_metrics(run.dir)

@@ -356,6 +356,41 @@ def test_loss_metric_lower_is_better(tmp_path):
     assert [r["config"].activation for r in rows] == ["gelu", "relu", "sigmoid"]  # test_loss = 2.5 * error
 
 
+def test_a_language_models_report_ranks_by_its_loss_lower_first(tmp_path):
+    """Runs whose dataset ranks by test_loss (metrics.json's data.rank_by) are ranked and tested on
+    it by default, lower better, even where their accuracies say the opposite."""
+    losses = {"relu": [1.50, 1.52, 1.51], "gelu": [1.61, 1.60, 1.64], "swiglu": [1.45, 1.46, 1.44]}
+    write_sweep(tmp_path, {"relu": [0.50] * 3, "gelu": [0.60] * 3, "swiglu": [0.40] * 3})
+    for d in tmp_path.iterdir():
+        m = json.loads((d / "metrics.json").read_text())
+        m["data"] = {"source": "a text", "rank_by": "test_loss"}
+        m["final"]["test_loss"] = losses[m["overrides"]["activation"]][m["overrides"]["seed"]]
+        (d / "metrics.json").write_text(json.dumps(m))
+    text = report.write_report(tmp_path, metric="auto", effect=0.02, figures=False).read_text()
+    assert "Metric: test_loss" in text
+    order = [line.split("|")[1].strip() for line in text.split("## Results")[1].splitlines() if line.startswith("| ") and "n seeds" not in line]
+    assert order[:3] == ["swiglu", "relu", "gelu"]
+    assert re.search(r"swiglu vs relu: -0\.06 test loss.*better than relu", text)
+    assert re.search(r"gelu vs relu: \+0\.1067 test loss.*worse than relu", text)
+    with pytest.raises(report.UserError, match="rank by different metrics"):
+        write_run(tmp_path, {"activation": "tanh", "seed": 0}, 0.5)
+        m = json.loads((tmp_path / "activation=tanh,seed=0" / "metrics.json").read_text())
+        m["data"] = {"rank_by": "test_acc"}
+        (tmp_path / "activation=tanh,seed=0" / "metrics.json").write_text(json.dumps(m))
+        report.write_report(tmp_path, figures=False)
+
+
+def test_pairs_compare_each_gated_unit_with_its_twin(tmp_path):
+    write_sweep(tmp_path, {"relu": [0.880, 0.884, 0.879], "reglu": [0.890, 0.895, 0.888], "gelu": [0.886, 0.889, 0.883],
+                           "geglu": [0.887, 0.888, 0.884]})
+    text = report.write_report(tmp_path, pairs={"reglu": "relu", "geglu": "gelu", "swiglu": "silu"}, figures=False).read_text()
+    pairs = text.split("## Pairs")[1]
+    assert "reglu - relu, geglu - gelu" in pairs and "swiglu" not in pairs  # a twin not in the sweep: no pair
+    assert re.search(r"reglu vs relu: \+1\.00 pp test acc", pairs) and re.search(r"geglu vs gelu: \+0\.03 pp test acc", pairs)
+    rows = [r for r in csv.DictReader((tmp_path / "comparisons.csv").open()) if r["baseline"] != "relu" or r["config"] == "reglu"]
+    assert {(r["config"], r["baseline"]) for r in rows} >= {("reglu", "relu"), ("geglu", "gelu")}
+
+
 def test_one_seed_says_no_statistics(tmp_path):
     write_sweep(tmp_path, {"relu": [0.88], "gelu": [0.89]})
     text = report.write_report(tmp_path, figures=False).read_text()
@@ -503,7 +538,7 @@ def test_sweep_callback_uses_the_report_group(tmp_path, capsys):
     write_sweep(tmp_path, ACCS, probes=False)
     cfg = compose_cfg("report.metric=val_acc", "report.effect=1.5", "report.alpha=0.01")
     settings = OmegaConf.to_container(cfg.report)
-    assert settings == {"baseline": "relu", "metric": "val_acc", "effect": 1.5, "alpha": 0.01, "power": 0.8}
+    assert settings == {"baseline": "relu", "metric": "val_acc", "effect": 1.5, "alpha": 0.01, "power": 0.8, "pairs": {}}
     config = OmegaConf.create({"report": settings, "hydra": {"sweep": {"dir": str(tmp_path)}}})
     report.SweepReport().on_multirun_end(config)
     assert capsys.readouterr().out.strip() == f"report: {tmp_path / 'report.md'}"

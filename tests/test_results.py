@@ -29,7 +29,7 @@ def test_read_metrics_is_tolerant(tmp_path):
 
 
 def test_what_the_writer_writes_the_reader_reads(tmp_path):
-    run = record.Run("activation=relu,seed=0", tmp_path / "activation=relu,seed=0", 0, {"activation": "relu", "seed": 0},
+    run = record.RunRecord("activation=relu,seed=0", tmp_path / "activation=relu,seed=0", 0, {"activation": "relu", "seed": 0},
                      {"activation": "relu", "seed": 0}, {})
     run.start(0, "cpu", 0.0)
     run.end(results.Status.FINISHED)

@@ -210,7 +210,7 @@ def test_further_nuisance_keys_are_searched_with_optuna(tiny_study, tmp_path):
 
 
 def test_the_answer_is_given_per_cell_of_the_other_swept_keys(tmp_path):
-    from actbench.study_report import answer
+    from actbench.report.study import answer
 
     accs = {(1, "gelu"): [0.890, 0.892], (1, "relu"): [0.880, 0.883], (8, "gelu"): [0.870, 0.874], (8, "relu"): [0.878, 0.879]}
     for (depth, act), values in accs.items():

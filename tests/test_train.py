@@ -672,7 +672,7 @@ def test_a_read_only_sweep_directory_is_one_line_before_any_training(tiny_run, t
 
 def test_ddp_ranks_past_the_first_follow_rank_0(monkeypatch, tmp_path):
     from actbench import train
-    from actbench.record import Run
+    from actbench.record import RunRecord
 
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", train.LEADER_ENV):
         monkeypatch.delenv(var, raising=False)
@@ -686,16 +686,16 @@ def test_ddp_ranks_past_the_first_follow_rank_0(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_PROCID", "2")
     assert train.ddp_follower(ddp) and not train.ddp_follower(one)  # a SLURM task is a rank only under DDP
 
-    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(3)]
+    runs = [RunRecord(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(3)]
     monkeypatch.setenv(train.LEADER_ENV, json.dumps({"runs": [str(runs[2].dir), str(runs[0].dir)], "resume": [16, 1]}))
     assert train.follow(runs, ddp) == ({(16, 1): [runs[0], runs[2]]}, True)
 
 
 def test_a_ddp_follower_writes_no_metrics_even_when_it_fails_before_training(monkeypatch, tmp_path):
     from actbench import train
-    from actbench.record import Recorder, Run
+    from actbench.record import Recorder, RunRecord
 
-    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
+    runs = [RunRecord(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
     monkeypatch.setenv(train.LEADER_ENV, json.dumps({"runs": [str(r.dir) for r in runs], "resume": [16, 1]}))
     (pack,) = train.follow(runs, compose_cfg("trainer=ddp", "trainer.accelerator=cpu"))[0].values()
     # a failure in setup (restoring the checkpoint, memory) comes before the recorder's on_fit_start
@@ -705,13 +705,13 @@ def test_a_ddp_follower_writes_no_metrics_even_when_it_fails_before_training(mon
 
 def test_ddp_ranks_plan_the_same_packs_whatever_memory_each_has_free(monkeypatch, tmp_path):
     from actbench import train
-    from actbench.record import Run
+    from actbench.record import RunRecord
 
     def packs(cfg, fit: int) -> list:
         planned = []
         monkeypatch.setattr(train, "pack_limit", lambda cfg, device: fit)
         monkeypatch.setattr(train, "fit_pack", lambda pack, point, claims=None: planned.append([r.seed for r in pack]))
-        runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}, cfg=cfg) for s in range(3)]
+        runs = [RunRecord(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}, cfg=cfg) for s in range(3)]
         assert train.train_packs({None: runs}, cfg, speak=False) == []
         return planned
 
@@ -726,9 +726,9 @@ def test_a_pack_whose_lease_was_taken_over_stops_before_writing(tmp_path):
 
     from actbench import train
     from actbench.ownership import Claims
-    from actbench.record import Run
+    from actbench.record import RunRecord
 
-    runs = [Run(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
+    runs = [RunRecord(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]
     claims = Claims(locks={runs[0].dir: SimpleNamespace(held=True), runs[1].dir: SimpleNamespace(held=True)})
     check = train.still_owned(runs, claims)
     check.on_train_epoch_end(None, None)  # still ours: nothing happens
@@ -754,7 +754,8 @@ def test_a_sweep_preset_without_multirun_says_it_trains_one_run(capfd):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_logged_hparam_has_the_config_key_it_comes_from(model):
-    from actbench.runs import HPARAM_SOURCES, MEASURED_HPARAMS, hparam_name, hparams
+    from actbench.hparams_tab import HPARAM_SOURCES, hparam_name
+    from actbench.runs import MEASURED_HPARAMS, hparams
 
     cfg = compose_cfg(f"model={model}")
     flat = hparams(cfg, {"activation": "relu", "optimizer": "adam"}, 0, [])
@@ -767,7 +768,7 @@ def test_every_logged_hparam_has_the_config_key_it_comes_from(model):
 def test_a_run_killed_before_its_first_checkpoint_says_it_starts_over(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from actbench.train import pending
+    from actbench.runs import pending
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()

@@ -10,23 +10,23 @@ from actbench.data.cifar10 import CIFAR10
 from actbench.data.idx import MNIST, FashionMNIST, load_arrays, to_float
 from actbench.data.memory import Chunk, EvalBatches, InMemoryData, TrainBatches, derive_seed, generator, split_indices
 from actbench.data.mnist1d import MNIST1D
+from actbench.data.text import ShakespeareChar
 
-__all__ = ["FashionMNIST", "MNIST", "CIFAR10", "MNIST1D", "InMemoryData", "Chunk", "EvalBatches", "TrainBatches", "derive_seed", "generator",
+__all__ = ["FashionMNIST", "MNIST", "CIFAR10", "MNIST1D", "ShakespeareChar", "InMemoryData", "Chunk", "EvalBatches", "TrainBatches", "derive_seed", "generator",
            "split_indices", "load_arrays", "to_float", "main"]
 
 
 def main(argv=None) -> int:
-    """`python -m actbench.data [OVERRIDE ...]`: find, verify and cache (or make) the data that a
-    run with the same overrides (data=mnist1d, data.root=..., data.download=true) would use."""
+    """`python -m actbench.data [OVERRIDE ...]`: find, verify and cache (or make, or fetch) the data
+    that a run with the same overrides (data=mnist1d, data.root=..., data.download=true) would use."""
     import argparse
 
     from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
 
-    from actbench.conf import CONF_DIR
+    from actbench.conf import CONF_DIR, resolving_as_job
     from actbench.errors import DataError
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -35,16 +35,13 @@ def main(argv=None) -> int:
     try:
         with initialize_config_dir(str(CONF_DIR), version_base=None):
             cfg = compose("train", overrides=args.overrides, return_hydra_config=True)
-        hydra_cfg, before = HydraConfig.instance(), HydraConfig.instance().cfg
-        hydra_cfg.set_config(cfg)  # data.root is relative to the working directory, as in a run
-        try:
+        with resolving_as_job(cfg):  # data.root is relative to the working directory, as in a run
             data = instantiate(cfg.data, seeds=[0])
-        finally:
-            hydra_cfg.cfg = before
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         print(f"actbench: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     try:
+        data.fetch()
         arrays = data.load()
     except DataError as e:
         print(f"actbench: error: {e}", file=sys.stderr)

@@ -4,7 +4,10 @@ A dataset is a subclass of `InMemoryData` that states its facts as class attribu
 before anything is loaded (models are built for them, placement sizes packs by them):
 
 - `INPUT_SHAPE`: one example's shape, e.g. (1, 28, 28) for an image, (1, 40) for a signal;
-- `N_CLASSES`: the classes its labels run over;
+- `N_CLASSES`: the classes its labels run over (`shape(cfg_data)` gives both, for a dataset
+  whose shape depends on its config or its content: a text's window and vocabulary);
+- `INPUT_DTYPE`: float32 for measurements, int64 for token ids;
+- `RANK_BY`: the final metric that ranks activations on it (metrics.json's name: test_acc, test_loss);
 - `sizes(cfg_data)`: its training and test examples, {"train": n, "test": m}, for a config;
 
 and loads itself once (`load`: float inputs [N, *INPUT_SHAPE] and int64 labels for train and
@@ -108,9 +111,15 @@ class TrainBatches:
     shuffle: bool = True
     shard: tuple[int, int] = (0, 1)
     _order: tuple[int, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    chunk = Chunk  # what a chunk of steps is cut into batches by
+
+    @property
+    def per_epoch(self) -> int:
+        """Examples each member trains on in an epoch."""
+        return self.train_idx.shape[1]
 
     def __len__(self) -> int:
-        full, rest = divmod(self.train_idx.shape[1], self.batch_size)
+        full, rest = divmod(self.per_epoch, self.batch_size)
         return -(-full // self.steps) + (1 if rest else 0)
 
     def order(self, epoch: int) -> torch.Tensor:
@@ -130,9 +139,9 @@ class TrainBatches:
         b, full = self.batch_size, n // self.batch_size
         for start in range(0, full, self.steps):
             s = min(self.steps, full - start)
-            yield Chunk(self.x, self.y, order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1), self.shard)
+            yield self.chunk(self.x, self.y, order[:, start * b : (start + s) * b].reshape(k, s, b).transpose(0, 1), self.shard)
         if n % b:
-            yield Chunk(self.x, self.y, order[:, full * b :].unsqueeze(0), self.shard)
+            yield self.chunk(self.x, self.y, order[:, full * b :].unsqueeze(0), self.shard)
 
 
 @dataclass
@@ -156,7 +165,8 @@ class EvalBatches:
             if self.idx is None:
                 sl = slice(start, start + self.batch_size)
                 x = self.x[sl]
-                yield x.expand(self.n_seeds, *x.shape), self.y[sl].expand(self.n_seeds, -1)
+                y = self.y[sl]
+                yield x.expand(self.n_seeds, *x.shape), y.expand(self.n_seeds, *y.shape)
             else:
                 idx = self.idx[:, start : start + self.batch_size]
                 yield self.x[idx], self.y[idx]
@@ -168,6 +178,13 @@ class InMemoryData(LightningDataModule):
 
     INPUT_SHAPE: tuple[int, ...]
     N_CLASSES: int
+    INPUT_DTYPE = torch.float32
+    RANK_BY = "test_acc"
+
+    @classmethod
+    def shape(cls, cfg_data) -> tuple[tuple[int, ...], int]:
+        """(one example's shape, the classes) that a model is built for, for this config."""
+        return cls.INPUT_SHAPE, cls.N_CLASSES
 
     @classmethod
     def sizes(cls, cfg_data) -> dict[str, int]:
@@ -200,11 +217,21 @@ class InMemoryData(LightningDataModule):
         """One line: what `load` gave (`arrays`), from where."""
         raise NotImplementedError
 
+    @staticmethod
+    def summary(final: dict) -> str:
+        """A finished run's result in a few words, from metrics.json's `final`."""
+        return f"test accuracy {100 * final.get('test_acc', float('nan')):.2f}%"
+
+    def fetch(self) -> None:
+        """Bring the data onto this machine where `load` cannot (`python -m actbench.data` calls it,
+        a training job never): most datasets' `load` finds or downloads their files itself."""
+
     def prepare(self) -> None:
         """Load and check the data now (before any model is built), so bad data fails first."""
         if self._loaded:
             return
         arrays = self.load()
+        self.source = self.describe(arrays)  # metrics.json says what a run trained on
         n = len(arrays["train_x"])
         if not 0 < self.val_size < n:
             raise DataError(f"data.val_size={self.val_size} must be between 1 and {n - 1} (the training set has {n})")
@@ -217,8 +244,13 @@ class InMemoryData(LightningDataModule):
     @property
     def steps_per_epoch(self) -> int:
         """Optimizer steps per epoch (the last, partial batch counted): what the rate schedule counts in."""
+        return -(-self.examples_per_epoch // self.batch_size)
+
+    @property
+    def examples_per_epoch(self) -> int:
+        """Examples each member trains on in an epoch."""
         self.prepare()
-        return -(-self.train_idx.shape[1] // self.batch_size)
+        return self.train_idx.shape[1]
 
     def setup(self, stage: str) -> None:
         self.prepare()

@@ -20,11 +20,13 @@ from actbench.models import dropout_rate, matched_width, positive_ints
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + feed-forward(norm(x)), with dropout after each."""
+    """x + attention(norm(x)), then x + feed-forward(norm(x)), with dropout after each; `causal`:
+    each token attends to itself and those before it only (a language model's)."""
 
-    def __init__(self, dim: int, heads: int, hidden: int, activation: Callable[[], nn.Module], dropout: float, match: bool):
+    def __init__(self, dim: int, heads: int, hidden: int, activation: Callable[[], nn.Module], dropout: float, match: bool,
+                 causal: bool = False):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         act = activation()
         g = getattr(act, "in_per_out", 1)
@@ -36,7 +38,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = x + self.drop1(self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop1(self.proj(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal).transpose(1, 2).reshape(b, t, d)))
         return x + self.drop2(self.ff(self.norm2(x)))
 
 

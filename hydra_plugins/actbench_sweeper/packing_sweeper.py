@@ -60,6 +60,7 @@ class PackingSweeper(BasicSweeper):
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         from actbench.checks import RULES, no_such, validate
+        from actbench.conf import resolving_as_job
         from actbench.errors import ConfigError
         from actbench.packing import MEMBERS_KEY, override_key, parse_value
 
@@ -74,7 +75,8 @@ class PackingSweeper(BasicSweeper):
             for job in packs:
                 members = next((parse_value(o) for o in job if override_key(o) == MEMBERS_KEY), [[]])
                 shared = [o for o in job if override_key(o) != MEMBERS_KEY]
-                validate(loader.load_sweep_config(master_config=self.config, sweep_overrides=shared + list(members[0])))
+                with resolving_as_job(loader.load_sweep_config(master_config=self.config, sweep_overrides=shared + list(members[0]))) as cfg:
+                    validate(cfg)
                 for member in members[1:]:
                     for o in parser.parse_overrides(list(member)):
                         key, value = o.key_or_group, o.value()

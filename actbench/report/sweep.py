@@ -3,9 +3,7 @@ with its baseline activation, and the files: report.md, results.csv (one row per
 comparisons.csv (one row per comparison) and the figures drawn by actbench.figures, all in the
 sweep directory. The numbers come from actbench.stats, the runs from actbench.results.
 
-    python -m actbench.report SWEEP_DIR [--baseline relu] [--metric test_acc] [--effect 0.2]
-
-After a multirun, `SweepReport` writes it with the settings of the config group `report`.
+Written by `python -m actbench.report SWEEP_DIR` and after a multirun (actbench.report).
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from hydra.experimental.callback import Callback as HydraCallback
 
 from actbench import root_events, stats
 from actbench.conf import option
@@ -35,6 +31,7 @@ from actbench.results import (
     grad_ratio_gmean,
     group_runs,
     load_runs,
+    rank_metric,
     varying_keys,
 )
 
@@ -178,12 +175,26 @@ def compare(configs: list[Config], metric: str = TEST_ACC, baseline: str = "relu
         for c in in_table
         if c.activation != baseline
     ]
+    return _holm(comparisons, alpha, power), None
+
+
+def _holm(comparisons: list[Comparison], alpha: float, power: float) -> list[Comparison]:
+    """The comparisons' Holm-corrected p-values, and each test's power at the level Holm holds a
+    lone real difference to (alpha/m): what the corrected verdict can detect."""
     tested = [cmp for cmp in comparisons if cmp.result]
     for cmp, p in zip(tested, stats.holm([cmp.result.t.p for cmp in tested])):
         cmp.p_holm = p
-        # Holm holds a lone real difference to alpha/m: what the corrected verdict can detect
         cmp.result = stats.at_level(cmp.result, alpha / len(tested), power)
-    return comparisons, None
+    return comparisons
+
+
+def compare_pairs(configs: list[Config], pairs: dict, metric: str = TEST_ACC, effect: float | None = None,
+                  alpha: float = stats.ALPHA, power: float = stats.POWER, tuned: tuple = ()) -> list[Comparison]:
+    """Each configuration whose activation `pairs` names ({activation: its twin}, e.g. reglu: relu)
+    against its twin in its cell (table order), Holm-corrected together, apart from the baseline's tests."""
+    in_table = [row["config"] for row in summarize(configs, metric)]
+    return _holm([_compare_pair(c, b, metric, effect, alpha, power) for c in in_table
+                  if c.activation in pairs and (b := find_baseline(c, in_table, pairs[c.activation], tuned))], alpha, power)
 
 
 def power_sentence(cmp: Comparison, metric: str, effect: float | None, power: float = stats.POWER) -> str:
@@ -402,6 +413,14 @@ def _statistics_section(comparisons: list[Comparison], no_baseline: str | None, 
     ]
 
 
+def _pairs_section(pairs: list[Comparison], keys: list[str], metric: str, effect: float | None, alpha: float, power: float) -> list[str]:
+    named = ", ".join(f"{label(c.config, keys)} - {label(c.baseline, keys)}" for c in pairs)
+    lines = [f"Each configuration against the one it differs from in one thing (report.pairs): {named}; "
+             f"configuration minus its twin, paired by seed, Holm-corrected across these {len(pairs)} tests.", ""]
+    lines += [comparisons_table(pairs, keys, metric, effect), ""]
+    return lines + [f"- {verdict(c, keys, metric, c.baseline.activation, alpha, effect, power)}" for c in pairs]
+
+
 def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric: str, comparisons: list[Comparison],
                      baseline: str) -> list[str]:
     from actbench import figures as figs
@@ -439,10 +458,11 @@ def _figures_section(sweep_dir: Path, rows: list[dict], keys: list[str], metric:
 
 def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], metric: str = DEFAULTS["metric"], figures: bool = True,
                  effect: float | None = DEFAULTS["effect"], alpha: float = DEFAULTS["alpha"], power: float = DEFAULTS["power"],
-                 tuned: tuple = ()) -> Path:
+                 tuned: tuple = (), pairs: dict | None = None) -> Path:
     """Write report.md, results.csv, comparisons.csv and (unless figures=False) the figures into
     sweep_dir; returns the report's path. `effect` is the difference worth detecting in the units
-    the report shows (pp for accuracies), None for none; `tuned` keys (a study's selected
+    the report shows (pp for accuracies), None for none; `pairs` ({activation: its twin}) adds
+    those comparisons in a section of their own; `tuned` keys (a study's selected
     nuisance values) need not match between a configuration and its baseline. Raises UserError (ReportError,
     NoRunsError) when sweep_dir holds no runs, no run has the metric, or a setting is out of range."""
     sweep_dir = Path(sweep_dir)
@@ -451,6 +471,8 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
     if effect is not None and not effect > 0:
         raise ReportError(f"report settings: effect must be > 0 (or none), got {effect}")
     runs = load_runs(sweep_dir)
+    if metric == "auto":
+        metric = rank_metric(runs)
     if not any(math.isfinite(r.value(metric)) for r in runs):
         raise ReportError(f"{sweep_dir}: no run has a finite final {metric!r} (is the metric name right?)")
     configs = group_runs(runs, metric)
@@ -460,6 +482,7 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
     table = markdown_table(rows, keys, metric)
     raw_effect = effect / shown(metric)[0] if effect else None
     comparisons, no_baseline = compare(configs, metric, baseline, raw_effect, alpha, power, tuned)
+    twins = compare_pairs(configs, dict(pairs or {}), metric, raw_effect, alpha, power, tuned)
 
     first = next((r for r in runs if r.metrics), Run("", ""))
     versions = ", ".join(f"{k} {v}" for k, v in first.section("versions").items())
@@ -488,6 +511,8 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
         )
     md += ["", f"## Statistics against {baseline}", ""]
     md += _statistics_section(comparisons, no_baseline, keys, metric, baseline, raw_effect, alpha, power)
+    if twins:
+        md += ["", "## Pairs", "", *_pairs_section(twins, keys, metric, raw_effect, alpha, power)]
     if figures and rows:
         md += ["", "## Figures", "", *_figures_section(sweep_dir, rows, keys, metric, comparisons, baseline)]
     if left_out:
@@ -495,62 +520,7 @@ def write_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], me
         md += [f"| {_cell(r.name)} | {r.status} | {_cell(reason)} |" for r, reason in left_out]
 
     write_csv(runs, sweep_dir / "results.csv")
-    write_comparisons_csv(comparisons, keys, sweep_dir / "comparisons.csv", metric, raw_effect, alpha, power)
+    write_comparisons_csv(comparisons + twins, keys, sweep_dir / "comparisons.csv", metric, raw_effect, alpha, power)
     report = sweep_dir / "report.md"
     report.write_text("\n".join(md).rstrip() + "\n")
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m actbench.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a sweep directory (one subdirectory per run)")
-    d = DEFAULTS
-    parser.add_argument("--baseline", default=d["baseline"], help=f"activation every other is compared against (default {d['baseline']})")
-    parser.add_argument("--metric", default=d["metric"], help=f"final metric to rank and test (default {d['metric']})")
-    parser.add_argument("--effect", type=float, default=d["effect"],
-                        help=f"the difference worth detecting, in the units the report shows: pp for accuracies (default {d['effect']})")
-    parser.add_argument("--alpha", type=float, default=d["alpha"], help=f"significance level (default {d['alpha']})")
-    parser.add_argument("--power", type=float, default=d["power"], help=f"power of the detectable effect (default {d['power']})")
-    args = parser.parse_args(argv)
-    from actbench import study
-
-    write, tuned = write_report, {}
-    if study.read_selection(args.sweep_dir) is not None:  # a study's root: its own report, the confirm stage's inside
-        from actbench.study_report import write_study_report as write
-    elif (selection := study.read_selection(args.sweep_dir.parent)) is not None and args.sweep_dir.name == "confirm":
-        tuned = {"tuned": study.tuned_keys(selection)}
-    try:
-        path = write(args.sweep_dir, args.baseline, args.metric, effect=args.effect, alpha=args.alpha, power=args.power, **tuned)
-    except UserError as e:
-        print(f"actbench.report: {e}", file=sys.stderr)
-        return 2
-    # The console gets the report minus its figure links, which only make sense next to the PNGs.
-    head, _, tail = path.read_text().partition("\n## Figures")
-    print(head.rstrip())
-    if "\n## Runs not in the table" in tail:
-        print("\n## Runs not in the table" + tail.split("\n## Runs not in the table", 1)[1].rstrip())
-    print(f"\nreport: {path}")
-    return 0
-
-
-class SweepReport(HydraCallback):
-    """After a multirun, write the sweep's report beside its runs with the settings of the config
-    group `report` (conf/report/); `report=none` leaves it empty, and no report is written."""
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        settings = config.get("report")
-        if not settings:
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            write = write_report
-            if config.get("study"):  # experiment=fair: the study's report, its confirm stage's inside
-                from actbench.study_report import write_study_report as write
-            path = write(sweep_dir, **{k: settings.get(k, v) for k, v in DEFAULTS.items()})
-            print(f"report: {path}", flush=True)
-        except Exception as e:  # noqa: BLE001 - a report problem must not hide the finished runs
-            print(f"actbench: could not write the report for {sweep_dir}: {e}", file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """The fair study's report, at the sweep's root: the answer first (which activation is best at its
 own tuned rate, by how much, with what confidence), then each activation's selection with its
 tune score and the grid's edges, the isolation plot, and the confirm stage's own report (its
-table, statistics and figures, written by actbench.report into `<sweep>/confirm/`).
+table, statistics and figures, written by actbench.report.sweep into `<sweep>/confirm/`).
 
     python -m actbench.report runs/fair      # rewrites it (the CLI sees the study)
 """
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from actbench import root_events, stats, study
-from actbench.report import (
+from actbench.report.sweep import (
     DEFAULTS,
     ReportError,
     cell,
@@ -23,7 +23,7 @@ from actbench.report import (
     verdict,
     write_report,
 )
-from actbench.results import NoRunsError, group_runs, load_runs, varying_keys
+from actbench.results import TEST_ACC, NoRunsError, group_runs, load_runs, rank_metric, varying_keys
 from actbench.tags import report_tag
 
 
@@ -89,7 +89,8 @@ def answer(confirm_dir: Path, metric: str, baseline: str, tuned: tuple, effect, 
 
 
 def write_study_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], metric: str = DEFAULTS["metric"], figures: bool = True,
-                       effect: float | None = DEFAULTS["effect"], alpha: float = DEFAULTS["alpha"], power: float = DEFAULTS["power"]) -> Path:
+                       effect: float | None = DEFAULTS["effect"], alpha: float = DEFAULTS["alpha"], power: float = DEFAULTS["power"],
+                       pairs: dict | None = None) -> Path:
     """report.md (and isolation.png) at the study's root; the confirm stage's report in confirm/."""
     from actbench import figures as figs
 
@@ -100,6 +101,8 @@ def write_study_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline
     s = selection["settings"]
     tuned = study.tuned_keys(selection)
     confirm = sweep_dir / "confirm"
+    if metric == "auto":
+        metric = rank_metric(load_runs(confirm)) if confirm.is_dir() else TEST_ACC
     md = [f"# actbench study: {sweep_dir.resolve().name}", ""]
     md.append(f"Tune: every activation at every rate tried, seeds {s['tune_seeds']}, scored by {s['select']} on the validation "
               f"split (mean over the tune seeds; a failed or diverged tune run makes its rate the worst); an edge's best rate "
@@ -109,7 +112,7 @@ def write_study_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline
     raw_effect = effect / shown(metric)[0] if effect else None
     try:
         md += answer(confirm, metric, baseline, tuned, raw_effect, alpha, power)
-        confirm_md = write_report(confirm, baseline, metric, figures, effect, alpha, power, tuned).read_text()
+        confirm_md = write_report(confirm, baseline, metric, figures, effect, alpha, power, tuned, pairs).read_text()
     except NoRunsError:
         md.append("The confirm stage has not run yet: the same command continues the study.")
         confirm_md = ""
