@@ -339,7 +339,8 @@ def main() -> int:
         from actbench.placement import cpu_threads
 
         with initialize_config_dir(str(CONF_DIR), version_base=None):
-            args.threads = cpu_threads(compose("train", overrides=[f"model={args.model}"]), 1)
+            data = ["data=shakespeare_char"] if args.model == "gpt" else []
+            args.threads = cpu_threads(compose("train", overrides=[f"model={args.model}", *data]), 1)
     torch.set_num_threads(args.threads)
     from actbench.placement import keep_freed_memory, undo_nvml_check
 
