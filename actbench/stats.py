@@ -426,3 +426,48 @@ def difference(a, b, paired: bool, higher_is_better: bool = True, effect: float 
         effect=effect,
         seeds_needed=needed,
     )
+
+
+# ---------------------------------------------------------------- across settings (the atlas)
+
+
+def standardised(d, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """Paired differences' mean over their spread (Cohen's d_z) and its interval on that scale: the
+    mean's t interval over the same sd (the sd's own uncertainty left out). NaNs when the spread is
+    zero or cannot be estimated."""
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return math.nan, math.nan, math.nan
+    sd = _sd(d, d)
+    if not sd > 0:
+        return math.nan, math.nan, math.nan
+    mean = float(d.mean())
+    lo, hi = _t_interval(mean, sd / math.sqrt(len(d)), len(d) - 1, confidence)
+    return mean / sd, lo / sd, hi / sd
+
+
+def ranks(means, higher_is_better: bool) -> np.ndarray:
+    """Ranks along the last axis, 1 the best; ties share their mean rank."""
+    from scipy.stats import rankdata
+
+    means = np.asarray(means, dtype=float)
+    return rankdata(-means if higher_is_better else means, axis=-1)
+
+
+def mean_rank(settings: list[tuple[np.ndarray, bool]], confidence: float = CONFIDENCE, resamples: int = N_RESAMPLES,
+              seed: int = BOOTSTRAP_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each activation's rank averaged over settings, and a percentile interval from resampling the
+    seeds within each setting: `settings` holds, per setting, its values [activations, seeds] (the
+    same activations in the same order everywhere) and whether higher is better. A resample draws
+    seed indices once for all of a setting's activations, which share their seeds. Returns (mean
+    rank, low, high), one entry per activation. The interval is over seeds only: the settings are
+    the ones chosen, not a sample of all there are."""
+    rng = np.random.default_rng(seed)
+    point = np.mean([ranks(v.mean(axis=1), hib) for v, hib in settings], axis=0)
+    total = np.zeros((resamples, len(point)))
+    for values, hib in settings:
+        idx = rng.integers(0, values.shape[1], size=(resamples, values.shape[1]))
+        total += ranks(values[:, idx].mean(axis=-1).T, hib)
+    total /= len(settings)
+    lo, hi = np.percentile(total, [50 * (1 - confidence), 50 * (1 + confidence)], axis=0)
+    return point, lo, hi

@@ -218,3 +218,28 @@ def test_no_reading_of_the_probability_of_improvement_from_too_few_seeds():
     assert stats.improvement_reading(0.0, 0.3, n=10) == "worse, meaningful"
     d = stats.difference([0.9, 0.91, 0.92], [0.8, 0.81, 0.83], paired=True)
     assert d.p_improve_ci == (1.0, 1.0) and d.reading.startswith("too few seeds")
+
+
+# ---------------------------------------------------------------- across settings
+
+
+def test_the_mean_rank_and_its_interval_on_a_hand_checked_example():
+    # setting 1 (higher better): a > b > c on every seed, ranks 1, 2, 3; setting 2 (lower better):
+    # means a 0.2, b 0.3, c 0.1, ranks 2, 3, 1; mean ranks a 1.5, b 2.5, c 2
+    s1 = np.array([[0.9, 0.91, 0.92], [0.8, 0.81, 0.82], [0.7, 0.71, 0.72]])
+    s2 = np.array([[0.2, 0.21, 0.19], [0.3, 0.31, 0.29], [0.1, 0.11, 0.09]])
+    mean, lo, hi = stats.mean_rank([(s1, True), (s2, False)])
+    assert mean.tolist() == [1.5, 2.5, 2.0]
+    assert lo.tolist() == hi.tolist() == [1.5, 2.5, 2.0]  # the ranks hold on every resample of the seeds
+    # two activations that swap places seed by seed: the resamples put either first
+    swap = np.array([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    mean, lo, hi = stats.mean_rank([(swap, True)])
+    assert mean.tolist() == [1.5, 1.5] and lo.tolist() == [1.0, 1.0] and hi.tolist() == [2.0, 2.0]
+
+
+def test_the_standardised_effect_is_the_mean_over_the_sd_with_the_t_interval_on_that_scale():
+    d = np.array([1.0, 2.0, 3.0])  # mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.303
+    dz, lo, hi = stats.standardised(d)
+    assert dz == pytest.approx(2.0) and lo == pytest.approx(2 - 4.3027 / np.sqrt(3), abs=1e-3) and hi == pytest.approx(2 + 4.3027 / np.sqrt(3), abs=1e-3)
+    assert all(np.isnan(stats.standardised([1.0, 1.0, 1.0])))  # no spread: no scale
+    assert stats.ranks([0.1, 0.3, 0.3], higher_is_better=True).tolist() == [3.0, 1.5, 1.5]

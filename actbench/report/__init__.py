@@ -1,6 +1,7 @@
 """The report of a sweep directory: `sweep` (the table of every configuration, each compared with
 its baseline activation; its files and figures) and `study` (the fair study's report at its root,
-the confirm stage's sweep report inside); this module says which a directory gets, from the
+the confirm stage's sweep report inside), `atlas` (the answer across settings, each setting's study
+report in its folder); this module says which a directory gets, from the
 command line and after a multirun.
 
     python -m actbench.report SWEEP_DIR [--baseline relu] [--metric auto] [--effect 0.2]
@@ -17,10 +18,11 @@ from pathlib import Path
 from hydra.experimental.callback import Callback as HydraCallback
 
 from actbench.errors import UserError
+from actbench.report.atlas import write_atlas_report
 from actbench.report.study import write_study_report
 from actbench.report.sweep import DEFAULTS, Comparison, ReportError, compare, label, summarize, verdict, write_report
 
-__all__ = ["main", "SweepReport", "write_report", "write_study_report", "summarize", "compare", "verdict", "label", "Comparison",
+__all__ = ["main", "SweepReport", "write_report", "write_study_report", "write_atlas_report", "summarize", "compare", "verdict", "label", "Comparison",
            "ReportError", "UserError", "DEFAULTS"]
 
 
@@ -37,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair", action="append", default=[], metavar="ACTIVATION=TWIN",
                         help="also compare an activation with its twin, in a section of their own (repeatable): --pair reglu=relu")
     args = parser.parse_args(argv)
-    from actbench import study
+    from actbench import atlas, study
 
     write, tuned = write_report, {}
-    if study.read_selection(args.sweep_dir) is not None:  # a study's root: its own report, the confirm stage's inside
+    if atlas.read(args.sweep_dir) is not None:  # an atlas's root: the answer across its settings
+        write = write_atlas_report
+    elif study.read_selection(args.sweep_dir) is not None:  # a study's root: its own report, the confirm stage's inside
         write = write_study_report
     elif (selection := study.read_selection(args.sweep_dir.parent)) is not None and args.sweep_dir.name == "confirm":
         tuned = {"tuned": study.tuned_keys(selection)}
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = dict(p.split("=", 1) for p in args.pair if "=" in p)
         if len(pairs) != len(args.pair):
             raise ReportError(f"--pair {next(p for p in args.pair if '=' not in p)!r}: must be ACTIVATION=TWIN, e.g. reglu=relu")
-        path = write(args.sweep_dir, args.baseline, args.metric, effect=args.effect, alpha=args.alpha, power=args.power, pairs=pairs, **tuned)
+        path = write(args.sweep_dir, baseline=args.baseline, metric=args.metric, effect=args.effect, alpha=args.alpha, power=args.power, pairs=pairs, **tuned)
     except UserError as e:
         print(f"actbench.report: {e}", file=sys.stderr)
         return 2
@@ -72,7 +76,9 @@ class SweepReport(HydraCallback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             write = write_report
-            if config.get("study"):  # experiment=fair: the study's report, its confirm stage's inside
+            if config.get("atlas"):  # experiment=atlas: the answer across settings, each setting's study report inside
+                write = write_atlas_report
+            elif config.get("study"):  # experiment=fair: the study's report, its confirm stage's inside
                 write = write_study_report
             path = write(sweep_dir, **{k: settings.get(k, v) for k, v in DEFAULTS.items()})
             print(f"report: {path}", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ def summarize(configs: list[Config], metric: str = TEST_ACC) -> list[dict]:
 def cell(config: Config, tuned: tuple = ()) -> tuple:
     """The keys that place a configuration among the others: all but its activation and the
     `tuned` ones (a study's confirm stage: each activation at its own selected rate)."""
-    return tuple((k, v) for k, v in config.key if k != "activation" and k not in tuned)
+    return tuple((k, json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)  # hashable: model.channels=[4]
+                 for k, v in config.key if k != "activation" and k not in tuned)
 
 
 def find_baseline(config: Config, configs: list[Config], baseline: str, tuned: tuple = ()) -> Config | None:

@@ -41,23 +41,29 @@ class StudySweeper(PackingSweeper):
             raise SystemExit(2) from None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)
-        arms = st.arms(jobs)
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
         self.job_idx, self.returns = 0, []
-        tune_dir = sweep_dir / "tune"
-        chosen, rows = (self._search if s.searched else self._grid)(arms, s, tune_dir)
+        self.run_study(jobs, s, sweep_dir)
+        return self.returns
+
+    def run_study(self, jobs: List[List[str]], s, sweep_dir: Path) -> bool:
+        """One study's two stages in `sweep_dir`; False while some tune run has not finished."""
+        from actbench import study as st
+
+        arms = st.arms(jobs)
+        chosen, rows = (self._search if s.searched else self._grid)(arms, s, sweep_dir / "tune")
         st.write_selection(sweep_dir, s, rows)
         if chosen is None:
             print("study: some tune runs did not finish (another process owns them, or they failed to start); "
                   "the same command continues the study", flush=True)
-            return self.returns
+            return False
         for arm in arms:
             print(f"study: {arm.label}: {', '.join(chosen[arm].overrides())}", flush=True)
         self._launch([job for arm in arms for job in chosen[arm].jobs(s.seeds, sweep_dir / "confirm")])
-        return self.returns
+        return True
 
     def _launch(self, jobs: List[List[str]]) -> None:
         """One stage's jobs, as packs, in batches of max_batch_size."""

@@ -1,0 +1,316 @@
+"""The atlas's report at its root (`runs/atlas/report.md`, its figures also in TensorBoard): the
+answer across settings in words first (which activations are never significantly worse than the
+best, which win where, where the ranking flips), then the forest plot of every activation against
+the baseline in every setting, the ranks per setting and their mean with an interval, the ranks
+over training, and what each activation costs. Each setting's own fair report
+(actbench.report.study) is rewritten into its folder first.
+
+Per setting, the comparison is over its confirm runs (each activation at its own tuned rate, on the
+same seeds): paired differences from the baseline, sign-normalised so that > 0 is better whatever
+the metric (pp of accuracy, nats of loss), and standardised (over the paired differences' sd) so
+that settings share one axis. The aggregate is the mean rank over the settings, with a bootstrap
+over seeds within settings (actbench.stats.mean_rank says why not a random-effects meta-analysis).
+
+    python -m actbench.report runs/atlas
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from actbench import atlas, root_events, stats, study
+from actbench.report.study import write_study_report
+from actbench.report.sweep import DEFAULTS, ReportError, higher_is_better, shown
+from actbench.results import NoRunsError, group_runs, load_runs, rank_metric
+from actbench.tags import report_tag
+
+COST_FILE = "cost.json"
+
+
+def signed(x: float, unit: str) -> str:
+    """A difference as shown: pp to two decimals, a loss's nats to three."""
+    return "—" if not math.isfinite(x) else f"{x:+.2f}" if unit == "pp" else f"{x:+.3f}"
+
+
+@dataclass
+class Setting:
+    """One setting's confirm runs as the atlas compares them: values[a, s] in the units shown
+    (pp for an accuracy), for the seeds every activation has."""
+
+    name: str
+    metric: str
+    activations: list[str]
+    seeds: list
+    values: np.ndarray
+    lr: dict = field(default_factory=dict)  # activation -> its selected overrides
+    size: dict = field(default_factory=dict)  # activation -> (params, forward FLOPs per example)
+    curves: dict = field(default_factory=dict)  # activation -> [seeds, epochs] of the validation metric
+    configs: dict = field(default_factory=dict)  # activation -> its activation config node (for its cost)
+
+    @property
+    def higher(self) -> bool:
+        return higher_is_better(self.metric)
+
+    @property
+    def unit(self) -> str:
+        return "pp" if shown(self.metric)[0] == 100 else ("nats" if "loss" in self.metric else self.metric)
+
+    @property
+    def val_metric(self) -> str:
+        return self.metric.replace("test_", "val_")
+
+    def row(self, activation: str) -> np.ndarray:
+        return self.values[self.activations.index(activation)]
+
+    def oriented(self, activation: str) -> np.ndarray:
+        return self.row(activation) if self.higher else -self.row(activation)
+
+
+def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list | None = None) -> Setting:
+    """A setting's confirm runs, activations in `order` (the atlas's) where given; raises
+    NoRunsError (a UserError) when it has none."""
+    runs = load_runs(Path(setting_dir) / "confirm")
+    if metric == "auto":
+        metric = rank_metric(runs)
+    factor = shown(metric)[0]
+    by_act: dict = {}
+    for c in group_runs(runs, metric):  # one configuration per activation: each at its own selection
+        if c.runs and len(c.runs) > len(by_act.get(c.activation, (None, []))[1]):
+            by_act[c.activation] = (c, c.runs)
+    acts = sorted(by_act, key=lambda a: (order or []).index(a) if a in (order or []) else len(order or []))
+    seeds = sorted(set.intersection(*(set(c.by_seed(metric)) for c, _ in by_act.values()))) if by_act else []
+    values = np.array([[factor * by_act[a][0].by_seed(metric)[s] for s in seeds] for a in acts]).reshape(len(acts), len(seeds))
+    out = Setting(name, metric, acts, seeds, values)
+    val = metric.replace("test_", "val_")
+    for a, (c, rs) in by_act.items():
+        first = rs[0]
+        out.lr[a] = ", ".join(f"{k}={c.get(k)}" for k in (study.LR_KEY,) if c.get(k) is not None)
+        hp = first.section("hparams")
+        out.size[a] = (hp.get("params"), hp.get("flops"))
+        out.configs[a] = first.section("config").get("activation")
+        seeded = {r.seed: r.section("curves").get(val) or [] for r in rs}
+        curves = [seeded[s] for s in seeds if s in seeded]
+        if curves and len({len(x) for x in curves}) == 1 and len(curves[0]):
+            out.curves[a] = factor * np.array(curves, dtype=float)
+    return out
+
+
+# ---------------------------------------------------------------- the numbers
+
+
+def effects(s: Setting, baseline: str, alpha: float) -> list[dict]:
+    """Each activation against the baseline, oriented (> 0 better), Holm-corrected within the setting."""
+    if baseline not in s.activations or len(s.seeds) < 2:
+        return []
+    rows = []
+    for a in s.activations:
+        if a == baseline:
+            continue
+        t = stats.paired_t(s.oriented(a), s.oriented(baseline))
+        dz = stats.standardised(s.oriented(a) - s.oriented(baseline))
+        rows.append({"setting": s.name, "activation": a, "unit": s.unit, "diff": t.diff, "lo": t.ci[0] if t.valid else math.nan,
+                     "hi": t.ci[1] if t.valid else math.nan, "p": t.p if t.valid else math.nan, "dz": dz[0], "dz_lo": dz[1], "dz_hi": dz[2]})
+    for r, p in zip(rows, stats.holm([r["p"] for r in rows])):
+        r["p_holm"] = p
+        r["sig"] = p < alpha
+    return rows
+
+
+def behind_best(s: Setting, alpha: float) -> tuple[str, set[str]]:
+    """(the best activation by mean, those significantly worse than it: paired t, Holm within the setting)."""
+    means = [float(np.mean(s.oriented(a))) for a in s.activations]
+    best = s.activations[int(np.argmax(means))]
+    others = [a for a in s.activations if a != best]
+    tests = [stats.paired_t(s.oriented(best), s.oriented(a)) if len(s.seeds) >= 2 else None for a in others]
+    p = stats.holm([t.p if t is not None and t.valid else math.nan for t in tests])
+    return best, {a for a, t, q in zip(others, tests, p) if t is not None and t.valid and q < alpha and t.diff > 0}
+
+
+def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline: str, alpha: float) -> list[str]:
+    """The answer in words."""
+    if not settings:
+        return ["No setting has confirm runs yet: the same command continues the atlas."]
+    acts = [a for a in settings[0].activations if all(a in s.activations for s in settings)]
+    verdicts = {s.name: behind_best(s, alpha) for s in settings}
+    tested = [s.name for s in settings if len(s.seeds) >= 2]
+    never = [a for a in acts if not any(a in worse for _, worse in verdicts.values())]
+    level = f"paired t-tests over the confirm seeds, Holm-corrected within each setting, at {alpha:g}"
+    out = [f"Never significantly worse than the best in any of the {len(tested)} settings with two seeds or more ({level}): "
+           + (", ".join(f"**{a}**" for a in never) if never else "none: every activation trails the best somewhere") + "."]
+    if len(tested) < len(settings):
+        out.append(f"Untested (fewer than 2 seeds every activation shares): {', '.join(s.name for s in settings if s.name not in tested)}.")
+    bests = {name: best for name, (best, _) in verdicts.items()}
+    if len(set(bests.values())) == 1:
+        out.append(f"The best mean in every setting: **{next(iter(bests.values()))}**.")
+    else:
+        out.append("The best mean moves between settings: " + "; ".join(f"{n}: {b}" for n, b in bests.items()) + ".")
+    for s in settings:
+        rows = effects_by.get(s.name) or []
+        better = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] > 0]
+        worse = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] < 0]
+        if not rows:
+            out.append(f"- {s.name}: no comparison with {baseline} (it has no confirm runs, or fewer than 2 shared seeds).")
+            continue
+        out.append(f"- {s.name}: significantly better than {baseline}: {', '.join(better) or 'none'}; "
+                   f"significantly worse: {', '.join(worse) or 'none'}.")
+    flips = []
+    for a in acts:
+        up = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] > 0]
+        down = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] < 0]
+        if up and down:
+            flips.append(f"{a} beats {baseline} in {', '.join(up)} and loses to it in {', '.join(down)}")
+    out.append("Where the answer flips: " + ("; ".join(flips) if flips else
+                                           f"no activation is significantly better than {baseline} in one setting and significantly worse in another") + ".")
+    return out
+
+
+def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) -> list[str]:
+    """Ranks per setting (by the mean over the confirm seeds) and the mean rank with its bootstrap interval."""
+    acts = [a for a in settings[0].activations if all(a in s.activations for s in settings)]
+    usable = [s for s in settings if len(s.seeds) >= 1]
+    if not acts or not usable:
+        return ["No activation has confirm runs in every setting."]
+    per = {s.name: stats.ranks(np.array([np.mean(s.row(a)) for a in acts]), s.higher) for s in usable}
+    mean, lo, hi = stats.mean_rank([(np.array([s.row(a) for a in acts]), s.higher) for s in usable], confidence)
+    order = np.argsort(mean, kind="stable")
+    lines = [f"| activation | {' | '.join(s.name for s in usable)} | mean rank | {confidence:.0%} interval |",
+             "|---|" + "---|" * (len(usable) + 2)]
+    for i in order:
+        lines.append(f"| {acts[i]} | " + " | ".join(f"{per[s.name][i]:g}" for s in usable) + f" | {mean[i]:.2f} | [{lo[i]:.2f}, {hi[i]:.2f}] |")
+    left = [a for a in settings[0].activations if a not in acts]
+    note = (f"Rank 1 is the best mean in a setting (ties share their mean rank). The interval resamples the confirm seeds within "
+            f"each setting ({stats.N_RESAMPLES} resamples, the same seeds for every activation of a setting) and averages the "
+            "ranks over the settings: it says how much the mean rank over these settings depends on the seeds. It is not a "
+            "random-effects meta-analysis: with a handful of settings, chosen rather than sampled, the between-setting variance "
+            "such a model needs cannot be estimated, and an interval that claims to reach settings not run would be a guess.")
+    return lines + ["", note] + ([f"Left out of the ranks (not in every setting): {', '.join(left)}."] if left else [])
+
+
+def epoch_ranks(s: Setting) -> dict:
+    """The ranking at each epoch's validation, of the mean over the confirm seeds."""
+    acts = [a for a in s.activations if a in s.curves]
+    lengths = {s.curves[a].shape[1] for a in acts}
+    if len(acts) < 2 or len(lengths) != 1:
+        return {"setting": s.name, "metric": s.val_metric, "epochs": [], "ranks": {}}
+    means = np.array([s.curves[a].mean(axis=0) for a in acts])  # [A, E]
+    r = stats.ranks(means.T, higher_is_better(s.val_metric)).T
+    return {"setting": s.name, "metric": s.val_metric, "epochs": list(range(1, means.shape[1] + 1)), "ranks": dict(zip(acts, r.tolist()))}
+
+
+# ---------------------------------------------------------------- cost
+
+
+def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
+    """Each activation's cost (actbench.cost) on this machine's device, measured once and kept in
+    cost.json; built from the activation config its runs recorded, so a user's own is measured too."""
+    import torch
+
+    from actbench import activations as acts
+    from actbench import cost
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = list(dict.fromkeys(a for s in settings for a in s.activations))
+    path = Path(sweep_dir) / COST_FILE
+    try:
+        kept = json.loads(path.read_text())
+        if sorted(kept.get("activations")) == sorted(names) and kept.get("device") == device:
+            return [cost.Cost(**c) for c in kept["costs"]], kept["on"]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    nodes = {a: next(s.configs[a] for s in settings if a in s.configs) for a in names}
+    built = {a: acts.build(node) if isinstance(node, dict) else acts.from_name(a) for a, node in nodes.items()}
+    measured = cost.compare(built, device, min_run_time=0.3)
+    on = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    path.write_text(json.dumps({"activations": names, "device": device, "on": on, "costs": [c.__dict__ for c in measured]}, indent=1))
+    return measured, on
+
+
+def cost_tables(sweep_dir: Path, settings: list[Setting]) -> list[str]:
+    try:
+        measured, on = costs(sweep_dir, settings)
+    except Exception as e:  # noqa: BLE001 - the report stands without it
+        return [f"Not measured: {type(e).__name__}: {' '.join(str(e).split())}"]
+    from actbench import cost
+
+    md = [f"The activation alone, forward and backward of a {cost.ROWS}x{cost.COLS} output on {on} "
+          "(torch.utils.benchmark, warmed up, median of its repeats; `python -m actbench.cost NAME ...` for any list):", "",
+          "| activation | ns per element | x relu | saved for backward (bytes per element) |", "|---|---|---|---|"]
+    md += [f"| {c.name} | {c.ns_per_element:.2f} | {c.relative:.2f} | {c.saved_bytes:g} |" for c in measured]
+    md += ["", "Each setting's model, one member (forward FLOPs per example by torch.utils.flop_counter; a backward pass costs "
+           "about twice that):", "", "| setting | parameters | MFLOPs per example |", "|---|---|---|"]
+    for s in settings:
+        params = sorted({p for p, _ in s.size.values() if isinstance(p, int)})
+        flops = sorted({f for _, f in s.size.values() if isinstance(f, (int, float))})
+        span = (lambda v, fmt: "—" if not v else fmt(v[0]) if len(v) == 1 else f"{fmt(v[0])}-{fmt(v[-1])}")
+        md.append(f"| {s.name} | {span(params, lambda p: f'{p:,}')} | {span(flops, lambda f: f'{f / 1e6:.3g}')} |")
+    return md
+
+
+# ---------------------------------------------------------------- the report
+
+
+def write_atlas_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline"], alpha: float = DEFAULTS["alpha"],
+                       power: float = DEFAULTS["power"], figures: bool = True, cost: bool = True, **_) -> Path:
+    """Each setting's fair report, then report.md at the atlas's root; returns its path. One
+    baseline and level across the settings; each setting's metric, effect and pairs are its own
+    (its report settings, as atlas.json recorded them). `cost=False` leaves out the activations'
+    cost (measured once per atlas, some seconds)."""
+    from actbench import atlas_figures
+
+    sweep_dir = Path(sweep_dir)
+    plan = atlas.read(sweep_dir)
+    if plan is None:
+        raise ReportError(f"{sweep_dir}: no {atlas.ATLAS_FILE}: not an atlas's directory")
+    md = [f"# actbench atlas: {sweep_dir.resolve().name}", ""]
+    done, notes = [], []
+    for name, entry in plan["settings"].items():
+        if entry.get("skipped"):
+            notes.append(f"- {name}: skipped, {entry['skipped']}")
+            continue
+        own = {**DEFAULTS, **{k: v for k, v in (entry.get("report") or {}).items() if k in DEFAULTS},
+               "baseline": baseline, "alpha": alpha, "power": power}
+        try:
+            write_study_report(sweep_dir / name, figures=figures, **own)
+            done.append(read_setting(sweep_dir / name, name, own["metric"], plan.get("activations")))
+            notes.append(f"- [{name}]({name}/report.md): {' '.join(entry['overrides']) or 'the atlas preset as it is'}")
+        except (NoRunsError, ReportError) as e:
+            notes.append(f"- {name}: not yet: {e}")
+    by = {s.name: effects(s, baseline, alpha) for s in done}
+    md += [f"{len(done)} of {len(plan['settings'])} settings have confirm runs; activations: {', '.join(plan.get('activations') or [])}; "
+           f"baseline {baseline}. Each setting is a fair study: every activation's rate tuned on validation, then "
+           "confirmed on fresh seeds, whose test metric is compared here (accuracy in pp, a language model's loss in nats).", "",
+           "## The answer", "", *answer(done, by, baseline, alpha), ""]
+    rows = [r for s in done for r in by[s.name]]
+    drawn = []
+    if figures:
+        path, note = atlas_figures.forest(rows, sweep_dir / "forest.png", baseline)
+        md += [f"![forest plot]({path.name})" if path else f"Forest plot: {note}", ""]
+        drawn.append((report_tag("atlas", "forest"), path))
+    md += ["## Against " + baseline + " per setting", "",
+           f"Difference from {baseline} (> 0 better; pp of accuracy, nats of loss), 95% CI, Holm-adjusted p, and the standardised "
+           "effect (mean over the sd of the paired differences) with its interval:", "",
+           "| setting | activation | difference | 95% CI | p (Holm) | standardised | its interval |", "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['setting']} | {r['activation']} | {signed(r['diff'], r['unit'])} {r['unit']} | [{signed(r['lo'], r['unit'])}, "
+           f"{signed(r['hi'], r['unit'])}] | {r['p_holm']:.3g}"
+           f"{' *' if r['sig'] else ''} | {r['dz']:+.2f} | [{r['dz_lo']:+.2f}, {r['dz_hi']:+.2f}] |" for r in rows]
+    md += ["", "## Ranks", "", *(rank_table(done) if done else ["No setting has confirm runs yet."]), ""]
+    if figures and done:
+        path, note = atlas_figures.ranks_over_epochs([epoch_ranks(s) for s in done], sweep_dir / "ranks_over_epochs.png")
+        md += [f"![ranks over epochs]({path.name})" if path else f"Ranks over epochs: {note}", ""]
+        drawn.append((report_tag("atlas", "ranks_over_epochs"), path))
+    if cost:
+        md += ["## Cost", "", *(cost_tables(sweep_dir, done) if done else ["Nothing ran yet."]), ""]
+    md += ["## Settings", "", *notes, ""]
+    if drawn:
+        try:  # and in TensorBoard, as images of the atlas directory's own run
+            root_events.write_figures(sweep_dir, [(t, p) for t, p in drawn if p])
+        except Exception as e:  # noqa: BLE001 - the report stands without them
+            md += [f"TensorBoard: the figures were not written to {sweep_dir}, {type(e).__name__}: {e}", ""]
+    report = sweep_dir / "report.md"
+    report.write_text("\n".join(md).rstrip() + "\n")
+    return report

@@ -1,0 +1,114 @@
+"""actbench.atlas and the atlas sweeper: the settings and their checks, which overrides go where,
+and the whole atlas through the CLI (a setting without data skipped in one line, a rerun that
+trains nothing, a killed atlas that resumes)."""
+
+import json
+
+import pytest
+
+from actbench import atlas
+from actbench.errors import ConfigError
+from conftest import metrics, run_cli
+
+TESTS = __import__("pathlib").Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_settings_split_a_settings_study_keys_from_its_jobs_and_only_picks_some():
+    plan = atlas.settings({"settings": {"mlp": [], "cnn": ["model=cnn", "study.lrs=[1e-3]"], "gpt": ["experiment=glu_lm"]}})
+    assert [(s.name, s.overrides, s.study) for s in plan] == [("mlp", (), ()), ("cnn", ("model=cnn",), ("study.lrs=[1e-3]",)),
+                                                               ("gpt", ("experiment=glu_lm",), ())]
+    assert [s.name for s in atlas.settings({"settings": {"a": [], "b": []}, "only": ["b"]})] == ["b"]
+    assert atlas.study_node({"lrs": [1.0], "seeds": [0]}, plan[1]) == {"lrs": [1e-3], "seeds": [0]}
+
+
+def test_a_setting_overrides_the_atlas_and_its_preset_replaces_the_atlas_preset():
+    base = ["experiment=atlas", "activation=relu,gelu", "trainer.max_epochs=2", "model.depth=1", "study.lrs=[1e-3]", "atlas.only=[x]"]
+    jobs = atlas.Setting("deep", ("model.depth=8",)).jobs(base)
+    assert jobs == ["experiment=atlas", "activation=relu,gelu", "trainer.max_epochs=2", "model.depth=8"]  # the sweeper's keys stay with it
+    assert atlas.Setting("lm", ("experiment=glu_lm",)).jobs(base)[:1] == ["activation=relu,gelu"]
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"settings": {}}, "atlas.settings={}"),
+    ({"settings": {"a b": []}}, "atlas.settings.a b: a setting's name"),
+    ({"settings": {"a": "model=cnn"}}, "must be a list of overrides"),
+    ({"settings": {"a": ["activation=gelu"]}}, "is the atlas's to set"),
+    ({"settings": {"a": ["seed=3"]}}, "is the atlas's to set"),
+    ({"settings": {"a": []}, "only": ["b"]}, "atlas.only=['b']"),
+])
+def test_bad_settings_name_the_key(node, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        atlas.settings(node)
+
+
+# ---------------------------------------------------------------- the whole atlas through the CLI
+
+TINY_ATLAS = """# @package _global_
+defaults:
+  - fair
+  - _self_
+name: tiny_atlas
+data: {val_size: 100, probe_size: 64, system_dirs: []}
+trainer: {max_epochs: 1, log_every_n_steps: 5}
+study: {lrs: [1.0e-2], tune_seeds: [100], seeds: [0, 1], max_extend: 0}
+atlas:
+  settings:
+    mlp: []
+    cnn: [model=cnn, "model.channels=[4]", model.width=16, "study.lrs=[3.0e-3]"]
+    nodata: [data=cifar10, data.root=/nonexistent]
+hydra:
+  sweeper:
+    _target_: hydra_plugins.actbench_sweeper.atlas_sweeper.AtlasSweeper
+    params:
+      activation: relu,sigmoid
+"""
+
+
+@pytest.fixture
+def tiny_atlas(tiny_run, tmp_path):
+    (tmp_path / "conf" / "experiment" / "tiny_atlas.yaml").write_text(TINY_ATLAS)
+    return ["-m", *[a if a != "experiment=tiny" else "experiment=tiny_atlas" for a in tiny_run], f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+def finished(sweep):
+    return {d.relative_to(sweep): metrics(d)["timing"]["ended"] for d in sweep.glob("*/*/*")
+            if (d / "metrics.json").exists() and metrics(d)["status"] == "finished"}
+
+
+@pytest.mark.slow
+def test_the_atlas_runs_a_study_per_setting_skips_one_without_data_and_resumes(tiny_atlas, tmp_path):
+    killed = run_cli(*tiny_atlas, "+callbacks.kill._target_=callbacks.KillInStage", "+callbacks.kill.stage=cnn/confirm",
+                     env={"PYTHONPATH": str(TESTS)}, timeout=600)
+    assert killed.returncode != 0
+    sweep = tmp_path / "runs" / "tiny_atlas"
+    before = finished(sweep)
+    assert {p.parts[0] for p in before} == {"mlp", "cnn"} and not any(p.parts[:2] == ("cnn", "confirm") for p in before)
+    r = run_cli(*tiny_atlas, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    skipped = [line for line in r.stdout.splitlines() if line.startswith("atlas: nodata: skipped")]
+    assert len(skipped) == 1 and "CIFAR-10 not found" in skipped[0]
+    after = finished(sweep)
+    assert all(after[p] == t for p, t in before.items())  # what finished before the kill was not trained again
+    for name, lr in (("mlp", 0.01), ("cnn", 0.003)):  # each setting's own grid, confirmed on both seeds
+        confirm = sorted((sweep / name / "confirm").glob("activation=*"))
+        assert len(confirm) == 4 and all(metrics(d)["config"]["optimizer"]["lr"] == lr for d in confirm)
+        assert (sweep / name / "report.md").exists() and (sweep / name / "study.json").exists()
+    assert metrics(next((sweep / "cnn" / "confirm").glob("activation=*")))["config"]["model"]["channels"] == [4]
+    plan = json.loads((sweep / "atlas.json").read_text())
+    assert plan["activations"] == ["relu", "sigmoid"] and "CIFAR-10 not found" in plan["settings"]["nodata"]["skipped"]
+    text = (sweep / "report.md").read_text()
+    assert "## The answer" in text and "![forest plot](forest.png)" in text and "| sigmoid |" in text and "- nodata: skipped" in text
+    again = run_cli(*tiny_atlas, timeout=600)
+    assert again.returncode == 0 and finished(sweep) == after  # a finished atlas trains nothing on rerun
+
+
+@pytest.mark.slow
+def test_a_bad_setting_is_one_line_naming_it_before_anything_trains(tiny_atlas, tmp_path):
+    conf = tmp_path / "conf" / "experiment" / "tiny_atlas.yaml"
+    conf.write_text(conf.read_text().replace("model.width=16", "model.width=-3"))
+    r = run_cli(*tiny_atlas, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("actbench: error: atlas.settings.cnn:")
+    assert "Traceback" not in r.stderr and not list((tmp_path / "runs").rglob("metrics.json"))
