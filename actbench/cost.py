@@ -30,6 +30,7 @@ class Cost:
     seconds: float  # forward + backward of one ROWS x COLS output
     saved_bytes: float  # kept for the backward pass, per output element
     relative: float = math.nan  # seconds over ReLU's
+    peak_bytes: float = math.nan  # on a GPU: the step's peak memory above its input and gradient, per output element
 
     @property
     def ns_per_element(self) -> float:
@@ -78,7 +79,16 @@ def measure(name: str, fn: Callable[[Tensor], Tensor], device: str = "cpu", min_
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
     timer.timeit(3)  # warm-up: allocator, kernels' first calls
     seconds = timer.adaptive_autorange(min_run_time=min_run_time).median
-    return Cost(name, seconds, saved_bytes(fn, z.detach()) / (ROWS * COLS))
+    peak = math.nan
+    if z.is_cuda:  # what the step needs beyond what exists before it: the allocator's own count
+        z.grad = None
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - before) / (ROWS * COLS)
+    return Cost(name, seconds, saved_bytes(fn, z.detach()) / (ROWS * COLS), peak_bytes=peak)
 
 
 def compare(named: dict[str, Callable[[Tensor], Tensor]], device: str = "cpu", min_run_time: float = 0.5) -> list[Cost]:
@@ -96,11 +106,18 @@ def compare(named: dict[str, Callable[[Tensor], Tensor]], device: str = "cpu", m
     return costs
 
 
-def table(costs: list[Cost], device: str) -> str:
-    what = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
+def table(costs: list[Cost], what: str) -> str:
+    """The costs as a markdown table, titled with the device they were measured on (`what`)."""
+    gpu = any(math.isfinite(c.peak_bytes) for c in costs)
     lines = [f"Activation cost, forward + backward of a {ROWS}x{COLS} output on {what} (median of torch.utils.benchmark's repeats)", "",
-             "| activation | ns per element | x relu | saved for backward (bytes per element) |", "|---|---|---|---|"]
-    lines += [f"| {c.name} | {c.ns_per_element:.2f} | {c.relative:.2f} | {c.saved_bytes:g} |" for c in costs]
+             "| activation | ns per element | x relu | saved for backward (bytes per element) |" + (" peak (bytes per element) |" if gpu else ""),
+             "|---|---|---|---|" + ("---|" if gpu else "")]
+    lines += [f"| {c.name} | {c.ns_per_element:.2f} | {c.relative:.2f} | {c.saved_bytes:g} |" + (f" {c.peak_bytes:.3g} |" if gpu else "")
+              for c in costs]
     return "\n".join(lines)
 
 
@@ -128,7 +145,7 @@ def main(argv=None) -> int:
     except (ValueError, ImportError) as e:
         print(f"actbench: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(table(compare(named, args.device, args.min_run_time), args.device))
+    print(table(compare(named, args.device, args.min_run_time), device_name(args.device)))
     return 0
 
 

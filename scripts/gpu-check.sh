@@ -2,7 +2,7 @@
 # The GPU check, in one go: on a machine with a CUDA GPU and torch, and no network, it installs
 # the packages torch lacks there from wheels carried in beside it, then runs the CUDA tests,
 # scripts/bench.py --device cuda for every shipped model, and the blog's sweep from the command to
-# its report, and prints the figures the README's GPU section shows, with the card's name.
+# its report, and prints the figures docs/speed.md's GPU section shows, with the card's name.
 #
 #   here (with the registries):  make gpu-wheels          # wheels of what torch lacks -> .whl/gpu/
 #   on the GPU machine:          scripts/gpu-check.sh [WHEELS] [DATA]

@@ -72,9 +72,11 @@ def test_the_report_says_who_wins_where_and_where_it_flips(three_settings):
     assert "any of the 3 settings" in text and "none: every activation trails the best somewhere" in text
     assert "The best mean moves between settings: A: gelu; B: sigmoid; C: gelu." in text
     assert "- D: skipped, CIFAR-10 not found" in text
-    ranks = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines if line.startswith("| ") and "mean rank" not in line}
+    rank_rows = lines[lines.index("## Ranks"):lines.index("## Ranks") + 8]  # its table: activation, A, B, C, mean rank, interval
+    ranks = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in rank_rows if line.startswith("| ")}
     assert [ranks["gelu"][0], ranks["gelu"][2], ranks["sigmoid"][1], ranks["sigmoid"][2]] == ["1", "1", "1", "3"]
     assert {ranks["gelu"][1], ranks["relu"][1]} == {"2", "3"}  # equal in B: the noise orders them
+    assert "| gelu | 0.001 | 0.001 | 0.001 |" in text  # the rate each setting's study selected
     assert (three_settings / "A" / "report.md").exists()  # each setting's own fair report, beside it
 
 

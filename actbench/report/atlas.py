@@ -47,7 +47,7 @@ class Setting:
     activations: list[str]
     seeds: list
     values: np.ndarray
-    lr: dict = field(default_factory=dict)  # activation -> its selected overrides
+    lr: dict = field(default_factory=dict)  # activation -> its selected learning rate
     size: dict = field(default_factory=dict)  # activation -> (params, forward FLOPs per example)
     curves: dict = field(default_factory=dict)  # activation -> [seeds, epochs] of the validation metric
     configs: dict = field(default_factory=dict)  # activation -> its activation config node (for its cost)
@@ -89,7 +89,7 @@ def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list
     val = metric.replace("test_", "val_")
     for a, (c, rs) in by_act.items():
         first = rs[0]
-        out.lr[a] = ", ".join(f"{k}={c.get(k)}" for k in (study.LR_KEY,) if c.get(k) is not None)
+        out.lr[a] = c.get(study.LR_KEY, first.section("hparams").get("lr"))
         hp = first.section("hparams")
         out.size[a] = (hp.get("params"), hp.get("flops"))
         out.configs[a] = first.section("config").get("activation")
@@ -191,6 +191,14 @@ def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) ->
     return lines + ["", note] + ([f"Left out of the ranks (not in every setting): {', '.join(left)}."] if left else [])
 
 
+def rates_table(settings: list[Setting]) -> list[str]:
+    """Each activation's selected learning rate per setting: what the study tuned."""
+    acts = list(dict.fromkeys(a for s in settings for a in s.activations))
+    lines = [f"| activation | {' | '.join(s.name for s in settings)} |", "|---|" + "---|" * len(settings)]
+    return lines + [f"| {a} | " + " | ".join(f"{s.lr[a]:g}" if isinstance(s.lr.get(a), (int, float)) else "—" for s in settings) + " |"
+                    for a in acts]
+
+
 def epoch_ranks(s: Setting) -> dict:
     """The ranking at each epoch's validation, of the mean over the confirm seeds."""
     acts = [a for a in s.activations if a in s.curves]
@@ -224,8 +232,7 @@ def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
         pass
     nodes = {a: next(s.configs[a] for s in settings if a in s.configs) for a in names}
     built = {a: acts.build(node) if isinstance(node, dict) else acts.from_name(a) for a, node in nodes.items()}
-    measured = cost.compare(built, device, min_run_time=0.3)
-    on = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    measured, on = cost.compare(built, device, min_run_time=0.3), cost.device_name(device)
     path.write_text(json.dumps({"activations": names, "device": device, "on": on, "costs": [c.__dict__ for c in measured]}, indent=1))
     return measured, on
 
@@ -237,10 +244,7 @@ def cost_tables(sweep_dir: Path, settings: list[Setting]) -> list[str]:
         return [f"Not measured: {type(e).__name__}: {' '.join(str(e).split())}"]
     from actbench import cost
 
-    md = [f"The activation alone, forward and backward of a {cost.ROWS}x{cost.COLS} output on {on} "
-          "(torch.utils.benchmark, warmed up, median of its repeats; `python -m actbench.cost NAME ...` for any list):", "",
-          "| activation | ns per element | x relu | saved for backward (bytes per element) |", "|---|---|---|---|"]
-    md += [f"| {c.name} | {c.ns_per_element:.2f} | {c.relative:.2f} | {c.saved_bytes:g} |" for c in measured]
+    md = [cost.table(measured, on), "", "`python -m actbench.cost NAME ...` measures any list of activations, yours included."]
     md += ["", "Each setting's model, one member (forward FLOPs per example by torch.utils.flop_counter; a backward pass costs "
            "about twice that):", "", "| setting | parameters | MFLOPs per example |", "|---|---|---|"]
     for s in settings:
@@ -299,6 +303,8 @@ def write_atlas_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline
            f"{signed(r['hi'], r['unit'])}] | {r['p_holm']:.3g}"
            f"{' *' if r['sig'] else ''} | {r['dz']:+.2f} | [{r['dz_lo']:+.2f}, {r['dz_hi']:+.2f}] |" for r in rows]
     md += ["", "## Ranks", "", *(rank_table(done) if done else ["No setting has confirm runs yet."]), ""]
+    if done:
+        md += ["Each activation's learning rate, as its setting's study selected it on validation:", "", *rates_table(done), ""]
     if figures and done:
         path, note = atlas_figures.ranks_over_epochs([epoch_ranks(s) for s in done], sweep_dir / "ranks_over_epochs.png")
         md += [f"![ranks over epochs]({path.name})" if path else f"Ranks over epochs: {note}", ""]
