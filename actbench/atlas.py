@@ -57,7 +57,7 @@ def settings(atlas) -> list[Setting]:
             raise ConfigError(f"atlas.settings.{name}={overrides!r}: must be a list of overrides, e.g. [model=cnn, model.norm=batch]")
         for o in overrides:
             key = override_key(o)
-            if is_member_key(key) or key in NOT_A_SETTINGS or key.startswith(("hydra.", "atlas")):
+            if is_member_key(key) or key in NOT_A_SETTINGS or key.startswith(("hydra.", "hydra/", "atlas")):
                 raise ConfigError(f"atlas.settings.{name}: {o!r} is the atlas's to set for every setting, not one setting's")
         study = tuple(o for o in overrides if override_key(o).startswith("study."))
         out.append(Setting(str(name), tuple(o for o in overrides if o not in study), study))
@@ -84,9 +84,11 @@ def study_node(study, setting: Setting) -> dict:
 
 
 def write(sweep_dir: Path, activations: list[str], entries: dict[str, dict]) -> Path:
-    """`atlas.json`: the activations and, per setting in order, {overrides, report, skipped}."""
+    """`atlas.json`: the activations and, per setting, {overrides, report, skipped}; settings
+    recorded by an earlier command (`atlas.only` runs some) stay, the ones planned now replace theirs."""
     path = Path(sweep_dir) / ATLAS_FILE
-    path.write_text(json.dumps({"activations": activations, "settings": entries}, indent=1, default=str))
+    before = (read(sweep_dir) or {}).get("settings") or {}
+    path.write_text(json.dumps({"activations": activations, "settings": {**before, **entries}}, indent=1, default=str))
     return path
 
 

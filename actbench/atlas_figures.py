@@ -17,47 +17,53 @@ def colors(activations: list[str]) -> dict[str, str]:
     return {a: COLORS.get(a) or next(spare) for a in activations}
 
 
+def _point(ax, r: dict, y: float, keys: tuple[str, str, str], color: str, marker: str) -> None:
+    mid, lo, hi = (r[k] for k in keys)
+    if np.isfinite(mid):
+        err = [[mid - lo], [hi - mid]] if np.isfinite(lo) and np.isfinite(hi) else None
+        ax.errorbar([mid], [y], xerr=err, fmt=marker, color=color, ms=5, capsize=2, lw=1.2)
+
+
 @_drawing
 def forest(rows: list[dict], path: Path, baseline: str) -> tuple[Path | None, str]:
     """rows: one per (setting, activation), settings in order, each with setting, activation, unit,
-    diff, lo, hi (sign-normalised: > 0 is better) and dz, dz_lo, dz_hi (standardised). Left panel:
-    the difference in each setting's own units; right: standardised, one axis for all."""
+    diff, lo, hi (sign-normalised: > 0 is better) and dz, dz_lo, dz_hi (standardised). Left: each
+    setting on an axis of its own units; right: all of them standardised, on one axis."""
     if not rows:
         return None, f"nothing to draw: no activation besides {baseline} has confirm runs"
     settings = list(dict.fromkeys(r["setting"] for r in rows))
+    blocks = {s: [r for r in rows if r["setting"] == s] for s in settings}
     acts = list(dict.fromkeys(r["activation"] for r in rows))
     color = colors(acts)
-    y, ticks, labels, ys, seps = 0.0, [], [], [], []
-    for s in settings:  # one block per setting, a gap between blocks
-        block = [r for r in rows if r["setting"] == s]
-        ticks.append(y - (len(block) - 1) / 2)
-        labels.append(f"{s} ({block[0]['unit']})")
-        for r in block:
-            ys.append(y)
-            y -= 1
-        seps.append(y + 0.1)
-        y -= 0.8
-    fig = _new_figure(figsize=(11, 1.2 + 0.28 * len(rows) + 0.25 * len(settings)))
-    raw, std = fig.subplots(1, 2, sharey=True)
-    for ax, (mid, lo, hi), title in ((raw, ("diff", "lo", "hi"), f"difference from {baseline}, in the setting's units"),
-                                     (std, ("dz", "dz_lo", "dz_hi"), f"standardised: difference / sd of the paired differences")):
-        for r, yy in zip(rows, ys):
-            m = r[mid]
-            if not np.isfinite(m):
-                continue
-            c = color[r["activation"]]
-            ax.errorbar([m], [yy], xerr=[[m - r[lo]], [r[hi] - m]] if np.isfinite(r[lo]) else None, fmt=MARKERS[acts.index(r["activation"]) % len(MARKERS)],
-                        color=c, ms=5, capsize=2, lw=1.2)
+    marker = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(acts)}
+    fig = _new_figure(figsize=(11, 1.3 + 0.3 * len(rows) + 0.35 * len(settings)))
+    grid = fig.add_gridspec(len(settings), 2, height_ratios=[len(b) + 0.6 for b in blocks.values()])
+    right = fig.add_subplot(grid[:, 1])
+    y, ticks = 0.0, []
+    for i, (s, block) in enumerate(blocks.items()):
+        ax = fig.add_subplot(grid[i, 0])
+        for j, r in enumerate(block):
+            _point(ax, r, -j, ("diff", "lo", "hi"), color[r["activation"]], marker[r["activation"]])
+            _point(right, r, y - j, ("dz", "dz_lo", "dz_hi"), color[r["activation"]], marker[r["activation"]])
+        ax.set_yticks([-j for j in range(len(block))], [r["activation"] for r in block], fontsize=8)
+        ax.set_ylim(-len(block) + 0.4, 0.6)
         ax.axvline(0, color="0.3", lw=0.8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"< worse than {baseline}  |  better than {baseline} >")
-    raw.set_yticks(ticks, labels)
-    for sep in seps[:-1]:
-        for ax in (raw, std):
-            ax.axhline(sep, color="0.8", lw=0.6)
-    handles = [raw.plot([], [], MARKERS[i % len(MARKERS)], color=color[a], label=a)[0] for i, a in enumerate(acts)]
+        ax.set_ylabel(f"{s}\n({block[0]['unit']})", fontsize=8, rotation=0, ha="right", va="center")
+        if i == 0:
+            ax.set_title(f"difference from {baseline}, in each setting's units", fontsize=9)
+        ticks.append((y - (len(block) - 1) / 2, s))
+        y -= len(block)
+        if i < len(settings) - 1:
+            right.axhline(y + 0.3 - 0.5, color="0.8", lw=0.6)
+        y -= 0.6
+    ax.set_xlabel(f"< worse than {baseline}  |  better than {baseline} >")
+    right.set_yticks([t for t, _ in ticks], [name for _, name in ticks], fontsize=8)
+    right.axvline(0, color="0.3", lw=0.8)
+    right.set_title("standardised: difference / sd of the paired differences (d_z)", fontsize=9)
+    right.set_xlabel(f"< worse than {baseline}  |  better than {baseline} >")
+    handles = [right.plot([], [], marker[a], color=color[a], label=a)[0] for a in acts]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(acts), 8), frameon=False)
-    fig.suptitle("Each activation against the baseline at its own tuned rate, 95% CIs over the confirm seeds", fontsize=10)
+    fig.suptitle("Each activation against the baseline at its own tuned rate, 95% intervals over the confirm seeds", fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path, ""
 

@@ -431,19 +431,29 @@ def difference(a, b, paired: bool, higher_is_better: bool = True, effect: float 
 # ---------------------------------------------------------------- across settings (the atlas)
 
 
-def standardised(d, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Paired differences' mean over their spread (Cohen's d_z) and its interval on that scale: the
-    mean's t interval over the same sd (the sd's own uncertainty left out). NaNs when the spread is
-    zero or cannot be estimated."""
-    d = np.asarray(d, dtype=float)
-    if len(d) < 2:
+def standardised(t: TTest, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """A paired t-test's difference over the paired differences' sd (Cohen's d_z = t / sqrt(n))
+    and its interval, from inverting the noncentral t distribution of the observed t (so it
+    widens with the effect, as the sd's own uncertainty asks). NaNs for an unpaired or invalid test."""
+    from scipy import optimize
+    from scipy import stats as st
+
+    if t.test != "paired t" or not t.valid:
         return math.nan, math.nan, math.nan
-    sd = _sd(d, d)
-    if not sd > 0:
-        return math.nan, math.nan, math.nan
-    mean = float(d.mean())
-    lo, hi = _t_interval(mean, sd / math.sqrt(len(d)), len(d) - 1, confidence)
-    return mean / sd, lo / sd, hi / sd
+    n = t.df + 1
+    observed = t.diff / t.se
+
+    def nc_at(q: float) -> float:
+        """The noncentrality under which the observed t is the q quantile. Through the survival
+        function, which rises with nc from 0 to 1 (nct.cdf's far tail returns NaN)."""
+        g = lambda nc: float(st.nct.sf(observed, t.df, nc)) - (1 - q)  # noqa: E731
+        width = 10.0 + abs(observed)
+        while g(observed - width) > 0 or g(observed + width) < 0:  # heavy tails (two seeds) need a wider bracket
+            width *= 2
+        return optimize.brentq(g, observed - width, observed + width)
+
+    tail = (1 - confidence) / 2
+    return observed / math.sqrt(n), nc_at(1 - tail) / math.sqrt(n), nc_at(tail) / math.sqrt(n)
 
 
 def ranks(means, higher_is_better: bool) -> np.ndarray:

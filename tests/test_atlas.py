@@ -28,7 +28,14 @@ def test_a_setting_overrides_the_atlas_and_its_preset_replaces_the_atlas_preset(
     base = ["experiment=atlas", "activation=relu,gelu", "trainer.max_epochs=2", "model.depth=1", "study.lrs=[1e-3]", "atlas.only=[x]"]
     jobs = atlas.Setting("deep", ("model.depth=8",)).jobs(base)
     assert jobs == ["experiment=atlas", "activation=relu,gelu", "trainer.max_epochs=2", "model.depth=8"]  # the sweeper's keys stay with it
-    assert atlas.Setting("lm", ("experiment=glu_lm",)).jobs(base)[:1] == ["activation=relu,gelu"]
+    assert atlas.Setting("lm", ("experiment=glu_lm",)).jobs(base) == ["activation=relu,gelu", "trainer.max_epochs=2", "model.depth=1",
+                                                                     "experiment=glu_lm"]  # its preset instead of the atlas's
+
+
+def test_atlas_json_keeps_the_settings_an_earlier_command_ran(tmp_path):
+    atlas.write(tmp_path, ["relu"], {"a": {"overrides": [], "report": None, "skipped": None}})
+    atlas.write(tmp_path, ["relu"], {"b": {"overrides": ["model=cnn"], "report": None, "skipped": "no data"}})  # atlas.only=[b]
+    assert list(atlas.read(tmp_path)["settings"]) == ["a", "b"] and atlas.read(tmp_path)["settings"]["b"]["skipped"] == "no data"
 
 
 @pytest.mark.parametrize("node, message", [
@@ -37,6 +44,7 @@ def test_a_setting_overrides_the_atlas_and_its_preset_replaces_the_atlas_preset(
     ({"settings": {"a": "model=cnn"}}, "must be a list of overrides"),
     ({"settings": {"a": ["activation=gelu"]}}, "is the atlas's to set"),
     ({"settings": {"a": ["seed=3"]}}, "is the atlas's to set"),
+    ({"settings": {"a": ["hydra/launcher=slurm"]}}, "is the atlas's to set"),
     ({"settings": {"a": []}, "only": ["b"]}, "atlas.only=['b']"),
 ])
 def test_bad_settings_name_the_key(node, message):
@@ -57,7 +65,7 @@ study: {lrs: [1.0e-2], tune_seeds: [100], seeds: [0, 1], max_extend: 0}
 atlas:
   settings:
     mlp: []
-    cnn: [model=cnn, "model.channels=[4]", model.width=16, "study.lrs=[3.0e-3]"]
+    cnn: [experiment=tiny, model=cnn, "model.channels=[4]", model.width=16, "study.lrs=[3.0e-3]"]   # the tiny preset's recipe
     nodata: [data=cifar10, data.root=/nonexistent]
 hydra:
   sweeper:
@@ -96,7 +104,9 @@ def test_the_atlas_runs_a_study_per_setting_skips_one_without_data_and_resumes(t
         confirm = sorted((sweep / name / "confirm").glob("activation=*"))
         assert len(confirm) == 4 and all(metrics(d)["config"]["optimizer"]["lr"] == lr for d in confirm)
         assert (sweep / name / "report.md").exists() and (sweep / name / "study.json").exists()
-    assert metrics(next((sweep / "cnn" / "confirm").glob("activation=*")))["config"]["model"]["channels"] == [4]
+    cnn = metrics(next((sweep / "cnn" / "confirm").glob("activation=*")))["config"]
+    assert cnn["model"]["channels"] == [4] and cnn["name"] == "tiny"  # its own preset, in place of the atlas's
+    assert metrics(next((sweep / "mlp" / "confirm").glob("activation=*")))["config"]["name"] == "tiny_atlas"
     plan = json.loads((sweep / "atlas.json").read_text())
     assert plan["activations"] == ["relu", "sigmoid"] and "CIFAR-10 not found" in plan["settings"]["nodata"]["skipped"]
     text = (sweep / "report.md").read_text()

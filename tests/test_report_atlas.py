@@ -50,7 +50,8 @@ def three_settings(tmp_path):
 
 
 def test_differences_are_oriented_so_that_positive_is_better_in_each_settings_units(three_settings):
-    rows = {(r["setting"], r["activation"]): r for n in "ABC" for r in effects(read_setting(three_settings / n, n), "relu", 0.05)}
+    by = effects([read_setting(three_settings / n, n) for n in "ABC"], "relu", 0.05)
+    rows = {(r["setting"], r["activation"]): r for n in "ABC" for r in by[n]}
     assert rows["A", "gelu"]["diff"] == pytest.approx(1.0, abs=0.05) and rows["A", "gelu"]["sig"] and rows["A", "gelu"]["unit"] == "pp"
     assert not rows["B", "gelu"]["sig"] and abs(rows["B", "gelu"]["diff"]) < 0.1
     assert rows["C", "gelu"]["diff"] == pytest.approx(0.05, abs=0.005) and rows["C", "gelu"]["sig"] and rows["C", "gelu"]["unit"] == "nats"
@@ -97,4 +98,6 @@ def test_the_cli_writes_the_atlas_report_and_measures_the_cost_once(three_settin
     (three_settings / "cost.json").write_text(json.dumps(kept))
     assert main([str(three_settings)]) == 0
     out = capsys.readouterr().out
+    assert main([str(three_settings), "--metric", "val_acc"]) == 2  # each setting ranks by its own
+    assert "is an atlas: each setting is ranked by its own metric" in capsys.readouterr().err
     assert "## The answer" in out and "on a kept measurement" in out and "| sigmoid | 2.86 | 3.00 | 4 |" in out  # 3 ms over 256 x 4096 elements

@@ -237,9 +237,23 @@ def test_the_mean_rank_and_its_interval_on_a_hand_checked_example():
     assert mean.tolist() == [1.5, 1.5] and lo.tolist() == [1.0, 1.0] and hi.tolist() == [2.0, 2.0]
 
 
-def test_the_standardised_effect_is_the_mean_over_the_sd_with_the_t_interval_on_that_scale():
-    d = np.array([1.0, 2.0, 3.0])  # mean 2, sd 1, se 1/sqrt(3), t(0.975, 2) = 4.303
-    dz, lo, hi = stats.standardised(d)
-    assert dz == pytest.approx(2.0) and lo == pytest.approx(2 - 4.3027 / np.sqrt(3), abs=1e-3) and hi == pytest.approx(2 + 4.3027 / np.sqrt(3), abs=1e-3)
-    assert all(np.isnan(stats.standardised([1.0, 1.0, 1.0])))  # no spread: no scale
+def test_the_standardised_effect_is_t_over_root_n_with_a_noncentral_t_interval():
+    a, b = np.array([2.0, 3.0, 4.0, 6.0]), np.array([1.0, 1.0, 1.0, 1.0])  # differences 1, 2, 3, 5: mean 2.75, sd 1.708
+    t = stats.paired_t(a, b)
+    dz, lo, hi = stats.standardised(t)
+    assert dz == pytest.approx(2.75 / np.std([1, 2, 3, 5], ddof=1))
+    observed = t.diff / t.se  # at the interval's ends the observed t is the 97.5% and 2.5% quantile
+    assert st.nct.cdf(observed, 3, lo * 2) == pytest.approx(0.975, abs=1e-6) and st.nct.cdf(observed, 3, hi * 2) == pytest.approx(0.025, abs=1e-6)
+    assert lo < dz < hi
+    zero = stats.standardised(stats.paired_t(a, a - 1.0))  # the same difference on every pair: no spread, no scale
+    assert all(np.isnan(zero)) and all(np.isnan(stats.standardised(stats.welch_t(a, b))))
     assert stats.ranks([0.1, 0.3, 0.3], higher_is_better=True).tolist() == [3.0, 1.5, 1.5]
+
+
+def test_the_bootstrap_of_ranks_resamples_the_same_seeds_for_every_activation():
+    # seeds differ a lot (offsets 0, 10, 20, ...), activations by a small constant: a beats b on
+    # every seed, so every resample that draws the same seeds for both ranks a first; drawn apart,
+    # b would often come first
+    offsets = np.arange(8) * 10.0
+    mean, lo, hi = stats.mean_rank([(np.array([offsets + 0.1, offsets]), True)])
+    assert mean.tolist() == [1.0, 2.0] and lo.tolist() == [1.0, 2.0] and hi.tolist() == [1.0, 2.0]

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     write, tuned = write_report, {}
     if atlas.read(args.sweep_dir) is not None:  # an atlas's root: the answer across its settings
+        if args.metric != d["metric"] or args.pair or args.effect != d["effect"]:
+            print(f"actbench.report: {args.sweep_dir} is an atlas: each setting is ranked by its own metric, effect and pairs; "
+                  f"give them to one setting's report (python -m actbench.report {args.sweep_dir}/SETTING)", file=sys.stderr)
+            return 2
         write = write_atlas_report
     elif study.read_selection(args.sweep_dir) is not None:  # a study's root: its own report, the confirm stage's inside
         write = write_study_report

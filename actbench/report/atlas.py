@@ -25,7 +25,7 @@ import numpy as np
 
 from actbench import atlas, root_events, stats, study
 from actbench.report.study import write_study_report
-from actbench.report.sweep import DEFAULTS, ReportError, higher_is_better, shown
+from actbench.report.sweep import DEFAULTS, ReportError, compare, higher_is_better, shown
 from actbench.results import NoRunsError, group_runs, load_runs, rank_metric
 from actbench.tags import report_tag
 
@@ -39,14 +39,18 @@ def signed(x: float, unit: str) -> str:
 
 @dataclass
 class Setting:
-    """One setting's confirm runs as the atlas compares them: values[a, s] in the units shown
-    (pp for an accuracy), for the seeds every activation has."""
+    """One setting's confirm runs as the atlas compares them: each activation's configuration at
+    its selected rate (`groups`), and values[a, s] in the units shown (pp for an accuracy) on the
+    seeds every activation finished, for the ranks."""
 
     name: str
     metric: str
     activations: list[str]
     seeds: list
     values: np.ndarray
+    groups: dict = field(default_factory=dict)  # activation -> its results.Config
+    tuned: tuple = ()  # the keys the study chose per activation
+    planned: int = 0  # confirm runs the study planned (0: unknown)
     lr: dict = field(default_factory=dict)  # activation -> its selected learning rate
     size: dict = field(default_factory=dict)  # activation -> (params, forward FLOPs per example)
     curves: dict = field(default_factory=dict)  # activation -> [seeds, epochs] of the validation metric
@@ -57,18 +61,23 @@ class Setting:
         return higher_is_better(self.metric)
 
     @property
+    def factor(self) -> float:
+        return shown(self.metric)[0]
+
+    @property
     def unit(self) -> str:
-        return "pp" if shown(self.metric)[0] == 100 else ("nats" if "loss" in self.metric else self.metric)
+        return shown(self.metric)[1].strip() or ("nats" if "loss" in self.metric else self.metric)
 
     @property
     def val_metric(self) -> str:
         return self.metric.replace("test_", "val_")
 
+    @property
+    def finished(self) -> int:
+        return sum(len(c.runs) for c in self.groups.values())
+
     def row(self, activation: str) -> np.ndarray:
         return self.values[self.activations.index(activation)]
-
-    def oriented(self, activation: str) -> np.ndarray:
-        return self.row(activation) if self.higher else -self.row(activation)
 
 
 def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list | None = None) -> Setting:
@@ -77,23 +86,31 @@ def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list
     runs = load_runs(Path(setting_dir) / "confirm")
     if metric == "auto":
         metric = rank_metric(runs)
+    selection = study.read_selection(setting_dir) or {}
+    tuned = study.tuned_keys(selection) if selection else (study.LR_KEY,)
+    chosen = {tuple(arm.get("activation") or ()): dict(o.split("=", 1) for o in arm.get("chosen") or []) for arm in selection.get("arms", [])}
+    groups: dict = {}
+    for c in group_runs(runs, metric):  # one configuration per activation: the one at its selected rate
+        if not c.runs:
+            continue
+        pick = chosen.get((f"activation={c.activation}",), {})
+        at_choice = all(str(c.get(k)) == v for k, v in pick.items()) if pick else True
+        if at_choice and (c.activation not in groups or len(c.runs) > len(groups[c.activation].runs)):
+            groups[c.activation] = c
+    acts = sorted(groups, key=lambda a: (order or []).index(a) if a in (order or []) else len(order or []))
     factor = shown(metric)[0]
-    by_act: dict = {}
-    for c in group_runs(runs, metric):  # one configuration per activation: each at its own selection
-        if c.runs and len(c.runs) > len(by_act.get(c.activation, (None, []))[1]):
-            by_act[c.activation] = (c, c.runs)
-    acts = sorted(by_act, key=lambda a: (order or []).index(a) if a in (order or []) else len(order or []))
-    seeds = sorted(set.intersection(*(set(c.by_seed(metric)) for c, _ in by_act.values()))) if by_act else []
-    values = np.array([[factor * by_act[a][0].by_seed(metric)[s] for s in seeds] for a in acts]).reshape(len(acts), len(seeds))
-    out = Setting(name, metric, acts, seeds, values)
-    val = metric.replace("test_", "val_")
-    for a, (c, rs) in by_act.items():
-        first = rs[0]
+    seeds = sorted(set.intersection(*(set(groups[a].by_seed(metric)) for a in acts))) if acts else []
+    values = np.array([[factor * groups[a].by_seed(metric)[s] for s in seeds] for a in acts]).reshape(len(acts), len(seeds))
+    planned = len(selection.get("arms", [])) * len((selection.get("settings") or {}).get("seeds") or [])
+    out = Setting(name, metric, acts, seeds, values, {a: groups[a] for a in acts}, tuned, planned)
+    val = out.val_metric
+    for a in acts:
+        c, first = groups[a], groups[a].runs[0]
         out.lr[a] = c.get(study.LR_KEY, first.section("hparams").get("lr"))
         hp = first.section("hparams")
         out.size[a] = (hp.get("params"), hp.get("flops"))
         out.configs[a] = first.section("config").get("activation")
-        seeded = {r.seed: r.section("curves").get(val) or [] for r in rs}
+        seeded = {r.seed: r.section("curves").get(val) or [] for r in c.runs}
         curves = [seeded[s] for s in seeds if s in seeded]
         if curves and len({len(x) for x in curves}) == 1 and len(curves[0]):
             out.curves[a] = factor * np.array(curves, dtype=float)
@@ -103,47 +120,57 @@ def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list
 # ---------------------------------------------------------------- the numbers
 
 
-def effects(s: Setting, baseline: str, alpha: float) -> list[dict]:
-    """Each activation against the baseline, oriented (> 0 better), Holm-corrected within the setting."""
-    if baseline not in s.activations or len(s.seeds) < 2:
-        return []
+def effects(settings: list[Setting], baseline: str, alpha: float, power: float = stats.POWER) -> dict[str, list[dict]]:
+    """Each activation against the baseline in every setting, as each setting's own report tests it
+    (report.sweep.compare: paired on the seeds the two share), oriented so that > 0 is better and
+    shown in the setting's units, Holm-corrected over every test of the atlas."""
     rows = []
-    for a in s.activations:
-        if a == baseline:
-            continue
-        t = stats.paired_t(s.oriented(a), s.oriented(baseline))
-        dz = stats.standardised(s.oriented(a) - s.oriented(baseline))
-        rows.append({"setting": s.name, "activation": a, "unit": s.unit, "diff": t.diff, "lo": t.ci[0] if t.valid else math.nan,
-                     "hi": t.ci[1] if t.valid else math.nan, "p": t.p if t.valid else math.nan, "dz": dz[0], "dz_lo": dz[1], "dz_hi": dz[2]})
+    for s in settings:
+        sign = 1.0 if s.higher else -1.0
+        comparisons, _ = compare(list(s.groups.values()), s.metric, baseline, None, alpha, power, s.tuned)
+        for c in comparisons:
+            t = c.result.t if c.result is not None else None
+            dz = stats.standardised(t) if t is not None else (math.nan,) * 3
+            ci = sorted(sign * s.factor * x for x in t.ci) if t is not None else (math.nan, math.nan)
+            rows.append({"setting": s.name, "activation": c.config.activation, "unit": s.unit, "n": c.n,
+                         "diff": sign * s.factor * c.diff, "lo": ci[0], "hi": ci[1], "p": t.p if t is not None else math.nan,
+                         "dz": sign * dz[0], "dz_lo": min(sign * dz[1], sign * dz[2]), "dz_hi": max(sign * dz[1], sign * dz[2])})
     for r, p in zip(rows, stats.holm([r["p"] for r in rows])):
-        r["p_holm"] = p
-        r["sig"] = p < alpha
-    return rows
+        r["p_holm"], r["sig"] = p, p < alpha
+    return {s.name: [r for r in rows if r["setting"] == s.name] for s in settings}
 
 
-def behind_best(s: Setting, alpha: float) -> tuple[str, set[str]]:
-    """(the best activation by mean, those significantly worse than it: paired t, Holm within the setting)."""
-    means = [float(np.mean(s.oriented(a))) for a in s.activations]
-    best = s.activations[int(np.argmax(means))]
-    others = [a for a in s.activations if a != best]
-    tests = [stats.paired_t(s.oriented(best), s.oriented(a)) if len(s.seeds) >= 2 else None for a in others]
-    p = stats.holm([t.p if t is not None and t.valid else math.nan for t in tests])
-    return best, {a for a, t, q in zip(others, tests, p) if t is not None and t.valid and q < alpha and t.diff > 0}
+def behind_best(settings: list[Setting], alpha: float) -> dict[str, tuple[str, set[str]]]:
+    """Per setting, (the best activation by mean, those significantly worse than it): paired t on
+    the seeds each pair shares, Holm-corrected over every such test of the atlas."""
+    tests, best = [], {}
+    for s in settings:
+        means = {a: (1 if s.higher else -1) * float(np.mean(c.values(s.metric))) for a, c in s.groups.items()}
+        best[s.name] = max(means, key=means.get)
+        top = s.groups[best[s.name]].by_seed(s.metric)
+        for a, c in s.groups.items():
+            other = c.by_seed(s.metric)
+            common = [k for k in top if k in other]
+            t = stats.paired_t([top[k] for k in common], [other[k] for k in common]) if a != best[s.name] and len(common) >= 2 else None
+            if t is not None and t.valid:
+                tests.append((s.name, a, (1 if s.higher else -1) * t.diff, t.p))
+    worse: dict = {n: set() for n in best}
+    for (name, a, diff, _), p in zip(tests, stats.holm([t[3] for t in tests])):
+        if p < alpha and diff > 0:
+            worse[name].add(a)
+    return {n: (best[n], worse[n]) for n in best}
 
 
-def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline: str, alpha: float) -> list[str]:
+def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline: str, alpha: float, activations: list[str]) -> list[str]:
     """The answer in words."""
     if not settings:
         return ["No setting has confirm runs yet: the same command continues the atlas."]
-    acts = [a for a in settings[0].activations if all(a in s.activations for s in settings)]
-    verdicts = {s.name: behind_best(s, alpha) for s in settings}
-    tested = [s.name for s in settings if len(s.seeds) >= 2]
-    never = [a for a in acts if not any(a in worse for _, worse in verdicts.values())]
-    level = f"paired t-tests over the confirm seeds, Holm-corrected within each setting, at {alpha:g}"
-    out = [f"Never significantly worse than the best in any of the {len(tested)} settings with two seeds or more ({level}): "
+    verdicts = behind_best(settings, alpha)
+    everywhere = [a for a in activations if all(a in s.groups for s in settings)]
+    never = [a for a in everywhere if not any(a in worse for _, worse in verdicts.values())]
+    level = f"paired t-tests over the confirm seeds, Holm-corrected over all the atlas's tests of their kind, at {alpha:g}"
+    out = [f"Never significantly worse than the best in any of the {len(settings)} settings ({level}): "
            + (", ".join(f"**{a}**" for a in never) if never else "none: every activation trails the best somewhere") + "."]
-    if len(tested) < len(settings):
-        out.append(f"Untested (fewer than 2 seeds every activation shares): {', '.join(s.name for s in settings if s.name not in tested)}.")
     bests = {name: best for name, (best, _) in verdicts.items()}
     if len(set(bests.values())) == 1:
         out.append(f"The best mean in every setting: **{next(iter(bests.values()))}**.")
@@ -153,13 +180,16 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
         rows = effects_by.get(s.name) or []
         better = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] > 0]
         worse = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] < 0]
-        if not rows:
-            out.append(f"- {s.name}: no comparison with {baseline} (it has no confirm runs, or fewer than 2 shared seeds).")
-            continue
-        out.append(f"- {s.name}: significantly better than {baseline}: {', '.join(better) or 'none'}; "
-                   f"significantly worse: {', '.join(worse) or 'none'}.")
+        missing = [a for a in activations if a not in s.groups]
+        line = (f"- {s.name}: significantly better than {baseline}: {', '.join(better) or 'none'}; significantly worse: {', '.join(worse) or 'none'}"
+                if any(math.isfinite(r["p"]) for r in rows) else f"- {s.name}: no test against {baseline} (no baseline runs, or fewer than 2 seeds)")
+        if missing:
+            line += f"; no finished confirm run of {', '.join(missing)}"
+        if s.planned and s.finished < s.planned:
+            line += f"; in progress ({s.finished} of {s.planned} confirm runs finished)"
+        out.append(line + ".")
     flips = []
-    for a in acts:
+    for a in everywhere:
         up = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] > 0]
         down = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] < 0]
         if up and down:
@@ -171,10 +201,10 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
 
 def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) -> list[str]:
     """Ranks per setting (by the mean over the confirm seeds) and the mean rank with its bootstrap interval."""
-    acts = [a for a in settings[0].activations if all(a in s.activations for s in settings)]
-    usable = [s for s in settings if len(s.seeds) >= 1]
+    usable = [s for s in settings if len(s.seeds) >= 2]
+    acts = [a for a in settings[0].activations if all(a in s.activations for s in usable)]
     if not acts or not usable:
-        return ["No activation has confirm runs in every setting."]
+        return ["No activation has confirm runs on two seeds or more in every setting."]
     per = {s.name: stats.ranks(np.array([np.mean(s.row(a)) for a in acts]), s.higher) for s in usable}
     mean, lo, hi = stats.mean_rank([(np.array([s.row(a) for a in acts]), s.higher) for s in usable], confidence)
     order = np.argsort(mean, kind="stable")
@@ -182,13 +212,19 @@ def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) ->
              "|---|" + "---|" * (len(usable) + 2)]
     for i in order:
         lines.append(f"| {acts[i]} | " + " | ".join(f"{per[s.name][i]:g}" for s in usable) + f" | {mean[i]:.2f} | [{lo[i]:.2f}, {hi[i]:.2f}] |")
-    left = [a for a in settings[0].activations if a not in acts]
-    note = (f"Rank 1 is the best mean in a setting (ties share their mean rank). The interval resamples the confirm seeds within "
+    left = [a for a in dict.fromkeys(a for s in settings for a in s.activations) if a not in acts]
+    short = [f"{s.name} ({len(s.seeds)})" for s in usable if s.planned and len(s.seeds) * len(s.activations) < s.planned]
+    note = (f"Rank 1 is the best mean in a setting (ties share their mean rank), on the seeds every activation of it finished"
+            + (f" (fewer than planned in {', '.join(short)})" if short else "") + ". The interval resamples the confirm seeds within "
             f"each setting ({stats.N_RESAMPLES} resamples, the same seeds for every activation of a setting) and averages the "
             "ranks over the settings: it says how much the mean rank over these settings depends on the seeds. It is not a "
             "random-effects meta-analysis: with a handful of settings, chosen rather than sampled, the between-setting variance "
-            "such a model needs cannot be estimated, and an interval that claims to reach settings not run would be a guess.")
-    return lines + ["", note] + ([f"Left out of the ranks (not in every setting): {', '.join(left)}."] if left else [])
+            "such a model needs cannot be estimated, and an interval that claims to reach settings not run would be a guess. "
+            "A percentile bootstrap over a few seeds is narrower than it should be, and it leaves out the uncertainty of each "
+            "activation's tuned rate: read it as a lower bound on the spread.")
+    out = lines + ["", note] + ([f"Left out of the ranks (not in every setting): {', '.join(left)}."] if left else [])
+    return out + ([f"Settings with fewer than 2 seeds, left out: {', '.join(s.name for s in settings if s not in usable)}."]
+                  if len(usable) < len(settings) else [])
 
 
 def rates_table(settings: list[Setting]) -> list[str]:
@@ -214,8 +250,9 @@ def epoch_ranks(s: Setting) -> dict:
 
 
 def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
-    """Each activation's cost (actbench.cost) on this machine's device, measured once and kept in
-    cost.json; built from the activation config its runs recorded, so a user's own is measured too."""
+    """Each activation's cost (actbench.cost) on the device of the machine that writes the report
+    (a GPU where there is one), measured once and kept in cost.json; built from the activation
+    config its runs recorded, so a user's own is measured too."""
     import torch
 
     from actbench import activations as acts
@@ -223,17 +260,18 @@ def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     names = list(dict.fromkeys(a for s in settings for a in s.activations))
+    nodes = {a: next(s.configs[a] for s in settings if a in s.configs) for a in names}
     path = Path(sweep_dir) / COST_FILE
     try:
         kept = json.loads(path.read_text())
-        if sorted(kept.get("activations")) == sorted(names) and kept.get("device") == device:
+        if sorted(kept["activations"]) == sorted(names) and kept["device"] == device and kept.get("configs", nodes) == nodes:
             return [cost.Cost(**c) for c in kept["costs"]], kept["on"]
     except (OSError, ValueError, TypeError, KeyError):
         pass
-    nodes = {a: next(s.configs[a] for s in settings if a in s.configs) for a in names}
     built = {a: acts.build(node) if isinstance(node, dict) else acts.from_name(a) for a, node in nodes.items()}
     measured, on = cost.compare(built, device, min_run_time=0.3), cost.device_name(device)
-    path.write_text(json.dumps({"activations": names, "device": device, "on": on, "costs": [c.__dict__ for c in measured]}, indent=1))
+    path.write_text(json.dumps({"activations": names, "device": device, "on": on, "configs": nodes, "costs": [c.__dict__ for c in measured]},
+                               indent=1))
     return measured, on
 
 
@@ -284,11 +322,11 @@ def write_atlas_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline
             notes.append(f"- [{name}]({name}/report.md): {' '.join(entry['overrides']) or 'the atlas preset as it is'}")
         except (NoRunsError, ReportError) as e:
             notes.append(f"- {name}: not yet: {e}")
-    by = {s.name: effects(s, baseline, alpha) for s in done}
+    by = effects(done, baseline, alpha, power)
     md += [f"{len(done)} of {len(plan['settings'])} settings have confirm runs; activations: {', '.join(plan.get('activations') or [])}; "
            f"baseline {baseline}. Each setting is a fair study: every activation's rate tuned on validation, then "
            "confirmed on fresh seeds, whose test metric is compared here (accuracy in pp, a language model's loss in nats).", "",
-           "## The answer", "", *answer(done, by, baseline, alpha), ""]
+           "## The answer", "", *answer(done, by, baseline, alpha, plan.get("activations") or []), ""]
     rows = [r for s in done for r in by[s.name]]
     drawn = []
     if figures:
@@ -296,8 +334,10 @@ def write_atlas_report(sweep_dir: str | Path, baseline: str = DEFAULTS["baseline
         md += [f"![forest plot]({path.name})" if path else f"Forest plot: {note}", ""]
         drawn.append((report_tag("atlas", "forest"), path))
     md += ["## Against " + baseline + " per setting", "",
-           f"Difference from {baseline} (> 0 better; pp of accuracy, nats of loss), 95% CI, Holm-adjusted p, and the standardised "
-           "effect (mean over the sd of the paired differences) with its interval:", "",
+           f"Difference from {baseline} (> 0 better; pp of accuracy, nats of loss) with its 95% t interval, as each setting's "
+           "own report tests it (paired on the seeds the two share); p Holm-adjusted over all the atlas's tests against "
+           f"{baseline} (so larger than in a setting's own report, whose family is its own tests); and the standardised "
+           "effect (the mean over the sd of the paired differences, d_z) with its interval from the noncentral t:", "",
            "| setting | activation | difference | 95% CI | p (Holm) | standardised | its interval |", "|---|---|---|---|---|---|---|"]
     md += [f"| {r['setting']} | {r['activation']} | {signed(r['diff'], r['unit'])} {r['unit']} | [{signed(r['lo'], r['unit'])}, "
            f"{signed(r['hi'], r['unit'])}] | {r['p_holm']:.3g}"

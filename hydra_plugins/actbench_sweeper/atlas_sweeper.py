@@ -3,8 +3,10 @@
 Before anything trains, each setting of `atlas.settings` is composed with its first job and
 checked (a bad value ends the sweep in one line naming the setting) and its data is looked for:
 a setting whose data is missing is skipped with one line, the others go on. Then each setting's
-study runs in `<sweep>/<setting>/` (tune, then confirm, as `experiment=fair`), through the
-configured launcher, skipping finished runs and resuming unfinished ones as every sweep does.
+study runs in `<sweep>/<setting>/` (tune, then confirm, as `experiment=fair`), the settings side
+by side: every round, the packs of each setting's next stage go to the configured launcher in one
+batch (on a cluster, all at once), skipping finished runs and resuming unfinished ones as every
+sweep does.
 """
 
 import sys
@@ -63,11 +65,11 @@ class AtlasSweeper(StudySweeper):
                                                             "skipped": missing} for setting, _, _, report, missing in planned})
         self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
         self.job_idx, self.returns = 0, []
-        for setting, s, jobs, _, missing in planned:
-            if missing:
-                continue
-            print(f"atlas: {setting.name}: {' '.join(setting.overrides) or 'the atlas preset as it is'}", flush=True)
-            self.run_study(jobs, s, sweep_dir / setting.name)
+        for setting, _, _, _, missing in planned:
+            if not missing:
+                print(f"atlas: {setting.name}: {' '.join(setting.overrides) or 'the atlas preset as it is'}", flush=True)
+        # the settings side by side: each round, every setting's next stage goes out in one batch
+        self.drive([self.study(jobs, s, sweep_dir / setting.name, f" {setting.name}") for setting, s, jobs, _, missing in planned if not missing])
         return self.returns
 
     def _check(self, job: List[str]):

@@ -46,24 +46,38 @@ class StudySweeper(PackingSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
         self.job_idx, self.returns = 0, []
-        self.run_study(jobs, s, sweep_dir)
+        self.drive([self.study(jobs, s, sweep_dir)])
         return self.returns
 
-    def run_study(self, jobs: List[List[str]], s, sweep_dir: Path) -> bool:
-        """One study's two stages in `sweep_dir`; False while some tune run has not finished."""
+    def drive(self, studies: list) -> None:
+        """Run studies side by side: in each round, the jobs that every unfinished study asks for go
+        out together, as packs, so that a cluster trains several studies' stages at once."""
+        active = list(studies)
+        while active:
+            batch = []
+            for study in list(active):
+                try:
+                    batch += next(study)
+                except StopIteration:
+                    active.remove(study)
+            if batch:
+                self._launch(batch)
+
+    def study(self, jobs: List[List[str]], s, sweep_dir: Path, label: str = ""):
+        """One study in `sweep_dir`, as a generator of its rounds' jobs (tune rounds, then confirm);
+        each round's runs are on disk when the next is asked for."""
         from actbench import study as st
 
         arms = st.arms(jobs)
-        chosen, rows = (self._search if s.searched else self._grid)(arms, s, sweep_dir / "tune")
+        chosen, rows = yield from (self._search if s.searched else self._grid)(arms, s, sweep_dir / "tune")
         st.write_selection(sweep_dir, s, rows)
         if chosen is None:
-            print("study: some tune runs did not finish (another process owns them, or they failed to start); "
+            print(f"study{label}: some tune runs did not finish (another process owns them, or they failed to start); "
                   "the same command continues the study", flush=True)
-            return False
+            return
         for arm in arms:
-            print(f"study: {arm.label}: {', '.join(chosen[arm].overrides())}", flush=True)
-        self._launch([job for arm in arms for job in chosen[arm].jobs(s.seeds, sweep_dir / "confirm")])
-        return True
+            print(f"study{label}: {arm.label}: {', '.join(chosen[arm].overrides())}", flush=True)
+        yield [job for arm in arms for job in chosen[arm].jobs(s.seeds, sweep_dir / "confirm")]
 
     def _launch(self, jobs: List[List[str]]) -> None:
         """One stage's jobs, as packs, in batches of max_batch_size."""
@@ -82,14 +96,15 @@ class StudySweeper(PackingSweeper):
 
     def _grid(self, arms, s, tune_dir: Path):
         """Every arm at every rate of the grid; then, while an arm's best rate is on an edge, the
-        next rate beyond it. Returns ({arm: chosen point} or None while runs are missing, rows)."""
+        next rate beyond it. Yields each round's jobs; returns ({arm: chosen point} or None while
+        runs are missing, rows)."""
         from actbench import study as st
 
         tried = {arm: list(s.lrs) for arm in arms}
         launched: set = set()
         while True:
             todo = [p for arm in arms for lr in tried[arm] if (p := st.lr_point(arm, lr)) not in launched]
-            self._launch([job for p in todo for job in p.jobs(s.tune_seeds, tune_dir)])
+            yield [job for p in todo for job in p.jobs(s.tune_seeds, tune_dir)]
             launched |= set(todo)
             scores = {p: st.score(p, s, tune_dir, self.exclude) for p in launched}
             if any(sc.value is None for sc in scores.values()):
@@ -105,7 +120,8 @@ class StudySweeper(PackingSweeper):
                 return chosen, self._rows(arms, tried, scores, chosen, s)
 
     def _search(self, arms, s, tune_dir: Path):
-        """`study.trials` rounds of Optuna's ask/tell per arm over the rate and study.nuisance."""
+        """`study.trials` rounds of Optuna's ask/tell per arm over the rate and study.nuisance,
+        yielding each round's jobs."""
         from optuna.trial import TrialState
 
         from actbench import study as st
@@ -115,7 +131,7 @@ class StudySweeper(PackingSweeper):
         scores: dict = {}
         for _ in range(s.trials):
             asked = {arm: st.ask(arm, studies[arm], s) for arm in arms}
-            self._launch([job for _, p in asked.values() for job in p.jobs(s.tune_seeds, tune_dir)])
+            yield [job for _, p in asked.values() for job in p.jobs(s.tune_seeds, tune_dir)]
             for arm, (trial, p) in asked.items():
                 scores[p] = sc = st.score(p, s, tune_dir, self.exclude)
                 points[arm].append(p)
