@@ -94,6 +94,8 @@ def test_the_atlas_runs_a_study_per_setting_skips_one_without_data_and_resumes(t
     sweep = tmp_path / "runs" / "tiny_atlas"
     before = finished(sweep)
     assert {p.parts[0] for p in before} == {"mlp", "cnn"} and not any(p.parts[:2] == ("cnn", "confirm") for p in before)
+    launches = [line for line in killed.stdout.splitlines() + killed.stderr.splitlines() if "Launching" in line]
+    assert "Launching 2 jobs" in launches[0]  # the two settings' tune stages side by side, one pack each
     r = run_cli(*tiny_atlas, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     skipped = [line for line in r.stdout.splitlines() if line.startswith("atlas: nodata: skipped")]
