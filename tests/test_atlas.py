@@ -113,8 +113,11 @@ def test_the_atlas_runs_a_study_per_setting_skips_one_without_data_and_resumes(t
     assert plan["activations"] == ["relu", "sigmoid"] and "CIFAR-10 not found" in plan["settings"]["nodata"]["skipped"]
     text = (sweep / "report.md").read_text()
     assert "## The answer" in text and "![forest plot](forest.png)" in text and "| sigmoid |" in text and "- nodata: skipped" in text
+    conf = tmp_path / "conf" / "experiment" / "tiny_atlas.yaml"  # the atlas's own list is no run's identity:
+    conf.write_text(conf.read_text().replace("    nodata:", "    nodata2: [data=cifar10, data.root=/nonexistent2]\n    nodata:"))
     again = run_cli(*tiny_atlas, timeout=600)
-    assert again.returncode == 0 and finished(sweep) == after  # a finished atlas trains nothing on rerun
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert finished(sweep) == after  # a setting more, and a finished atlas still trains nothing on rerun
 
 
 @pytest.mark.slow
