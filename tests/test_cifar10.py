@@ -1,6 +1,6 @@
 """actbench.data.cifar10 (on small files written in CIFAR-10's exact format, since the real ones
 are not here) and MNIST through the IDX reader: facts, shapes, one-line errors, models for them,
-a sweep."""
+a sweep of each."""
 
 import os
 import pickle
@@ -102,3 +102,14 @@ def test_a_cifar_sweep_writes_the_usual_runs(tmp_path):
     m = metrics(next((tmp_path / "runs" / "blog_cifar").glob("activation=gelu,*")))
     assert m["status"] == "finished" and m["hparams"]["data"] == "cifar10" and m["hparams"]["model"] == "cnn"
     assert (tmp_path / "runs" / "blog_cifar" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_an_mnist_sweep_writes_the_usual_runs(tmp_path):
+    write_idx_files(tmp_path / "data", synthetic_arrays(120, 40))
+    r = run_cli("-m", "data=mnist", f"data.root={tmp_path / 'data'}", f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}",
+                "name=m", "data.val_size=40", "trainer.max_epochs=1", "activation=relu,gelu", "seed=0", "data.probe_size=32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = metrics(next((tmp_path / "runs" / "m").glob("activation=gelu,*")))
+    assert m["status"] == "finished" and m["hparams"]["data"] == "mnist" and m["final"]["test_acc"] > 0
+    assert "test_acc" in (tmp_path / "runs" / "m" / "report.md").read_text()
