@@ -99,6 +99,35 @@ def tiny_run(tmp_path, tiny_data):
     ]
 
 
+TINY_ATLAS = """# @package _global_
+defaults:
+  - fair
+  - _self_
+name: tiny_atlas
+data: {val_size: 100, probe_size: 64, system_dirs: []}
+trainer: {max_epochs: 1, log_every_n_steps: 5}
+study: {lrs: [1.0e-2], tune_seeds: [100], seeds: [0, 1], max_extend: 0}
+atlas:
+  settings:
+    mlp: []
+    cnn: [experiment=tiny, model=cnn, "model.channels=[4]", model.width=16, "study.lrs=[3.0e-3]"]   # the tiny preset's recipe
+    nodata: [data=cifar10, data.root=/nonexistent]
+hydra:
+  sweeper:
+    _target_: hydra_plugins.actbench_sweeper.atlas_sweeper.AtlasSweeper
+    params:
+      activation: relu,sigmoid
+"""
+
+
+@pytest.fixture
+def tiny_atlas(tiny_run, tmp_path):
+    """CLI arguments for an atlas of two settings on the tiny data (and one whose data is missing):
+    relu and sigmoid, one rate, one tune seed, two confirm seeds."""
+    (tmp_path / "conf" / "experiment" / "tiny_atlas.yaml").write_text(TINY_ATLAS)
+    return ["-m", *[a if a != "experiment=tiny" else "experiment=tiny_atlas" for a in tiny_run], f"data.cache_dir={tmp_path / 'cache'}"]
+
+
 def run_cli(*args: str, module: str = "actbench.train", timeout: int = 300, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run `python -m module args...` from the repo root and capture its output (env values of None unset)."""
     full_env = {k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}.items() if v is not None}

@@ -172,3 +172,21 @@ def test_sbatch_refusals_name_the_launcher_keys():
     assert "Invalid generic resource" in line and "hydra.launcher.gpus_per_node=1" in line and "cpus_per_task" not in line
     assert "hydra.launcher.partition=gpu" in sbatch_refusal("sbatch: error: invalid partition specified: gpu", launcher)
     assert "conf/hydra/launcher/slurm.yaml" in sbatch_refusal("sbatch: error: something new", launcher)
+
+
+@pytest.mark.slurm
+def test_an_atlas_sends_every_settings_stage_to_slurm_side_by_side(tiny_atlas, tmp_path):
+    need_slurm()
+    r = run_cli(*tiny_atlas, "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+                "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10", timeout=900, env=slurm_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    sweep = tmp_path / "runs" / "tiny_atlas"
+    for name in ("mlp", "cnn"):
+        for stage in ("tune", "confirm"):
+            runs = list((sweep / name / stage).glob("activation=*"))
+            assert runs and all(metrics(d)["status"] == "finished" and metrics(d)["host"]["slurm_job_id"] for d in runs)
+    # each round one array holding both settings' packs (submitit's folders are <array>_<task>)
+    tasks = [d.name.split("_") for d in (sweep / ".submitit").iterdir() if "_" in d.name]
+    arrays = {a: sorted(t for x, t in tasks if x == a) for a, _ in tasks}
+    assert sorted(arrays.values()) == [["0", "1"], ["0", "1"]], arrays  # tune, then confirm: a pack per setting each
+    assert (sweep / "report.md").exists()
