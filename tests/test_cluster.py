@@ -3,6 +3,7 @@
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -186,7 +187,7 @@ def test_an_atlas_sends_every_settings_stage_to_slurm_side_by_side(tiny_atlas, t
             runs = list((sweep / name / stage).glob("activation=*"))
             assert runs and all(metrics(d)["status"] == "finished" and metrics(d)["host"]["slurm_job_id"] for d in runs)
     # each round one array holding both settings' packs (submitit's folders are <array>_<task>)
-    tasks = [d.name.split("_") for d in (sweep / ".submitit").iterdir() if "_" in d.name]
+    tasks = [d.name.split("_") for d in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", d.name)]
     arrays = {a: sorted(t for x, t in tasks if x == a) for a, _ in tasks}
     assert sorted(arrays.values()) == [["0", "1"], ["0", "1"]], arrays  # tune, then confirm: a pack per setting each
     assert (sweep / "report.md").exists()
