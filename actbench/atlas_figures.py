@@ -4,17 +4,12 @@ Figures, its colours per activation); the numbers arrive computed (actbench.repo
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import numpy as np
 
-from actbench.figures import COLORS, DPI, MARKERS, SPARE_COLORS, _drawing, _new_figure
-
-
-def colors(activations: list[str]) -> dict[str, str]:
-    spare = itertools.cycle(SPARE_COLORS)
-    return {a: COLORS.get(a) or next(spare) for a in activations}
+from actbench.figures import DPI, MARKERS, _drawing, _new_figure
+from actbench.figures import activation_colors as colors
 
 
 def _point(ax, r: dict, y: float, keys: tuple[str, str, str], color: str, marker: str) -> None:

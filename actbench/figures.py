@@ -96,14 +96,16 @@ class Style(NamedTuple):
                 "lw": 3.0 * shrink * scale, "ms": 8.0 * shrink * scale}
 
 
+def activation_colors(activations) -> dict:
+    """activation -> its colour: the shipped ones' own, the spare ones in turn for the others."""
+    spare = itertools.cycle(SPARE_COLORS)
+    return {a: COLORS.get(str(a)) or next(spare) for a in dict.fromkeys(activations)}
+
+
 def styles(series: list[Series]) -> dict[str, Style]:
     """label -> its Style."""
-    spare = itertools.cycle(SPARE_COLORS)
-    colors: dict = {}
+    colors = activation_colors(s.activation for s in series)
     variants: dict = {}
-    for s in series:
-        if s.activation not in colors:
-            colors[s.activation] = COLORS.get(str(s.activation)) or next(spare)
     ranks = {a: i for i, a in enumerate(colors)}
     for s in sorted(series, key=_variant_order):
         variants.setdefault(_variant_id(s), len(variants))

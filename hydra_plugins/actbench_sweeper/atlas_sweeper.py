@@ -11,7 +11,6 @@ sweep does.
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -39,7 +38,7 @@ class AtlasSweeper(StudySweeper):
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         base = [*self._parse_config(), *arguments]
-        planned = []
+        planned, self._looked_for = [], {}
         try:
             for setting in atlas.settings(self.config.get("atlas")):
                 where = f"atlas.settings.{setting.name}"
@@ -57,14 +56,10 @@ class AtlasSweeper(StudySweeper):
         except UserError as e:
             print(f"actbench: error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        sweep_dir = self.begin()
         activations = [dict(o.split("=", 1) for o in arm.activation).get("activation") for arm in st.arms(planned[0][2])] if planned else []
         atlas.write(sweep_dir, activations, {setting.name: {"overrides": list(setting.overrides) + list(setting.study), "report": report,
                                                             "skipped": missing} for setting, _, _, report, missing in planned})
-        self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
-        self.job_idx, self.returns = 0, []
         for setting, _, _, _, missing in planned:
             if not missing:
                 print(f"atlas: {setting.name}: {' '.join(setting.overrides) or 'the atlas preset as it is'}", flush=True)
@@ -74,20 +69,22 @@ class AtlasSweeper(StudySweeper):
 
     def _check(self, job: List[str]):
         """(the setting's report settings, why its data cannot be had or None), composing its first
-        job as a run would; a bad value raises ConfigError."""
+        job as a run would; a bad value raises ConfigError. Settings on the same data (most are on
+        Fashion-MNIST) look for it once."""
+        import json
+
         from hydra.utils import instantiate
 
-        from actbench.checks import validate
-        from actbench.conf import resolving_as_job
         from actbench.errors import DataError
 
-        cfg = self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=list(job))
-        with resolving_as_job(cfg):
-            validate(cfg)
+        with self.composed(job) as cfg:
             report = OmegaConf.to_container(cfg.report, resolve=True) if cfg.get("report") else None
-            try:
-                data = instantiate(cfg.data, seeds=[0])
-                data.load()
-            except DataError as e:
-                return report, str(e)
-        return report, None
+            data = OmegaConf.to_container(cfg.data, resolve=True)
+            key = json.dumps(data, sort_keys=True, default=str)
+            if key not in self._looked_for:
+                try:
+                    instantiate(cfg.data, seeds=[0]).load()
+                    self._looked_for[key] = None
+                except DataError as e:
+                    self._looked_for[key] = str(e)
+        return report, self._looked_for[key]

@@ -7,6 +7,7 @@ and activation train as one packed model), so every launcher gets one job per pa
 """
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -59,8 +60,7 @@ class PackingSweeper(BasicSweeper):
         differ in, are checked without composing each (a composition costs ~0.1 s)."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from actbench.checks import RULES, no_such, validate
-        from actbench.conf import resolving_as_job
+        from actbench.checks import RULES, no_such
         from actbench.errors import ConfigError
         from actbench.packing import MEMBERS_KEY, override_key, parse_value
 
@@ -75,8 +75,8 @@ class PackingSweeper(BasicSweeper):
             for job in packs:
                 members = next((parse_value(o) for o in job if override_key(o) == MEMBERS_KEY), [[]])
                 shared = [o for o in job if override_key(o) != MEMBERS_KEY]
-                with resolving_as_job(loader.load_sweep_config(master_config=self.config, sweep_overrides=shared + list(members[0]))) as cfg:
-                    validate(cfg)
+                with self.composed(shared + list(members[0])):
+                    pass  # composed and checked is all this needs
                 for member in members[1:]:
                     for o in parser.parse_overrides(list(member)):
                         key, value = o.key_or_group, o.value()
@@ -87,6 +87,18 @@ class PackingSweeper(BasicSweeper):
         except ConfigError as e:
             print(f"actbench: error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+
+    @contextmanager
+    def composed(self, overrides: List[str]):
+        """A job's config as Hydra composes it for the launcher, checked (ConfigError, one line),
+        resolving `${hydra:...}` as in the job."""
+        from actbench.checks import validate
+        from actbench.conf import resolving_as_job
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+        with resolving_as_job(cfg):
+            validate(cfg)
+            yield cfg
 
     def validate_batch_is_legal(self, batch) -> None:
         pass  # every pack was composed and checked before the first was launched (check_all)

@@ -41,13 +41,17 @@ class StudySweeper(PackingSweeper):
             raise SystemExit(2) from None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)
+        self.drive([self.study(jobs, s, self.begin())])
+        return self.returns
+
+    def begin(self) -> Path:
+        """The sweep directory, made, with the sweep's config beside it; the launch counters reset."""
         sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.exclude = list(self.config.hydra.job.config.override_dirname.exclude_keys)
         self.job_idx, self.returns = 0, []
-        self.drive([self.study(jobs, s, sweep_dir)])
-        return self.returns
+        return sweep_dir
 
     def drive(self, studies: list) -> None:
         """Run studies side by side: in each round, the jobs that every unfinished study asks for go
