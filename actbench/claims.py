@@ -1,13 +1,12 @@
-"""A job's claims on its runs (actbench.ownership does the locking): every run is claimed before
-anything of it is read, a run owned by a live process elsewhere is left to it with one line, a
-requeued SLURM job waits for its earlier attempt, DDP ranks past the first train what rank 0
-owns, and a pack whose lease another process took over stops before it writes.
+"""A job's claims on its runs (actbench.ownership locks each): every run is claimed before anything
+of it is read, a run owned elsewhere is left to its owner with one line, a requeued SLURM job
+waits for its earlier attempt, and a pack that lost a lease stops before it writes.
 
-DDP ranks learn rank 0's runs from it, not through torch.distributed: Lightning makes the process
-group inside `Trainer.fit`, after the runs are chosen, claimed and built into a pack whose shape
-depends on them. Ranks Lightning's launcher starts read the choice from their environment; ranks
-started beside rank 0 (a SLURM job's tasks) wait, at most FOLLOWER_WAIT_S, until this job owns
-each run, then read what rank 0 read.
+DDP ranks past the first train what rank 0 owns. They learn it from rank 0, not through
+torch.distributed: Lightning makes the process group inside `Trainer.fit`, after the runs are
+chosen and built into a pack whose shape depends on them. Ranks Lightning's launcher starts read
+rank 0's choice from their environment; ranks started beside it (a SLURM job's tasks) wait until
+this job owns each run, then read what rank 0 read.
 """
 
 from __future__ import annotations
@@ -15,11 +14,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
 
 from actbench.errors import UserError
 from actbench.logs import say
-from actbench.ownership import LEASE_S, Owned, busy_line, claim, claim_all, iso, owner
+from actbench.ownership import LEASE_S, Owned, Owner, RunLock, busy_line, claim, iso, owner
+from actbench.placement import distributed
+from actbench.record import process_started
+from actbench.results import Status, read_metrics
+from actbench.runs import pending
 
 
 LEADER_ENV = "ACTBENCH_DDP_PACK"  # what DDP rank 0 trains, for the processes Lightning's launcher starts from it
@@ -34,29 +41,45 @@ def ownership_settings(cfg) -> dict:
     return {"mode": o.get("mode", "auto"), "lease_s": float(o.get("lease_s", LEASE_S))}
 
 
+@dataclass
+class Claims:
+    """A job's claims: the runs this process owns (their locks), and the owners of the others."""
+
+    locks: dict[Path, RunLock] = field(default_factory=dict)
+    owned: dict[Path, Owner] = field(default_factory=dict)
+
+    @property
+    def claimed(self) -> list[Path]:
+        return list(self.locks)
+
+
 @contextmanager
 def claimed(runs, cfg):
-    """Own the job's runs, member by member, until the block ends; a run owned by a live process
-    elsewhere gets its line (who, since when) and is left to it. Yields the `ownership.Claims`."""
-    settings = ownership_settings(cfg)
-    with ExitStack() as stack:
-        try:
-            claims = stack.enter_context(claim_all([r.dir for r in runs], **settings))
-        except OSError as e:  # the run directory is not writable (the sweep directory was checked)
-            raise UserError(f"{e.filename or runs[0].dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
-        for d, who in list(claims.owned.items()):
-            if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
-                wait_s = REQUEUE_WAIT_S + (settings["lease_s"] if who.mode == "lease" else 0.0)
-                try:
-                    claims.locks[d] = claim(d, wait_s=wait_s, poll_s=2.0, **settings)
-                    claims.claimed.append(d)
-                    del claims.owned[d]
-                except Owned as e:
-                    claims.owned[d] = e.owner
+    """Own the job's runs, member by member, until the block ends (a requeued SLURM job waiting for
+    its earlier attempt); a run owned by a live process elsewhere gets its line (who, since when)
+    and is left to it. Yields the `Claims`."""
+    settings, claims = ownership_settings(cfg), Claims()
+    try:
         for r in runs:
-            if r.dir in claims.owned:
-                say(busy_line(r.name, claims.owned[r.dir]))
+            try:
+                claims.locks[r.dir] = claim(r.dir, **settings)
+            except Owned as e:
+                who = e.owner
+                if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
+                    wait_s = REQUEUE_WAIT_S + (settings["lease_s"] if who.mode == "lease" else 0.0)
+                    try:
+                        claims.locks[r.dir] = claim(r.dir, wait_s=wait_s, poll_s=2.0, **settings)
+                        continue
+                    except Owned as still:
+                        who = still.owner
+                claims.owned[r.dir] = who
+                say(busy_line(r.name, who))
+            except OSError as e:  # the run directory is not writable (the sweep directory was checked)
+                raise UserError(f"{e.filename or r.dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
         yield claims
+    finally:
+        for lock in reversed(list(claims.locks.values())):
+            lock.release()
 
 
 def ddp_follower(cfg) -> bool:
@@ -70,18 +93,6 @@ def ddp_follower(cfg) -> bool:
     return any(r.isdigit() and int(r) > 0 for r in ranks if r)
 
 
-def distributed(cfg) -> bool:
-    """Whether the trainer is set to more than one process: a DDP-like strategy, several nodes or devices."""
-    t = cfg.trainer
-    devices = t.get("devices", 1)
-    return (
-        any(k in str(t.get("strategy", "")) for k in ("ddp", "fsdp", "deepspeed"))
-        or int(t.get("num_nodes", 1) or 1) > 1
-        or (isinstance(devices, int) and devices > 1)
-        or (not isinstance(devices, (int, str)) and len(devices) > 1)
-    )
-
-
 def follow(runs, cfg) -> tuple[dict, bool]:
     """What a DDP follower trains, and whether it is already one pack. Started by rank 0's launcher,
     it has rank 0's decision in its environment. Started beside it (a SLURM job's tasks), it waits
@@ -89,9 +100,6 @@ def follow(runs, cfg) -> tuple[dict, bool]:
     finished) and then reads the runs' files as rank 0 did: with the runs owned they do not change.
     A follower writes none of them, from the start: one that fails before training (restoring the
     checkpoint, memory) would record rank 0's runs as failed."""
-    from actbench.record import process_started
-    from actbench.results import Status, read_metrics
-
     for r in runs:
         r.writes = False
     plan = os.environ.get(LEADER_ENV)
@@ -112,17 +120,13 @@ def follow(runs, cfg) -> tuple[dict, bool]:
                 waiting.remove(r)
         if waiting:
             time.sleep(1.0)
-    from actbench.runs import pending
-
     return pending([r for r in runs if r in mine], cfg, speak=False), False
-
 
 
 def still_owned(runs, claims):
     """A callback that stops the pack at an epoch's end if this process lost a run to another (a
     lease it failed to renew in time), before anything of that epoch is written over the new
     owner's files."""
-    from lightning.pytorch.callbacks import Callback
 
     class StillOwned(Callback):
         def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -1,19 +1,14 @@
-"""One owner per run: the process that trains a run holds a lock on its directory that no other
-process can take, through one of two well-kept libraries, one mode per sweep.
+"""One owner per run: the process that trains a run holds a lock on its directory, through one of
+two well-kept libraries, one mode per sweep directory (recorded in `.ownership` by its first claim;
+`auto` follows it, or chooses `lock` where kernel locks work; the other mode is refused in one line).
 
-- `lock` (`filelock`): a kernel lock (flock) on `<run>/.owner.lock`. The kernel drops it when its
-  process dies, SIGKILL included, so a dead owner is taken over at once; over NFS the Linux client
-  forwards it to the server, so it holds between nodes.
-- `lease` (`flufl.lock`): `<run>/.owner.lease`, made by hard-linking a claim file, with a
-  lifetime (`lease_s`) that its owner refreshes every lease_s / 5. For filesystems whose kernel
-  locks stay on one node (Lustre mounted `localflock`, NFS `local_lock`); it needs hard links. A
-  dead owner's lease is taken over once its lifetime has lapsed by SLOP_S, not before.
+- `lock` (`filelock`): a kernel lock (flock) on `<run>/.owner.lock`, which the kernel drops when its
+  process dies, so a dead owner is taken over at once; NFS clients forward it to the server.
+- `lease` (`flufl.lock`): a hard link, `<run>/.owner.lease`, with a lifetime (`lease_s`) its owner
+  refreshes, for filesystems whose kernel locks stay on one node (Lustre `localflock`, NFS
+  `local_lock`). A dead owner's lease is taken over once its lifetime has lapsed by SLOP_S.
 
-A sweep directory records its mode (`.ownership`) at its first claim; `auto` follows it, and where
-there is none yet chooses `lock`, or `lease` where the filesystem refuses kernel locks. A process
-that names the other mode is refused in one line: the two never meet on one run. Beside the lock,
-`<run>/.owner.json` says who owns the run (host, pid, since, SLURM job), so that whoever finds
-it taken can say by whom.
+`<run>/.owner.json` says who owns the run (host, pid, since, SLURM job), for whoever finds it taken.
 """
 
 from __future__ import annotations
@@ -25,9 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -109,17 +102,23 @@ def _kernel_lock(path: Path) -> FileLock:
     return FileLock(path, thread_local=False, fallback_to_soft=False, preserve_lock_file=True)
 
 
-def kernel_locks_work(folder: Path) -> bool:
-    probe = _kernel_lock(folder / f"{MODE_FILE}.probe")
+def _no_locks(e: Exception) -> bool:
+    return isinstance(e, NotImplementedError) or getattr(e, "errno", None) in _NO_LOCKS
+
+
+def _free(path: Path) -> bool | None:
+    """Whether no process holds the kernel lock on `path` (taken and let go at once); None where
+    the filesystem refuses kernel locks."""
+    probe = _kernel_lock(path)
     try:
         probe.acquire(timeout=0)
-        probe.release()
     except Timeout:
-        pass  # another process is probing: the lock works
+        return False
     except (OSError, NotImplementedError) as e:
-        if isinstance(e, NotImplementedError) or e.errno in _NO_LOCKS:
-            return False
+        if _no_locks(e):
+            return None
         raise
+    probe.release()
     return True
 
 
@@ -129,7 +128,9 @@ def sweep_mode(folder: Path, mode: str) -> str:
     path = folder / MODE_FILE
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        chosen = mode if mode != "auto" else ("lock" if kernel_locks_work(folder) else "lease")
+        chosen = mode  # for auto: lock, where the kernel's locks work (False: another process holds the probe)
+        if mode == "auto":
+            chosen = "lock" if _free(folder / f"{MODE_FILE}.probe") is not None else "lease"
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             with os.fdopen(fd, "w") as f:
@@ -161,15 +162,10 @@ def owner(run_dir: Path | str) -> Owner | None:
             return info if (run_dir / LEASE_FILE).stat().st_mtime + SLOP_S > time.time() else None
         except FileNotFoundError:
             return None
-    probe = _kernel_lock(run_dir / LOCK_FILE)
     try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return info
+        return None if _free(run_dir / LOCK_FILE) else info
     except (OSError, NotImplementedError):
         return info  # the lock cannot be tested from here: say what the record says
-    probe.release()
-    return None
 
 
 _HELD: dict[Path, RunLock] = {}  # the runs this process owns: asking again must not lock again
@@ -223,7 +219,7 @@ class RunLock:
             except Timeout:
                 return False
             except (OSError, NotImplementedError) as e:
-                if isinstance(e, NotImplementedError) or e.errno in _NO_LOCKS:
+                if _no_locks(e):
                     raise LockingUnavailable(f"{self.run_dir.parent}: this filesystem refuses kernel locks: "
                                              "use ownership.mode=lease") from None
                 raise
@@ -269,35 +265,3 @@ def _release_all() -> None:
 def claim(run_dir: Path | str, mode: str = "auto", *, wait_s: float = 0.0, poll_s: float = 0.5, lease_s: float = LEASE_S) -> RunLock:
     """Own `run_dir` now (or within `wait_s`) or raise `Owned`; release the lock, or use it with `with`."""
     return RunLock(run_dir, mode, lease_s).acquire(wait_s=wait_s, poll_s=poll_s)
-
-
-@dataclass
-class Claims:
-    """A pack's claims: the run directories this process now owns, and the owners of the others."""
-
-    claimed: list[Path] = field(default_factory=list)
-    owned: dict[Path, Owner] = field(default_factory=dict)
-    locks: dict[Path, RunLock] = field(default_factory=dict)
-
-    def release(self) -> None:
-        for lock in reversed(list(self.locks.values())):
-            lock.release()
-        self.locks.clear()
-
-
-@contextmanager
-def claim_all(run_dirs: Iterable[Path | str], mode: str = "auto", *, wait_s: float = 0.0, poll_s: float = 0.5,
-              lease_s: float = LEASE_S) -> Iterator[Claims]:
-    """Claim every run directory of a pack, each on its own; everything claimed is released on
-    leaving the block."""
-    claims = Claims()
-    try:
-        for d in map(Path, run_dirs):
-            try:
-                claims.locks[d] = claim(d, mode, wait_s=wait_s, poll_s=poll_s, lease_s=lease_s)
-                claims.claimed.append(d)
-            except Owned as e:
-                claims.owned[d] = e.owner
-        yield claims
-    finally:
-        claims.release()

@@ -114,6 +114,18 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def distributed(cfg) -> bool:
+    """Whether the trainer is set to more than one process: a DDP-like strategy, several nodes or devices."""
+    t = cfg.trainer
+    devices = t.get("devices", 1)
+    return (
+        any(k in str(t.get("strategy", "")) for k in ("ddp", "fsdp", "deepspeed"))
+        or int(t.get("num_nodes", 1) or 1) > 1
+        or (isinstance(devices, int) and devices > 1)
+        or (not isinstance(devices, (int, str)) and len(devices) > 1)
+    )
+
+
 def trainer_overrides(cfg: DictConfig) -> dict:
     """Per-job placement: one SLURM side owning requeue, and one GPU per job when several are visible."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment

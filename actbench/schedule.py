@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
 DECAYS = ("none", "cosine")
 OWN_KEYS = {"optimizer": "schedule", "trainer": "clip_norm"}

@@ -27,11 +27,11 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from actbench.claims import LEADER_ENV, claimed, ddp_follower, distributed, follow, still_owned
+from actbench.claims import LEADER_ENV, claimed, ddp_follower, follow, still_owned
 from actbench.errors import UserError
 from actbench.logs import error, say, warn
 from actbench.placement import (
-    busy_elsewhere, contention, cpu_clock, cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device,
+    busy_elsewhere, contention, distributed, cpu_clock, cpu_threads, keep_freed_memory, pack_limit, trainer_overrides, training_device,
     undo_nvml_check, usable_cpus, use_cuda_graph,
 )
 from actbench.runs import pending, plan_runs, write_member_hydra_dirs  # (registers the run-name resolver)
@@ -75,7 +75,7 @@ def build_net(runs, members: list, data):
 
 def fit_pack(runs, resume: tuple[int, int] | None, claims=None) -> None:
     """Train and test one pack of runs (often a pack of one) that start from the same point and
-    agree on everything but their seeds and activations; `claims` (the `ownership.Claims` that make
+    agree on everything but their seeds and activations; `claims` (the `claims.Claims` that make
     this process their owner) are checked at every epoch's end."""
     import torch
     from hydra.errors import InstantiationException

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_cfg, metrics, run_cli
-from omegaconf import OmegaConf
 
 from actbench.data import MNIST1D
 from actbench.errors import ConfigError, DataError

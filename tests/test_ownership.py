@@ -12,12 +12,14 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from actbench import ownership
 from actbench.errors import UserError
-from actbench.ownership import INFO_FILE, MODE_FILE, LockingUnavailable, Owned, Owner, busy_line, claim, claim_all, owner
+from actbench.claims import claimed
+from actbench.ownership import INFO_FILE, MODE_FILE, LockingUnavailable, Owned, Owner, busy_line, claim, owner
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_LEASE = 1.0  # seconds: a lease's lifetime in these tests
@@ -183,7 +185,7 @@ def test_a_process_of_the_other_mode_is_refused_in_one_line(tmp_path):
 
 
 def test_where_kernel_locks_are_refused_auto_records_leases(tmp_path, monkeypatch):
-    monkeypatch.setattr(ownership, "kernel_locks_work", lambda folder: False)
+    monkeypatch.setattr(ownership, "_free", lambda path: None)
     run_dir = tmp_path / "sweep" / "seed=0"
     with claim(run_dir, "auto", lease_s=FAST_LEASE) as lock:
         assert lock.mode == "lease" and json.loads((run_dir / INFO_FILE).read_text())["mode"] == "lease"
@@ -235,13 +237,14 @@ def test_a_pack_is_claimed_member_by_member(tmp_path, contenders):
     a, b, c = (tmp_path / f"activation=relu,seed={k}" for k in range(3))
     other = contenders(b)
     assert other.claim()["claimed"]
-    with claim_all([a, b, c]) as claims:
+    runs = [SimpleNamespace(dir=d, name=d.name) for d in (a, b, c)]
+    with claimed(runs, {}) as claims:
         assert claims.claimed == [a, c]
         assert list(claims.owned) == [b] and claims.owned[b].pid == other.pid
         assert owner(a).pid == owner(c).pid == os.getpid()
     assert owner(a) is None and owner(c) is None
     assert owner(b).pid == other.pid
-    with pytest.raises(RuntimeError), claim_all([a, c]):
+    with pytest.raises(RuntimeError), claimed([runs[0], runs[2]], {}):
         raise RuntimeError("training failed")
     assert owner(a) is None and owner(c) is None
 

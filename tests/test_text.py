@@ -13,7 +13,6 @@ from actbench.data.text import (
     PLAYS_FILE,
     ShakespeareChar,
     Windows,
-    encoded,
     fetch_plays,
     find_text,
     plays_from_sdist,

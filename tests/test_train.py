@@ -725,7 +725,7 @@ def test_a_pack_whose_lease_was_taken_over_stops_before_writing(tmp_path):
     from types import SimpleNamespace
 
     from actbench import train
-    from actbench.ownership import Claims
+    from actbench.claims import Claims
     from actbench.record import RunRecord
 
     runs = [RunRecord(f"seed={s}", tmp_path / f"seed={s}", s, {}, {}, {}) for s in range(2)]

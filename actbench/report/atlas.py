@@ -214,7 +214,7 @@ def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) ->
         lines.append(f"| {acts[i]} | " + " | ".join(f"{per[s.name][i]:g}" for s in usable) + f" | {mean[i]:.2f} | [{lo[i]:.2f}, {hi[i]:.2f}] |")
     left = [a for a in dict.fromkeys(a for s in settings for a in s.activations) if a not in acts]
     short = [f"{s.name} ({len(s.seeds)})" for s in usable if s.planned and len(s.seeds) * len(s.activations) < s.planned]
-    note = (f"Rank 1 is the best mean in a setting (ties share their mean rank), on the seeds every activation of it finished"
+    note = ("Rank 1 is the best mean in a setting (ties share their mean rank), on the seeds every activation of it finished"
             + (f" (fewer than planned in {', '.join(short)})" if short else "") + ". The interval resamples the confirm seeds within "
             f"each setting ({stats.N_RESAMPLES} resamples, the same seeds for every activation of a setting) and averages the "
             "ranks over the settings: it says how much the mean rank over these settings depends on the seeds. It is not a "

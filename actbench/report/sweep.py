@@ -8,11 +8,9 @@ Written by `python -m actbench.report SWEEP_DIR` and after a multirun (actbench.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
