@@ -122,6 +122,15 @@ def _free(path: Path) -> bool | None:
     return True
 
 
+def _live_lease(run_dir: Path) -> bool:
+    """Whether the run's lease is held and not yet breakable: flufl.lock sets the lease file's
+    mtime to when its lifetime lapses, and breaks it SLOP_S after that."""
+    try:
+        return (run_dir / LEASE_FILE).stat().st_mtime + SLOP_S > time.time()
+    except FileNotFoundError:
+        return False
+
+
 def sweep_mode(folder: Path, mode: str) -> str:
     """The mode of the sweep in `folder`: recorded by its first claim (the first to create the
     file wins), which `auto` follows and another mode may not contradict."""
@@ -158,10 +167,7 @@ def owner(run_dir: Path | str) -> Owner | None:
     if info is None or (mine is not None and mine.held):
         return info
     if info.mode == "lease":
-        try:  # flufl.lock sets the lease file's mtime to when its lifetime lapses
-            return info if (run_dir / LEASE_FILE).stat().st_mtime + SLOP_S > time.time() else None
-        except FileNotFoundError:
-            return None
+        return info if _live_lease(run_dir) else None
     try:
         return None if _free(run_dir / LOCK_FILE) else info
     except (OSError, NotImplementedError):
@@ -224,6 +230,9 @@ class RunLock:
                                              "use ownership.mode=lease") from None
                 raise
         else:
+            if _live_lease(self.run_dir):  # one attempt's wait (its owner writes its record), not flufl.lock's up to 2 s
+                time.sleep(TRY_S)
+                return False
             lock = Lease(str(self.run_dir / LEASE_FILE), lifetime=timedelta(seconds=self.lease_s))
             try:
                 lock.lock(timeout=timedelta(seconds=TRY_S))

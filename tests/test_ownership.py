@@ -44,9 +44,13 @@ print(json.dumps({"released": True}), flush=True)
 
 
 class Contender:
-    def __init__(self, run_dir, mode="lock", lease_s=FAST_LEASE):
+    def __init__(self, run_dir, mode="lock", lease_s=FAST_LEASE, wait=True):
         self.proc = subprocess.Popen([sys.executable, "-c", CONTENDER, str(run_dir), mode, str(lease_s)], cwd=ROOT,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if wait:
+            self.ready()
+
+    def ready(self):
         assert self.read() == {"ready": True, "torch": False}
 
     @property
@@ -105,7 +109,9 @@ def test_processes_racing_for_a_pack_never_both_own_a_run(tmp_path, contenders, 
     and the others name it."""
     for attempt in range(20):
         run_dir = tmp_path / "sweep" / f"activation=relu,seed={attempt}"
-        procs = [contenders(run_dir, mode, lease_s=30) for _ in range(3)]
+        procs = [contenders(run_dir, mode, lease_s=30, wait=False) for _ in range(3)]
+        for c in procs:
+            c.ready()
         for c in procs:  # all are waiting on stdin already: they try within a millisecond
             c.send()
         answers = [c.read() for c in procs]
