@@ -59,23 +59,26 @@ def claimed(runs, cfg):
     its earlier attempt); a run owned by a live process elsewhere gets its line (who, since when)
     and is left to it. Yields the `Claims`."""
     settings, claims = ownership_settings(cfg), Claims()
+
+    def take(r, **wait) -> None:
+        try:
+            claims.locks[r.dir] = claim(r.dir, **settings, **wait)
+            claims.owned.pop(r.dir, None)
+        except Owned as e:
+            claims.owned[r.dir] = e.owner
+        except OSError as e:  # the run directory is not writable (the sweep directory was checked)
+            raise UserError(f"{e.filename or r.dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
+
     try:
         for r in runs:
-            try:
-                claims.locks[r.dir] = claim(r.dir, **settings)
-            except Owned as e:
-                who = e.owner
-                if who.same_job:  # an earlier attempt of this requeued SLURM job, still being stopped
-                    wait_s = REQUEUE_WAIT_S + (settings["lease_s"] if who.mode == "lease" else 0.0)
-                    try:
-                        claims.locks[r.dir] = claim(r.dir, wait_s=wait_s, poll_s=2.0, **settings)
-                        continue
-                    except Owned as still:
-                        who = still.owner
-                claims.owned[r.dir] = who
-                say(busy_line(r.name, who))
-            except OSError as e:  # the run directory is not writable (the sweep directory was checked)
-                raise UserError(f"{e.filename or r.dir}: cannot claim the run here ({e.strerror or type(e).__name__})") from None
+            take(r)
+        for r in runs:  # then, every other run held, wait for an earlier attempt of this requeued SLURM job
+            who = claims.owned.get(r.dir)
+            if who is not None and who.same_job:
+                take(r, wait_s=REQUEUE_WAIT_S + (settings["lease_s"] if who.mode == "lease" else 0.0), poll_s=2.0)
+        for r in runs:
+            if r.dir in claims.owned:
+                say(busy_line(r.name, claims.owned[r.dir]))
         yield claims
     finally:
         for lock in reversed(list(claims.locks.values())):

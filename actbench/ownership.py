@@ -127,8 +127,10 @@ def _live_lease(run_dir: Path) -> bool:
     mtime to when its lifetime lapses, and breaks it SLOP_S after that."""
     try:
         return (run_dir / LEASE_FILE).stat().st_mtime + SLOP_S > time.time()
-    except FileNotFoundError:
-        return False
+    except OSError as e:  # gone, or (NFS) replaced by another node as flufl.lock allows
+        if e.errno in (errno.ENOENT, errno.ESTALE):
+            return False
+        raise
 
 
 def sweep_mode(folder: Path, mode: str) -> str:

@@ -44,9 +44,9 @@ print(json.dumps({"released": True}), flush=True)
 
 
 class Contender:
-    def __init__(self, run_dir, mode="lock", lease_s=FAST_LEASE, wait=True):
+    def __init__(self, run_dir, mode="lock", lease_s=FAST_LEASE, wait=True, env=None):
         self.proc = subprocess.Popen([sys.executable, "-c", CONTENDER, str(run_dir), mode, str(lease_s)], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         if wait:
             self.ready()
 
@@ -253,6 +253,28 @@ def test_a_pack_is_claimed_member_by_member(tmp_path, contenders):
     with pytest.raises(RuntimeError), claimed([runs[0], runs[2]], {}):
         raise RuntimeError("training failed")
     assert owner(a) is None and owner(c) is None
+
+
+def test_a_requeued_job_holds_its_other_runs_while_it_waits_for_its_earlier_attempt(tmp_path, contenders, monkeypatch):
+    a, b, c, d = (tmp_path / "sweep" / f"activation=relu,seed={k}" for k in range(4))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    earlier = contenders(b, env={"SLURM_JOB_ID": "77"})  # this job's first attempt, still being stopped
+    other = contenders(d, env={"SLURM_JOB_ID": "78"})
+    assert earlier.claim()["claimed"] and other.claim()["claimed"]
+    seen = {}
+
+    def let_go():  # while this process waits for b, a and c are already its own
+        seen["c held"] = until(lambda: (owner(c) or Owner(None, None, None)).pid == os.getpid())
+        earlier.send()
+
+    timer = threading.Thread(target=let_go)
+    timer.start()
+    runs = [SimpleNamespace(dir=p, name=p.name) for p in (a, b, c, d)]
+    with claimed(runs, {}) as claims:
+        assert sorted(claims.claimed) == [a, b, c] and list(claims.owned) == [d]
+        assert claims.owned[d].pid == other.pid
+    timer.join()
+    assert seen["c held"]
 
 
 def test_a_claim_can_wait_for_the_owner_to_go(tmp_path, contenders):
