@@ -48,10 +48,6 @@ class Claims:
     locks: dict[Path, RunLock] = field(default_factory=dict)
     owned: dict[Path, Owner] = field(default_factory=dict)
 
-    @property
-    def claimed(self) -> list[Path]:
-        return list(self.locks)
-
 
 @contextmanager
 def claimed(runs, cfg):

@@ -245,7 +245,7 @@ def test_a_pack_is_claimed_member_by_member(tmp_path, contenders):
     assert other.claim()["claimed"]
     runs = [SimpleNamespace(dir=d, name=d.name) for d in (a, b, c)]
     with claimed(runs, {}) as claims:
-        assert claims.claimed == [a, c]
+        assert list(claims.locks) == [a, c]
         assert list(claims.owned) == [b] and claims.owned[b].pid == other.pid
         assert owner(a).pid == owner(c).pid == os.getpid()
     assert owner(a) is None and owner(c) is None
@@ -271,7 +271,7 @@ def test_a_requeued_job_holds_its_other_runs_while_it_waits_for_its_earlier_atte
     timer.start()
     runs = [SimpleNamespace(dir=p, name=p.name) for p in (a, b, c, d)]
     with claimed(runs, {}) as claims:
-        assert sorted(claims.claimed) == [a, b, c] and list(claims.owned) == [d]
+        assert sorted(claims.locks) == [a, b, c] and list(claims.owned) == [d]
         assert claims.owned[d].pid == other.pid
     timer.join()
     assert seen["c held"]
