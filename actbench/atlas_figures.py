@@ -74,13 +74,14 @@ def ranks_over_epochs(panels: list[dict], path: Path) -> tuple[Path | None, str]
 
     acts = list(dict.fromkeys(a for p in panels for a in p["ranks"]))
     color = colors(acts)
+    marker = {a: MARKERS[i % len(MARKERS)] for i, a in enumerate(acts)}
     cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
     fig = _new_figure(figsize=(3.2 * cols, 2.6 * rows + 0.6))
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, p in zip(axes, panels):
-        for i, (a, r) in enumerate(p["ranks"].items()):
-            ax.plot(p["epochs"], r, color=color[a], lw=1.3, marker=MARKERS[acts.index(a) % len(MARKERS)] if len(p["epochs"]) <= 12 else None,
+        for a, r in p["ranks"].items():
+            ax.plot(p["epochs"], r, color=color[a], lw=1.3, marker=marker[a] if len(p["epochs"]) <= 12 else None,
                     ms=3, label=a)
         ax.set_title(f"{p['setting']} ({p['metric'].replace('_', ' ')})", fontsize=9)
         ax.set_xlabel("epoch")

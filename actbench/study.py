@@ -106,8 +106,13 @@ class Arm:
     shown: tuple[str, ...] = ()  # the cell's overrides that differ between cells, for its label
 
     @property
+    def name(self) -> str | None:
+        """The activation's name (its `activation=` override), None where the arm keeps the default."""
+        return dict(o.split("=", 1) for o in self.activation).get("activation")
+
+    @property
     def label(self) -> str:
-        act = dict(o.split("=", 1) for o in self.activation).get("activation", "default")
+        act = self.name or "default"
         extra = [o.removeprefix("activation.").lstrip("+~") for o in self.activation if override_key(o) != "activation"]
         return act + (f"({','.join(extra)})" if extra else "") + (f" [{', '.join(self.shown)}]" if self.shown else "")
 

@@ -93,10 +93,14 @@ def test_figures_are_drawn_and_in_tensorboard(three_settings):
 def test_the_cli_writes_the_atlas_report_and_measures_the_cost_once(three_settings, capsys):
     from actbench.report import main
 
-    kept = {"activations": ["relu", "gelu", "sigmoid"], "device": "cpu", "on": "a kept measurement",
-            "costs": [{"name": a, "seconds": 1e-3 * (i + 1), "saved_bytes": 4.0, "relative": i + 1.0} for i, a in enumerate(["relu", "gelu", "sigmoid"])]}
+    assert main([str(three_settings)]) == 0  # measures, into cost.json
+    kept = json.loads((three_settings / "cost.json").read_text())
+    assert sorted(kept["activations"]) == ["gelu", "relu", "sigmoid"]
+    capsys.readouterr()
+    kept.update(on="a kept measurement", costs=[{"name": a, "seconds": 1e-3 * (i + 1), "saved_bytes": 4.0, "relative": i + 1.0}
+                                                for i, a in enumerate(["relu", "gelu", "sigmoid"])])
     (three_settings / "cost.json").write_text(json.dumps(kept))
-    assert main([str(three_settings)]) == 0
+    assert main([str(three_settings)]) == 0  # reads the kept measurement, measures nothing
     out = capsys.readouterr().out
     assert main([str(three_settings), "--metric", "val_acc"]) == 2  # each setting ranks by its own
     assert "is an atlas: each setting is ranked by its own metric" in capsys.readouterr().err

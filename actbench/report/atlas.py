@@ -176,10 +176,12 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
         out.append(f"The best mean in every setting: **{next(iter(bests.values()))}**.")
     else:
         out.append("The best mean moves between settings: " + "; ".join(f"{n}: {b}" for n, b in bests.items()) + ".")
+    def significant(rows: list[dict], sign: int) -> list[dict]:  # better (+1) or worse (-1) than the baseline
+        return [r for r in rows if r["sig"] and r["diff"] * sign > 0]
+
     for s in settings:
         rows = effects_by.get(s.name) or []
-        better = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] > 0]
-        worse = [f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in rows if r["sig"] and r["diff"] < 0]
+        better, worse = ([f"{r['activation']} ({signed(r['diff'], s.unit)} {s.unit})" for r in significant(rows, sign)] for sign in (1, -1))
         missing = [a for a in activations if a not in s.groups]
         line = (f"- {s.name}: significantly better than {baseline}: {', '.join(better) or 'none'}; significantly worse: {', '.join(worse) or 'none'}"
                 if any(math.isfinite(r["p"]) for r in rows) else f"- {s.name}: no test against {baseline} (no baseline runs, or fewer than 2 seeds)")
@@ -190,8 +192,7 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
         out.append(line + ".")
     flips = []
     for a in everywhere:
-        up = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] > 0]
-        down = [s for s, rows in effects_by.items() for r in rows if r["activation"] == a and r["sig"] and r["diff"] < 0]
+        up, down = ([s for s, rows in effects_by.items() if any(r["activation"] == a for r in significant(rows, sign))] for sign in (1, -1))
         if up and down:
             flips.append(f"{a} beats {baseline} in {', '.join(up)} and loses to it in {', '.join(down)}")
     out.append("Where the answer flips: " + ("; ".join(flips) if flips else
@@ -199,16 +200,16 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
     return out
 
 
-def rank_table(settings: list[Setting], confidence: float = stats.CONFIDENCE) -> list[str]:
+def rank_table(settings: list[Setting]) -> list[str]:
     """Ranks per setting (by the mean over the confirm seeds) and the mean rank with its bootstrap interval."""
     usable = [s for s in settings if len(s.seeds) >= 2]
     acts = [a for a in settings[0].activations if all(a in s.activations for s in usable)]
     if not acts or not usable:
         return ["No activation has confirm runs on two seeds or more in every setting."]
     per = {s.name: stats.ranks(np.array([np.mean(s.row(a)) for a in acts]), s.higher) for s in usable}
-    mean, lo, hi = stats.mean_rank([(np.array([s.row(a) for a in acts]), s.higher) for s in usable], confidence)
+    mean, lo, hi = stats.mean_rank([(np.array([s.row(a) for a in acts]), s.higher) for s in usable], stats.CONFIDENCE)
     order = np.argsort(mean, kind="stable")
-    lines = [f"| activation | {' | '.join(s.name for s in usable)} | mean rank | {confidence:.0%} interval |",
+    lines = [f"| activation | {' | '.join(s.name for s in usable)} | mean rank | {stats.CONFIDENCE:.0%} interval |",
              "|---|" + "---|" * (len(usable) + 2)]
     for i in order:
         lines.append(f"| {acts[i]} | " + " | ".join(f"{per[s.name][i]:g}" for s in usable) + f" | {mean[i]:.2f} | [{lo[i]:.2f}, {hi[i]:.2f}] |")
@@ -264,7 +265,7 @@ def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
     path = Path(sweep_dir) / COST_FILE
     try:
         kept = json.loads(path.read_text())
-        if sorted(kept["activations"]) == sorted(names) and kept["device"] == device and kept.get("configs", nodes) == nodes:
+        if sorted(kept["activations"]) == sorted(names) and kept["device"] == device and kept.get("configs") == nodes:
             return [cost.Cost(**c) for c in kept["costs"]], kept["on"]
     except (OSError, ValueError, TypeError, KeyError):
         pass

@@ -57,7 +57,7 @@ class AtlasSweeper(StudySweeper):
             print(f"actbench: error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
         sweep_dir = self.begin()
-        activations = [dict(o.split("=", 1) for o in arm.activation).get("activation") for arm in st.arms(planned[0][2])] if planned else []
+        activations = [arm.name for arm in st.arms(planned[0][2])] if planned else []
         atlas.write(sweep_dir, activations, {setting.name: {"overrides": list(setting.overrides) + list(setting.study), "report": report,
                                                             "skipped": missing} for setting, _, _, report, missing in planned})
         for setting, _, _, _, missing in planned:
