@@ -176,6 +176,30 @@ def owner(run_dir: Path | str) -> Owner | None:
         return info  # the lock cannot be tested from here: say what the record says
 
 
+def _holder(run_dir: Path, wait_s: float = 2.0) -> Owner:
+    """Who holds the run that this process could not take. Its holder writes its record just after
+    taking the lock, so a record that is missing, or names a process of this host that is gone, is
+    read again for a moment before the line says "a process"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = owner(run_dir)
+        if info is not None and (info.host != socket.gethostname() or _alive(info.pid)):
+            return info
+        if time.monotonic() >= deadline:
+            return info or _NOBODY
+        time.sleep(0.05)
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, TypeError, OverflowError):
+        pass  # another user's process, or no pid recorded: the record stands
+    return True
+
+
 _HELD: dict[Path, RunLock] = {}  # the runs this process owns: asking again must not lock again
 
 
@@ -211,9 +235,10 @@ class RunLock:
         deadline = time.monotonic() + wait_s
         while not self._take():
             if time.monotonic() >= deadline:
-                raise Owned(self.run_dir, owner(self.run_dir) or _NOBODY)
+                raise Owned(self.run_dir, _holder(self.run_dir))
             time.sleep(poll_s)
-        atomic_write(self.run_dir / INFO_FILE, json.dumps(asdict(Owner.me(self.mode)), indent=1))
+        # not fsynced: the record is advice to whoever finds the run taken, and a crash of the machine ends its owner too
+        atomic_write(self.run_dir / INFO_FILE, json.dumps(asdict(Owner.me(self.mode)), indent=1), durable=False)
         _HELD[self.run_dir] = self
         if self.mode == "lease":
             threading.Thread(target=self._refresh, daemon=True, name=f"lease {self.run_dir.name}").start()

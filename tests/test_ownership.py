@@ -130,6 +130,27 @@ def test_processes_racing_for_a_pack_never_both_own_a_run(tmp_path, contenders, 
     assert (tmp_path / "sweep" / MODE_FILE).read_text().strip() == mode
 
 
+def test_a_claim_that_loses_names_an_owner_still_writing_its_record(tmp_path):
+    """The winner writes its record just after taking the lock; a loser that looks in between, and
+    finds no record or one left by a dead process of this host, reads again rather than name it."""
+    run_dir = tmp_path / "sweep" / "run"
+    run_dir.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = Owner(socket.gethostname(), int(gone.stdout), "2026-01-01T00:00:00Z")
+    (run_dir / INFO_FILE).write_text(json.dumps(stale.__dict__))
+    holder = ownership._kernel_lock(run_dir / ownership.LOCK_FILE)
+    holder.acquire()  # another open file: the kernel refuses this process's claim as it would another's
+    late = threading.Timer(0.6, lambda: (run_dir / INFO_FILE).write_text(json.dumps(Owner.me("lock").__dict__)))
+    late.start()
+    try:
+        with pytest.raises(Owned) as e:
+            claim(run_dir)
+        assert e.value.owner.pid == os.getpid()
+    finally:
+        late.join()
+        holder.release()
+
+
 def test_a_killed_lock_owner_is_taken_over_at_once(tmp_path, contenders):
     run_dir = tmp_path / "run"
     first = contenders(run_dir)
