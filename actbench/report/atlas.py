@@ -38,7 +38,7 @@ def signed(x: float, unit: str) -> str:
 
 
 @dataclass
-class Setting:
+class SettingResults:
     """One setting's confirm runs as the atlas compares them: each activation's configuration at
     its selected rate (`groups`), and values[a, s] in the units shown (pp for an accuracy) on the
     seeds every activation finished, for the ranks."""
@@ -80,7 +80,7 @@ class Setting:
         return self.values[self.activations.index(activation)]
 
 
-def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list | None = None) -> Setting:
+def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list | None = None) -> SettingResults:
     """A setting's confirm runs, activations in `order` (the atlas's) where given; raises
     NoRunsError (a UserError) when it has none."""
     runs = load_runs(Path(setting_dir) / "confirm")
@@ -102,7 +102,7 @@ def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list
     seeds = sorted(set.intersection(*(set(groups[a].by_seed(metric)) for a in acts))) if acts else []
     values = np.array([[factor * groups[a].by_seed(metric)[s] for s in seeds] for a in acts]).reshape(len(acts), len(seeds))
     planned = len(selection.get("arms", [])) * len((selection.get("settings") or {}).get("seeds") or [])
-    out = Setting(name, metric, acts, seeds, values, {a: groups[a] for a in acts}, tuned, planned)
+    out = SettingResults(name, metric, acts, seeds, values, {a: groups[a] for a in acts}, tuned, planned)
     val = out.val_metric
     for a in acts:
         c, first = groups[a], groups[a].runs[0]
@@ -120,7 +120,7 @@ def read_setting(setting_dir: Path, name: str, metric: str = "auto", order: list
 # ---------------------------------------------------------------- the numbers
 
 
-def effects(settings: list[Setting], baseline: str, alpha: float, power: float = stats.POWER) -> dict[str, list[dict]]:
+def effects(settings: list[SettingResults], baseline: str, alpha: float, power: float = stats.POWER) -> dict[str, list[dict]]:
     """Each activation against the baseline in every setting, as each setting's own report tests it
     (report.sweep.compare: paired on the seeds the two share), oriented so that > 0 is better and
     shown in the setting's units, Holm-corrected over every test of the atlas."""
@@ -140,35 +140,32 @@ def effects(settings: list[Setting], baseline: str, alpha: float, power: float =
     return {s.name: [r for r in rows if r["setting"] == s.name] for s in settings}
 
 
-def behind_best(settings: list[Setting], alpha: float) -> dict[str, tuple[str, set[str]]]:
-    """Per setting, (the best activation by mean, those significantly worse than it): paired t on
-    the seeds each pair shares, Holm-corrected over every such test of the atlas."""
+def behind_best(settings: list[SettingResults], alpha: float, power: float = stats.POWER) -> dict[str, tuple[str, set[str]]]:
+    """Per setting, (the best activation by mean, those significantly worse than it): each tested
+    against the best as against the baseline (report.sweep.compare's pairing), Holm-corrected over
+    every such test of the atlas."""
     tests, best = [], {}
     for s in settings:
-        means = {a: (1 if s.higher else -1) * float(np.mean(c.values(s.metric))) for a, c in s.groups.items()}
+        sign = 1.0 if s.higher else -1.0
+        means = {a: sign * float(np.mean(c.values(s.metric))) for a, c in s.groups.items()}
         best[s.name] = max(means, key=means.get)
-        top = s.groups[best[s.name]].by_seed(s.metric)
-        for a, c in s.groups.items():
-            other = c.by_seed(s.metric)
-            common = [k for k in top if k in other]
-            t = stats.paired_t([top[k] for k in common], [other[k] for k in common]) if a != best[s.name] and len(common) >= 2 else None
-            if t is not None and t.valid:
-                tests.append((s.name, a, (1 if s.higher else -1) * t.diff, t.p))
+        comparisons, _ = compare(list(s.groups.values()), s.metric, best[s.name], None, alpha, power, s.tuned)
+        tests += [(s.name, c.config.activation, sign * c.diff, c.result.t.p) for c in comparisons if c.result is not None]
     worse: dict = {n: set() for n in best}
     for (name, a, diff, _), p in zip(tests, stats.holm([t[3] for t in tests])):
-        if p < alpha and diff > 0:
+        if p < alpha and diff < 0:
             worse[name].add(a)
     return {n: (best[n], worse[n]) for n in best}
 
 
-def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline: str, alpha: float, activations: list[str]) -> list[str]:
+def answer(settings: list[SettingResults], effects_by: dict[str, list[dict]], baseline: str, alpha: float, activations: list[str]) -> list[str]:
     """The answer in words."""
     if not settings:
         return ["No setting has confirm runs yet: the same command continues the atlas."]
     verdicts = behind_best(settings, alpha)
     everywhere = [a for a in activations if all(a in s.groups for s in settings)]
     never = [a for a in everywhere if not any(a in worse for _, worse in verdicts.values())]
-    level = f"paired t-tests over the confirm seeds, Holm-corrected over all the atlas's tests of their kind, at {alpha:g}"
+    level = f"t-tests over the confirm seeds, paired on the seeds two activations share as in each setting's report, Holm-corrected over all the atlas's tests of their kind, at {alpha:g}"
     out = [f"Never significantly worse than the best in any of the {len(settings)} settings ({level}): "
            + (", ".join(f"**{a}**" for a in never) if never else "none: every activation trails the best somewhere") + "."]
     bests = {name: best for name, (best, _) in verdicts.items()}
@@ -200,7 +197,7 @@ def answer(settings: list[Setting], effects_by: dict[str, list[dict]], baseline:
     return out
 
 
-def rank_table(settings: list[Setting]) -> list[str]:
+def rank_table(settings: list[SettingResults]) -> list[str]:
     """Ranks per setting (by the mean over the confirm seeds) and the mean rank with its bootstrap interval."""
     usable = [s for s in settings if len(s.seeds) >= 2]
     acts = [a for a in settings[0].activations if all(a in s.activations for s in usable)]
@@ -228,7 +225,7 @@ def rank_table(settings: list[Setting]) -> list[str]:
                   if len(usable) < len(settings) else [])
 
 
-def rates_table(settings: list[Setting]) -> list[str]:
+def rates_table(settings: list[SettingResults]) -> list[str]:
     """Each activation's selected learning rate per setting: what the study tuned."""
     acts = list(dict.fromkeys(a for s in settings for a in s.activations))
     lines = [f"| activation | {' | '.join(s.name for s in settings)} |", "|---|" + "---|" * len(settings)]
@@ -236,7 +233,7 @@ def rates_table(settings: list[Setting]) -> list[str]:
                     for a in acts]
 
 
-def epoch_ranks(s: Setting) -> dict:
+def epoch_ranks(s: SettingResults) -> dict:
     """The ranking at each epoch's validation, of the mean over the confirm seeds."""
     acts = [a for a in s.activations if a in s.curves]
     lengths = {s.curves[a].shape[1] for a in acts}
@@ -250,7 +247,7 @@ def epoch_ranks(s: Setting) -> dict:
 # ---------------------------------------------------------------- cost
 
 
-def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
+def costs(sweep_dir: Path, settings: list[SettingResults]) -> tuple[list, str]:
     """Each activation's cost (actbench.cost) on the device of the machine that writes the report
     (a GPU where there is one), measured once and kept in cost.json; built from the activation
     config its runs recorded, so a user's own is measured too."""
@@ -276,7 +273,7 @@ def costs(sweep_dir: Path, settings: list[Setting]) -> tuple[list, str]:
     return measured, on
 
 
-def cost_tables(sweep_dir: Path, settings: list[Setting]) -> list[str]:
+def cost_tables(sweep_dir: Path, settings: list[SettingResults]) -> list[str]:
     try:
         measured, on = costs(sweep_dir, settings)
     except Exception as e:  # noqa: BLE001 - the report stands without it
