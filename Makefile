@@ -33,7 +33,7 @@ data: setup                       ## find Fashion-MNIST; on Debian/Ubuntu instal
 test: setup                       ## the test suite (offline, CPU, about 11-13 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-test-fast: setup                  ## the tests not marked slow (no training on real data, no services): seconds
+test-fast: setup                  ## the tests not marked slow (no training on real data, no services): minutes
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup data                 ## speed: actbench vs a plain PyTorch loop
