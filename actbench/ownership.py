@@ -176,16 +176,17 @@ def owner(run_dir: Path | str) -> Owner | None:
         return info  # the lock cannot be tested from here: say what the record says
 
 
-def _holder(run_dir: Path, wait_s: float = 2.0) -> Owner:
+def _holder(run_dir: Path, mode: str, wait_s: float = 2.0) -> Owner:
     """Who holds the run that this process could not take. Its holder writes its record just after
-    taking the lock, so a record that is missing, or names a process of this host that is gone, is
-    read again for a moment before the line says "a process"."""
+    taking the lock, so while the run is still taken, a record that is missing, or names a process
+    of this host that is gone, is read again for a moment before the line says "a process"."""
     deadline = time.monotonic() + wait_s
     while True:
         info = owner(run_dir)
         if info is not None and (info.host != socket.gethostname() or _alive(info.pid)):
             return info
-        if time.monotonic() >= deadline:
+        taken = _live_lease(run_dir) if mode == "lease" else _free(run_dir / LOCK_FILE) is False
+        if not taken or time.monotonic() >= deadline:
             return info or _NOBODY
         time.sleep(0.05)
 
@@ -235,7 +236,7 @@ class RunLock:
         deadline = time.monotonic() + wait_s
         while not self._take():
             if time.monotonic() >= deadline:
-                raise Owned(self.run_dir, _holder(self.run_dir))
+                raise Owned(self.run_dir, _holder(self.run_dir, self.mode))
             time.sleep(poll_s)
         # not fsynced: the record is advice to whoever finds the run taken, and a crash of the machine ends its owner too
         atomic_write(self.run_dir / INFO_FILE, json.dumps(asdict(Owner.me(self.mode)), indent=1), durable=False)

@@ -149,6 +149,9 @@ def test_a_claim_that_loses_names_an_owner_still_writing_its_record(tmp_path):
     finally:
         late.join()
         holder.release()
+    (run_dir / INFO_FILE).unlink()
+    started = time.monotonic()  # let go between the attempt and the look: no record to wait for
+    assert ownership._holder(run_dir, "lock") == ownership._NOBODY and time.monotonic() - started < 1
 
 
 def test_a_killed_lock_owner_is_taken_over_at_once(tmp_path, contenders):
