@@ -176,17 +176,20 @@ def owner(run_dir: Path | str) -> Owner | None:
         return info  # the lock cannot be tested from here: say what the record says
 
 
-def _holder(run_dir: Path, mode: str, wait_s: float = 2.0) -> Owner:
-    """Who holds the run that this process could not take. Its holder writes its record just after
-    taking the lock, so while the run is still taken, a record that is missing, or names a process
-    of this host that is gone, is read again for a moment before the line says "a process"."""
+def _holder(run_dir: Path, mode: str, wait_s: float = 2.0) -> Owner | None:
+    """Who holds the run that this process could not take, or None if it has been let go since.
+    Its holder writes its record just after taking the lock, so while the run is still taken, a
+    record that is missing, or (a kernel lock being held by a live process) names a process of
+    this host that is gone, is read again for a moment before the line says "a process". A lease
+    outlives its owner: one naming a dead process is that process's until it lapses."""
     deadline = time.monotonic() + wait_s
     while True:
         info = owner(run_dir)
-        if info is not None and (info.host != socket.gethostname() or _alive(info.pid)):
+        if info is not None and (mode == "lease" or info.host != socket.gethostname() or _alive(info.pid)):
             return info
-        taken = _live_lease(run_dir) if mode == "lease" else _free(run_dir / LOCK_FILE) is False
-        if not taken or time.monotonic() >= deadline:
+        if not (_live_lease(run_dir) if mode == "lease" else _free(run_dir / LOCK_FILE) is False):
+            return None
+        if time.monotonic() >= deadline:
             return info or _NOBODY
         time.sleep(0.05)
 
@@ -233,10 +236,14 @@ class RunLock:
             raise Owned(self.run_dir, _read_info(self.run_dir) or Owner.me(_HELD[self.run_dir].mode))
         self.mode = sweep_mode(self.run_dir.parent, self.requested)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + wait_s
+        deadline, looked = time.monotonic() + wait_s, False
         while not self._take():
             if time.monotonic() >= deadline:
-                raise Owned(self.run_dir, _holder(self.run_dir, self.mode))
+                holder = _holder(self.run_dir, self.mode)
+                if holder is not None or looked:
+                    raise Owned(self.run_dir, holder or _NOBODY)
+                looked = True  # let go while this process looked for its owner: one more attempt
+                continue
             time.sleep(poll_s)
         # not fsynced: the record is advice to whoever finds the run taken, and a crash of the machine ends its owner too
         atomic_write(self.run_dir / INFO_FILE, json.dumps(asdict(Owner.me(self.mode)), indent=1), durable=False)

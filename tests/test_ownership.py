@@ -149,9 +149,13 @@ def test_a_claim_that_loses_names_an_owner_still_writing_its_record(tmp_path, mo
     finally:
         late.join()
         holder.release()
-    (run_dir / INFO_FILE).unlink()  # let go between the attempt and the look: no record to wait for
+    (run_dir / INFO_FILE).unlink()  # let go between the attempt and the look: taken at the next attempt
     monkeypatch.setattr(ownership.time, "sleep", lambda s: pytest.fail(f"waited {s} s for the record of a run let go"))
-    assert ownership._holder(run_dir, "lock") == ownership._NOBODY
+    assert ownership._holder(run_dir, "lock") is None
+    take, lost = ownership.RunLock._take, iter([True])  # the first attempt lost to an owner who has let go since
+    monkeypatch.setattr(ownership.RunLock, "_take", lambda self: not next(lost, False) and take(self))
+    with claim(run_dir) as lock:
+        assert lock.held and owner(run_dir).pid == os.getpid()
 
 
 def test_a_killed_lock_owner_is_taken_over_at_once(tmp_path, contenders):
