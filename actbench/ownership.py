@@ -184,11 +184,11 @@ def _holder(run_dir: Path, mode: str, wait_s: float = 2.0) -> Owner | None:
     outlives its owner: one naming a dead process is that process's until it lapses."""
     deadline = time.monotonic() + wait_s
     while True:
-        info = owner(run_dir)
-        if info is not None and (mode == "lease" or info.host != socket.gethostname() or _alive(info.pid)):
-            return info
         if not (_live_lease(run_dir) if mode == "lease" else _free(run_dir / LOCK_FILE) is False):
             return None
+        info = _read_info(run_dir)
+        if info is not None and (mode == "lease" or info.host != socket.gethostname() or _alive(info.pid)):
+            return info
         if time.monotonic() >= deadline:
             return info or _NOBODY
         time.sleep(0.05)

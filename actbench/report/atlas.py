@@ -140,7 +140,7 @@ def effects(settings: list[SettingResults], baseline: str, alpha: float, power: 
     return {s.name: [r for r in rows if r["setting"] == s.name] for s in settings}
 
 
-def behind_best(settings: list[SettingResults], alpha: float, power: float = stats.POWER) -> dict[str, tuple[str, set[str]]]:
+def behind_best(settings: list[SettingResults], alpha: float) -> dict[str, tuple[str, set[str]]]:
     """Per setting, (the best activation by mean, those significantly worse than it): each tested
     against the best as against the baseline (report.sweep.compare's pairing), Holm-corrected over
     every such test of the atlas."""
@@ -149,7 +149,7 @@ def behind_best(settings: list[SettingResults], alpha: float, power: float = sta
         sign = 1.0 if s.higher else -1.0
         means = {a: sign * float(np.mean(c.values(s.metric))) for a, c in s.groups.items()}
         best[s.name] = max(means, key=means.get)
-        comparisons, _ = compare(list(s.groups.values()), s.metric, best[s.name], None, alpha, power, s.tuned)
+        comparisons, _ = compare(list(s.groups.values()), s.metric, best[s.name], alpha=alpha, tuned=s.tuned)
         tests += [(s.name, c.config.activation, sign * c.diff, c.result.t.p) for c in comparisons if c.result is not None]
     worse: dict = {n: set() for n in best}
     for (name, a, diff, _), p in zip(tests, stats.holm([t[3] for t in tests])):
@@ -173,6 +173,7 @@ def answer(settings: list[SettingResults], effects_by: dict[str, list[dict]], ba
         out.append(f"The best mean in every setting: **{next(iter(bests.values()))}**.")
     else:
         out.append("The best mean moves between settings: " + "; ".join(f"{n}: {b}" for n, b in bests.items()) + ".")
+
     def significant(rows: list[dict], sign: int) -> list[dict]:  # better (+1) or worse (-1) than the baseline
         return [r for r in rows if r["sig"] and r["diff"] * sign > 0]
 
