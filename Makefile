@@ -30,7 +30,7 @@ data: setup                       ## find Fashion-MNIST; on Debian/Ubuntu instal
 	  fi; \
 	  $(PY) -m actbench.data; }
 
-test: setup                       ## the test suite (offline, CPU, about 11-13 minutes on 2 cores)
+test: setup                       ## the test suite (offline, CPU, about 12-15 minutes on 2 cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup                  ## the tests not marked slow (no training on real data, no services): minutes
